@@ -1,0 +1,1 @@
+"""Per-operation CPU and latency benchmarks: `edgefl bench <name>`."""

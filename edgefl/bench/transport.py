@@ -1,0 +1,195 @@
+"""`edgefl bench transport`: signed-envelope round trips against raw aiomqtt, side by side.
+
+Both variants run through the same Mosquitto in the same process, interleaved:
+
+* raw    — aiomqtt client A publishes the payload to an echo client B, which
+           publishes it back; TCP_NODELAY on both.
+* signed — edgefl ``Session.request(Ping)``: A signs, B verifies, answers with a
+           signed Pong through the request/response path, A verifies.
+
+Sizes 64 B, 16 KiB and 256 KiB at QoS 0 and 1, then pipelined QoS1
+throughput of 64-byte messages.  Goal: signed ≤ 1.3 × raw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import tempfile
+import time
+
+import aiomqtt
+
+from edgefl.bench.harness import Report, Row, ab, ratio_row, throughput_row
+from edgefl.crypto.envelope import Signer, StaticKeyRegistry, Verifier
+from edgefl.crypto.keys import SigningKey
+from edgefl.runtime.config import MqttSection
+from edgefl.runtime.metrics import Metrics
+from edgefl.transport import topics
+from edgefl.transport.messages import Ping
+from edgefl.transport.mosquitto import LocalMosquitto
+from edgefl.transport.session import Session
+
+SIZES = [("64B", 64), ("16KiB", 16 << 10), ("256KiB", 256 << 10)]
+NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+GOAL = "<= 1.3"
+ANCHOR_RAW_64B_QOS1_MS = 0.43  # 2-core x86-64 Debian, Mosquitto 2.0.11, TCP_NODELAY both ends
+ANCHOR_PIPELINED_QOS1 = 15800.0
+
+
+def _raw_client(port: int, ident: str) -> aiomqtt.Client:
+    return aiomqtt.Client("127.0.0.1", port, identifier=ident, socket_options=NODELAY,
+                          protocol=aiomqtt.ProtocolVersion.V5, max_inflight_messages=1000)
+
+
+class RawPair:
+    """Two bare aiomqtt clients: A sends, B echoes."""
+
+    def __init__(self, port: int):
+        self.a = _raw_client(port, "bench-raw-a")
+        self.b = _raw_client(port, "bench-raw-b")
+
+    async def __aenter__(self):
+        await self.a.__aenter__()
+        await self.b.__aenter__()
+        await self.b.subscribe("bench/raw/req/#", qos=1)
+        await self.a.subscribe("bench/raw/resp/#", qos=1)
+        self._echo = asyncio.create_task(self._run_echo())
+        self._inbox = self.a.messages.__aiter__()
+        return self
+
+    async def __aexit__(self, *exc):
+        self._echo.cancel()
+        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+            await self._echo
+        await self.b.__aexit__(None, None, None)
+        await self.a.__aexit__(None, None, None)
+
+    async def _run_echo(self):
+        async for m in self.b.messages:
+            await self.b.publish("bench/raw/resp/" + str(m.qos), m.payload, qos=m.qos)
+
+    async def round_trip(self, payload: bytes, qos: int) -> None:
+        await self.a.publish(f"bench/raw/req/{qos}", payload, qos=qos)
+        await self._inbox.__anext__()
+
+
+async def _pipelined_raw(port: int, n: int, payload: bytes) -> tuple[float, float]:
+    async with _raw_client(port, "bench-pipe-tx") as tx, _raw_client(port, "bench-pipe-rx") as rx:
+        await rx.subscribe("bench/raw/pipe", qos=1)
+        got = 0
+        done = asyncio.Event()
+
+        async def drain():
+            nonlocal got
+            async for _ in rx.messages:
+                got += 1
+                if got == n:
+                    done.set()
+                    return
+
+        task = asyncio.create_task(drain())
+        c0, t0 = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(tx.publish("bench/raw/pipe", payload, qos=1) for _ in range(n)))
+        await asyncio.wait_for(done.wait(), 60)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    return n / wall, cpu / n
+
+
+async def _pipelined_signed(tx: Session, rx: Session, n: int, payload: bytes) -> tuple[float, float]:
+    async with rx.subscribe(topics.pattern(node=tx.node_id, kind="pipe")) as sub:
+        got = 0
+        done = asyncio.Event()
+
+        async def drain():
+            nonlocal got
+            async for _ in sub:
+                got += 1
+                if got == n:
+                    done.set()
+                    return
+
+        task = asyncio.create_task(drain())
+        c0, t0 = time.process_time(), time.perf_counter()
+        msg = Ping(nonce=b"p", payload=payload)
+        await asyncio.gather(*(tx.publish("pipe", msg, qos=1) for _ in range(n)))
+        await asyncio.wait_for(done.wait(), 60)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    return n / wall, cpu / n
+
+
+def _sessions(port: int, qos: int, metrics: Metrics) -> tuple[Session, Session]:
+    ka, kb = SigningKey(), SigningKey()
+    reg = StaticKeyRegistry({"bench-dev": ka.public_key, "bench-fog": kb.public_key})
+    cfg = MqttSection(port=port, qos=qos, max_inflight=1000, outbox_limit=100000)
+
+    def make(node, role, key):
+        return Session(site="bench", role=role, signer=Signer(node, key), metrics=metrics, mqtt=cfg,
+                       verifier=Verifier(reg, metrics=metrics, name=node), client_id=f"{node}-q{qos}")
+
+    return make("bench-dev", "device", ka), make("bench-fog", "fog", kb)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--port", type=int, help="use the Mosquitto already listening on 127.0.0.1:PORT")
+
+
+async def run(*, port: int | None = None, quick: bool = False) -> Report:
+    report = Report("edgefl bench transport: signed envelope vs raw aiomqtt (median/p99 round trip)")
+    iters = {"64B": 400, "16KiB": 300, "256KiB": 100}
+    pipe_n, pipe_runs = 5000, 5
+    if quick:
+        iters = {k: 20 for k in iters}
+        pipe_n, pipe_runs = 200, 2
+    with contextlib.ExitStack() as stack:
+        if port is None:
+            broker = stack.enter_context(LocalMosquitto(tempfile.mkdtemp(prefix="edgefl-bench-")))
+            port = broker.port
+        metrics = Metrics()
+        async with RawPair(port) as raw:
+            for qos in (0, 1):
+                dev, fog = _sessions(port, qos, metrics)
+                async with dev, fog:
+                    await dev.wait_connected(10)
+                    await fog.wait_connected(10)
+                    for label, size in SIZES:
+                        payload = os.urandom(size)
+                        ping = Ping(nonce=b"bench", payload=payload)
+
+                        async def signed():
+                            await dev.request("bench-fog", ping, timeout=30)
+
+                        async def plain():
+                            await raw.round_trip(payload, qos)
+
+                        s_signed, s_raw = await ab(signed, plain, iterations=iters[label])
+                        r_raw = report.add(s_raw.row(f"transport_rtt_raw_{label}_qos{qos}",
+                                                     anchor=ANCHOR_RAW_64B_QOS1_MS if (label, qos) == ("64B", 1) else None))
+                        r_signed = report.add(s_signed.row(f"transport_rtt_signed_{label}_qos{qos}"))
+                        report.add(ratio_row(f"transport_rtt_ratio_{label}_qos{qos}", r_signed, r_raw, goal=GOAL))
+                    if qos == 1:
+                        payload = os.urandom(64)
+                        raw_runs, signed_runs = [], []
+                        for _ in range(pipe_runs):  # interleaved runs
+                            raw_runs.append(await _pipelined_raw(port, pipe_n, payload))
+                            signed_runs.append(await _pipelined_signed(dev, fog, pipe_n, payload))
+                        r_raw = report.add(throughput_row("transport_pipelined_qos1_raw", [r for r, _ in raw_runs],
+                                                          [c for _, c in raw_runs], anchor=ANCHOR_PIPELINED_QOS1))
+                        r_signed = report.add(throughput_row("transport_pipelined_qos1_signed",
+                                                             [r for r, _ in signed_runs], [c for _, c in signed_runs]))
+                        ratio = r_raw.median / r_signed.median  # time per message: signed over raw
+                        report.add(Row("transport_pipelined_ratio_qos1", "ratio", ratio, r_raw.p99 / r_signed.p99,
+                                       r_signed.cpu_median / r_raw.cpu_median, ratio=ratio, goal=GOAL,
+                                       note="time per message, signed / raw"))
+        rejected = metrics.total("envelope_rejected")
+        if rejected:
+            raise RuntimeError(f"benchmark saw {rejected} rejected envelopes: {metrics.snapshot()}")
+    return report

@@ -1,0 +1,1 @@
+"""Keys, signatures, signed envelopes and hashing (native hot paths with pure twins)."""

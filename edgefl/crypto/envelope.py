@@ -1,0 +1,341 @@
+"""Signed envelopes: every message on the wire, signed by its sender over its exact bytes.
+
+Wire form: an RFC 8742 CBOR sequence of two canonical items::
+
+    [1, sender, signature]  signed
+    signed    = canonical CBOR map {"type", "v", "from", "seq", "ts", "msg", ?"to", ?"corr"}
+    signature = ECDSA-secp256k1 (compact, low-s) over tagged_hash("edgefl/envelope/v1", signed)
+
+The small head comes first, so a receiver finds the sender's key and checks
+the signature over the exact bytes that follow before decoding them:
+unauthenticated input only ever meets the decoder of a three-item array.  The
+signed map repeats the sender, which must match.  (Not wrapping ``signed`` in
+a byte string also saves copying large messages once more.)  Receivers reject, log and count (``envelope_rejected{reason}``):
+malformed or oversize input, unknown or unacceptable senders (the key registry
+decides; the PKI plugs in there), bad signatures, replays outside a per-sender
+sequence window and timestamps outside the allowed clock skew.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from edgefl import codec
+from edgefl.crypto.hashing import tagged_hash
+from edgefl.crypto.keys import SigningKey, VerifyingKey, load_public
+from edgefl.runtime.logging import RateLimited
+from edgefl.runtime.metrics import METRICS, Metrics
+
+ENVELOPE_TAG = b"edgefl/envelope/v1"
+WIRE_VERSION = 1
+MAX_ID_LEN = 128
+HEADER_SLACK = 4096  # envelope fields around a message of the type's MAX_SIZE
+_HEAD_LIMITS = codec.Limits(max_size=MAX_ID_LEN + 128, max_depth=1, max_items=4)
+
+log = logging.getLogger("edgefl.envelope")
+
+
+def envelope_digest(signed: bytes) -> bytes:
+    return tagged_hash(ENVELOPE_TAG, signed)
+
+
+# --------------------------------------------------------------------------- rejections
+
+
+class Rejected(Exception):
+    """An envelope failed a check. ``reason`` is a short stable label used in metrics."""
+
+    def __init__(self, reason: str, detail: str = "", sender: str | None = None):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+        self.sender = sender
+
+
+class IdentityRejected(Rejected):
+    """Raised by a key registry: the sender is unknown, revoked, expired, or otherwise not accepted."""
+
+
+# --------------------------------------------------------------------------- key registry
+
+
+class KeyRegistry(Protocol):
+    """Who may send: maps a sender id to its verifying key at a given time.
+
+    Raises ``IdentityRejected`` with reason ``unknown_sender`` (or, for
+    certificate-backed registries, ``revoked``, ``expired``, ``wrong_role`` …).
+    """
+
+    def key_for(self, sender: str, at: float) -> VerifyingKey: ...
+
+
+class StaticKeyRegistry:
+    """A fixed mapping of sender id to key (tests, demos, small static deployments)."""
+
+    def __init__(self, keys: dict[str, VerifyingKey] | None = None):
+        self._keys = dict(keys or {})
+
+    def add(self, sender: str, key: VerifyingKey) -> None:
+        self._keys[sender] = key
+
+    def key_for(self, sender: str, at: float) -> VerifyingKey:
+        key = self._keys.get(sender)
+        if key is None:
+            raise IdentityRejected("unknown_sender", f"no key for {sender!r}", sender)
+        return key
+
+
+class DirectoryKeyRegistry(StaticKeyRegistry):
+    """Trust every ``<sender>.pub`` file in a directory (as written by ``edgefl keygen``)."""
+
+    def __init__(self, directory: str | os.PathLike):
+        super().__init__({p.stem: load_public(p) for p in sorted(Path(directory).glob("*.pub"))})
+
+
+# --------------------------------------------------------------------------- sequence numbers
+
+
+class SequenceCounter:
+    """Monotonically increasing sequence numbers that survive restarts.
+
+    With a state file, blocks of ``reserve`` numbers are claimed durably before
+    use, so a restarted node never reuses a number (it may skip some).  Without
+    one, numbering starts from the wall clock in microseconds.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, reserve: int = 4096):
+        self.path = Path(path) if path else None
+        self.reserve = reserve
+        self._lock = threading.Lock()
+        if self.path is None:
+            self._next = self._limit = time.time_ns() // 1000
+            self._limit += 1 << 62
+        else:
+            try:
+                self._next = int(self.path.read_text().strip() or 0)
+            except FileNotFoundError:
+                self._next = 0
+            except ValueError as exc:
+                raise ValueError(f"{self.path}: corrupt sequence state ({exc})") from None
+            self._limit = self._next
+        self._next = max(self._next, 1)
+
+    def _claim(self) -> None:
+        self._limit = self._next + self.reserve
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w") as f:
+            f.write(str(self._limit))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def next(self) -> int:
+        with self._lock:
+            if self._next >= self._limit:
+                self._claim()
+            value = self._next
+            self._next += 1
+            return value
+
+
+class ReplayWindow:
+    """Sliding window of seen sequence numbers (the IPsec anti-replay bitmap)."""
+
+    __slots__ = ("size", "mask", "top", "bits")
+
+    def __init__(self, size: int = 1024):
+        self.size = size
+        self.mask = (1 << size) - 1
+        self.top = 0
+        self.bits = 0  # bit i set: top - i seen
+
+    def check(self, seq: int) -> str | None:
+        """Why ``seq`` is unacceptable ('replay', 'too_old'), or None."""
+        if seq > self.top:
+            return None
+        offset = self.top - seq
+        if offset >= self.size:
+            return "too_old"
+        return "replay" if self.bits >> offset & 1 else None
+
+    def commit(self, seq: int) -> None:
+        if seq > self.top:
+            shift = seq - self.top
+            self.bits = ((self.bits << shift) | 1) & self.mask if shift < self.size else 1
+            self.top = seq
+        else:
+            self.bits |= 1 << (self.top - seq)
+
+
+# --------------------------------------------------------------------------- seal / open
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A verified envelope and its decoded message."""
+
+    sender: str
+    type: str
+    version: int
+    seq: int
+    ts_ms: int
+    message: codec.Message
+    to: str | None = None
+    corr: bytes | None = None
+    wire: bytes = b""
+    start: int = 0  # where the signed bytes begin in ``wire``
+    signature: bytes = b""
+
+    @property
+    def signed(self) -> bytes:
+        """The exact bytes the signature covers."""
+        return bytes(memoryview(self.wire)[self.start:])
+
+
+class Signer:
+    def __init__(self, node_id: str, key: SigningKey, seq: SequenceCounter | None = None):
+        if not node_id or len(node_id) > MAX_ID_LEN:
+            raise ValueError(f"node id must be 1..{MAX_ID_LEN} characters")
+        self.node_id = node_id
+        self.key = key
+        self.seq = seq or SequenceCounter()
+
+    def seal(self, msg: codec.Message, *, to: str | None = None, corr: bytes | None = None,
+             ts_ms: int | None = None, seq: int | None = None) -> bytes:
+        header = {
+            "type": msg.TYPE,
+            "v": msg.VERSION,
+            "from": self.node_id,
+            "seq": self.seq.next() if seq is None else seq,
+            "ts": time.time_ns() // 1_000_000 if ts_ms is None else ts_ms,
+            "msg": codec.message_to_wire(msg),
+        }
+        if to is not None:
+            header["to"] = to
+        if corr is not None:
+            header["corr"] = corr
+        signed = codec.encode(header)
+        if len(signed) > msg.MAX_SIZE + HEADER_SLACK:
+            raise codec.TooLarge(f"{len(signed)} bytes exceeds {msg.MAX_SIZE}", field=type(msg).__name__)
+        return codec.encode([WIRE_VERSION, self.node_id, self.key.sign(envelope_digest(signed))]) + signed
+
+
+class Verifier:
+    """Opens envelopes: structure, identity, signature, freshness, replay, schema.
+
+    One Verifier per receiving node; it holds the per-sender replay windows.
+    """
+
+    def __init__(self, registry: KeyRegistry, *, window: int = 1024, max_skew_s: float = 120.0,
+                 limits: codec.Limits = codec.Limits(max_size=16 << 20, max_depth=16, max_items=1 << 16),
+                 metrics: Metrics = METRICS, clock=time.time, name: str = ""):
+        self.registry = registry
+        self.window = window
+        self.max_skew_ms = int(max_skew_s * 1000)
+        self.limits = limits
+        self.metrics = metrics
+        self.clock = clock
+        self.name = name
+        self._windows: dict[str, ReplayWindow] = {}
+        self._log = RateLimited(log)
+
+    def open(self, wire: bytes, *, check_fresh: bool = True, expect_sender: str | None = None,
+             expect_to: str | None = None) -> Envelope:
+        """Verify and decode; on failure log, count and raise ``Rejected``.
+
+        ``check_fresh=False`` skips the timestamp and replay checks, for
+        messages signed ahead of time such as an MQTT last will.
+        ``expect_sender``/``expect_to`` bind the envelope to the topic it came
+        on (publisher and addressee segments), so a signed message cannot be
+        re-published under another node's topic or re-addressed.
+        """
+        try:
+            return self._open(wire, check_fresh, expect_sender, expect_to)
+        except Rejected as exc:
+            self.metrics.inc("envelope_rejected", reason=exc.reason)
+            self._log.warning(exc.reason, "%srejected envelope from %s: %s", f"{self.name}: " if self.name else "",
+                              exc.sender or "?", exc, reason=exc.reason, sender=exc.sender or "")
+            raise
+
+    def _open(self, wire: bytes, check_fresh: bool, expect_sender: str | None, expect_to: str | None) -> Envelope:
+        if len(wire) > self.limits.max_size:
+            raise Rejected("too_large", f"{len(wire)} bytes exceeds {self.limits.max_size}")
+        try:
+            head, start = codec.decode_first(wire, _HEAD_LIMITS)
+        except codec.CodecError as exc:
+            raise Rejected(exc.reason, f"envelope head: {exc}") from None
+        if not (isinstance(head, list) and len(head) == 3):
+            raise Rejected("malformed", "envelope head must be [version, sender, signature]")
+        version, sender, sig = head
+        if version != WIRE_VERSION:
+            raise Rejected("unsupported_version", f"envelope version {version!r}")
+        if not (isinstance(sender, str) and 0 < len(sender) <= MAX_ID_LEN):
+            raise Rejected("malformed", "sender must be a short text string")
+        if not isinstance(sig, bytes):
+            raise Rejected("malformed", "signature must be a byte string", sender)
+        if expect_sender is not None and sender != expect_sender:
+            raise Rejected("topic_mismatch", f"sent on {expect_sender!r}'s topic", sender)
+        signed = memoryview(wire)[start:]
+        now = self.clock()
+        key = self.registry.key_for(sender, now)  # raises IdentityRejected
+        if not key.verify(sig, envelope_digest(signed)):
+            raise Rejected("bad_signature", "signature does not verify", sender)
+        try:
+            header = codec.decode(signed, self.limits)
+        except codec.CodecError as exc:
+            raise Rejected(exc.reason, str(exc), sender) from None
+        if not isinstance(header, dict):
+            raise Rejected("malformed", "signed part must be a map", sender)
+        try:
+            env = _parse_header(header, wire, start, sig)
+        except codec.CodecError as exc:
+            raise Rejected(exc.reason, str(exc), sender) from None
+        if env.sender != sender:
+            raise Rejected("sender_mismatch", f"signed sender {env.sender!r} differs", sender)
+        if expect_to is not None and env.to != expect_to:
+            raise Rejected("topic_mismatch", f"addressed to {env.to!r}, sent to {expect_to!r}", sender)
+        if len(signed) > env.message.MAX_SIZE + HEADER_SLACK:
+            raise Rejected("too_large", f"{env.type} limit is {env.message.MAX_SIZE} bytes", sender)
+        if check_fresh:
+            skew = env.ts_ms - int(now * 1000)
+            if skew < -self.max_skew_ms:
+                raise Rejected("stale", f"timestamp {-skew} ms old", sender)
+            if skew > self.max_skew_ms:
+                raise Rejected("future", f"timestamp {skew} ms ahead", sender)
+            win = self._windows.get(sender)
+            if win is None:
+                win = self._windows[sender] = ReplayWindow(self.window)
+            problem = win.check(env.seq)
+            if problem:
+                raise Rejected("replay", f"sequence {env.seq} {problem.replace('_', ' ')}", sender)
+            win.commit(env.seq)
+        self.metrics.inc("envelope_accepted")
+        return env
+
+
+_HEADER_FIELDS = {"type": str, "v": int, "from": str, "seq": int, "ts": int, "msg": dict, "to": str, "corr": bytes}
+
+
+def _parse_header(h: dict, wire: bytes, start: int, sig: bytes) -> Envelope:
+    for key, value in h.items():
+        want = _HEADER_FIELDS.get(key)
+        if want is None:
+            raise codec.SchemaError(f"unknown field {key!r}", field="envelope")
+        if type(value) is not want:
+            raise codec.SchemaError(f"expected {want.__name__}, got {type(value).__name__}", field=f"envelope.{key}")
+    for key in ("type", "v", "from", "seq", "ts", "msg"):
+        if key not in h:
+            raise codec.SchemaError("missing", field=f"envelope.{key}")
+    if h["seq"] < 0 or h["ts"] < 0:
+        raise codec.SchemaError("must not be negative", field="envelope.seq" if h["seq"] < 0 else "envelope.ts")
+    cls = codec.lookup(h["type"], h["v"])
+    return Envelope(
+        sender=h["from"], type=h["type"], version=h["v"], seq=h["seq"], ts_ms=h["ts"],
+        message=cls.from_wire(h["msg"]), to=h.get("to"), corr=h.get("corr"), wire=wire, start=start, signature=sig,
+    )

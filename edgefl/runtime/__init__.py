@@ -1,0 +1,1 @@
+"""Event loop, supervisor, configuration and firmware profiles, logging, metrics."""

@@ -1,0 +1,212 @@
+"""Configuration: a TOML firmware profile, overridden by environment, then CLI flags.
+
+    defaults  <  firmware_profiles/<name>.toml  <  EDGEFL_<SECTION>__<KEY>=value  <  --set section.key=value
+
+Every value is validated against the dataclass schema below; an error names
+the offending key and where the value came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+from edgefl import resources
+
+
+class ConfigError(ValueError):
+    def __init__(self, key: str, problem: str, source: str = ""):
+        super().__init__(f"{key}: {problem}" + (f" (from {source})" if source else ""))
+        self.key = key
+        self.source = source
+
+
+def _range(lo: float | None = None, hi: float | None = None) -> dict:
+    return {"range": (lo, hi)}
+
+
+@dataclass
+class NodeSection:
+    id: str = "node-1"
+    role: Literal["device", "fog", "cloud"] = "device"
+    site: str = "site-1"
+    data_dir: str = "~/.local/share/edgefl"
+    fog: str | None = None  # the fog a device reports to
+
+
+@dataclass
+class BoardSection:
+    name: str = "generic"
+    model: str = ""
+    cpu_cores: int = field(default=4, metadata=_range(1, 256))
+    ram_mb: int = field(default=1024, metadata=_range(128))
+
+
+@dataclass
+class MqttSection:
+    host: str = "127.0.0.1"
+    port: int = field(default=1883, metadata=_range(1, 65535))
+    protocol: Literal["5", "3.1.1"] = "5"
+    keepalive_s: int = field(default=30, metadata=_range(5, 3600))
+    session_expiry_s: int = field(default=3600, metadata=_range(0))
+    qos: int = field(default=1, metadata=_range(0, 1))
+    max_packet_size: int = field(default=1 << 20, metadata=_range(4096, 256 << 20))
+    max_message_size: int = field(default=16 << 20, metadata=_range(4096))
+    max_inflight: int = field(default=100, metadata=_range(1, 65535))
+    outbox_limit: int = field(default=10000, metadata=_range(1))
+    reassembly_buffer: int = field(default=64 << 20, metadata=_range(4096))
+    chunk_timeout_s: float = field(default=30.0, metadata=_range(0.1))
+    reconnect_min_s: float = field(default=0.2, metadata=_range(0.01))
+    reconnect_max_s: float = field(default=30.0, metadata=_range(0.01))
+    request_timeout_s: float = field(default=10.0, metadata=_range(0.01))
+    drain_timeout_s: float = field(default=10.0, metadata=_range(0))
+    username: str | None = None  # defaults to the node id
+    password_file: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+
+@dataclass
+class SecuritySection:
+    key_file: str = "{data_dir}/keys/{id}.key"
+    trust_dir: str = "{data_dir}/trust"
+    max_clock_skew_s: float = field(default=120.0, metadata=_range(1))
+    replay_window: int = field(default=1024, metadata=_range(16, 1 << 20))
+
+
+@dataclass
+class LogSection:
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json: bool = False
+
+
+@dataclass
+class Config:
+    node: NodeSection = field(default_factory=NodeSection)
+    board: BoardSection = field(default_factory=BoardSection)
+    mqtt: MqttSection = field(default_factory=MqttSection)
+    security: SecuritySection = field(default_factory=SecuritySection)
+    log: LogSection = field(default_factory=LogSection)
+    profile: str = ""  # where the profile came from (set by the loader)
+
+    def path(self, template: str) -> Path:
+        """Expand ``{data_dir}``/``{id}`` placeholders and ``~`` in a configured path."""
+        data_dir = os.path.expanduser(self.node.data_dir)
+        return Path(os.path.expanduser(template.format(data_dir=data_dir, id=self.node.id)))
+
+
+def profile_path(name_or_path: str | os.PathLike) -> Path:
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.exists():
+        return p
+    candidate = resources.folder("firmware_profiles") / f"{name_or_path}.toml"
+    if not candidate.exists():
+        known = sorted(q.stem for q in candidate.parent.glob("*.toml"))
+        raise ConfigError("profile", f"no firmware profile {str(name_or_path)!r}; known: {', '.join(known)}")
+    return candidate
+
+
+def load_config(profile: str | os.PathLike | None = None, *, env: dict[str, str] | None = None,
+                overrides: typing.Iterable[str] = ()) -> Config:
+    cfg = Config()
+    if profile:
+        path = profile_path(profile)
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError("profile", f"cannot read {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("profile", f"{path} is not valid TOML: {exc}") from None
+        for section, values in data.items():
+            if not isinstance(values, dict):
+                raise ConfigError(section, "expected a [section] table", str(path))
+            for key, value in values.items():
+                _set(cfg, f"{section}.{key}", value, str(path))
+        cfg.profile = str(path)
+    env = os.environ if env is None else env
+    for name, raw in sorted(env.items()):
+        if name.startswith("EDGEFL_") and "__" in name:
+            section, _, key = name[len("EDGEFL_"):].lower().partition("__")
+            _set(cfg, f"{section}.{key}", _parse_scalar(raw), name)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(item, "expected section.key=value", "--set")
+        _set(cfg, key.strip(), _parse_scalar(raw.strip()), "--set")
+    return cfg
+
+
+def _parse_scalar(raw: str) -> Any:
+    """Environment and CLI values are TOML scalars; anything else is a plain string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _suggest(name: str, options: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _set(cfg: Config, dotted: str, value: Any, source: str) -> None:
+    section_name, _, key = dotted.partition(".")
+    sections = [f.name for f in dataclasses.fields(cfg) if f.name != "profile"]
+    if section_name not in sections or not key:
+        raise ConfigError(dotted, "unknown section" + _suggest(section_name, sections), source)
+    section = getattr(cfg, section_name)
+    fields = {f.name: f for f in dataclasses.fields(section)}
+    if key not in fields:
+        raise ConfigError(dotted, "unknown key" + _suggest(key, fields), source)
+    hints = typing.get_type_hints(type(section))
+    setattr(section, key, _coerce(dotted, hints[key], fields[key], value, source))
+
+
+def _coerce(key: str, tp: Any, f: dataclasses.Field, value: Any, source: str) -> Any:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
+            return None
+        (tp,) = [a for a in get_args(tp) if a is not type(None)]
+        origin = get_origin(tp)
+    if origin is Literal:
+        choices = get_args(tp)
+        text = str(value)
+        if text not in choices:
+            raise ConfigError(key, f"{value!r} is not one of {', '.join(map(repr, choices))}", source)
+        return text
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected true or false, got {value!r}", source)
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected an integer, got {value!r}", source)
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, f"expected a number, got {value!r}", source)
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(key, f"expected a string, got {value!r}", source)
+        value = str(value)
+    elif origin is list:
+        (item,) = get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(key, f"expected a list, got {value!r}", source)
+        return [_coerce(f"{key}[{i}]", item, f, v, source) for i, v in enumerate(value)]
+    else:
+        raise TypeError(f"{key}: unsupported config type {tp!r}")
+    lo, hi = f.metadata.get("range", (None, None))
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        bounds = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+        raise ConfigError(key, f"{value!r} is outside {bounds}", source)
+    return value

@@ -1,0 +1,1 @@
+"""MQTT transport over aiomqtt: sessions, topic scheme, chunking, request/response, broker control."""

@@ -1,0 +1,168 @@
+"""Chunking of payloads larger than the broker's maximum packet size.
+
+A chunk frame is canonical CBOR::
+
+    [2, transfer_id (16 B), index, count, total_size, sha256(payload) (32 B), data]
+
+Chunks are not signed one by one: the reassembled payload is a signed envelope
+and is verified as a whole after its SHA-256 matches.  Reassembly memory is
+bounded (per transfer and in total), incomplete transfers time out, and every
+discarded transfer is logged and counted with its reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from edgefl import codec
+from edgefl.runtime.logging import RateLimited
+from edgefl.runtime.metrics import METRICS, Metrics
+
+CHUNK_FRAME = 2
+FRAME_OVERHEAD = 128  # frame fields around the data, generously
+_FRAME_LIMITS = codec.Limits(max_size=1 << 28, max_depth=1, max_items=8)
+
+log = logging.getLogger("edgefl.chunking")
+
+
+class ChunkError(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+def is_chunk(payload: bytes) -> bool:
+    # A 7-item CBOR array (0x87) whose first item is the integer 2.
+    return len(payload) > 2 and payload[0] == 0x87 and payload[1] == CHUNK_FRAME
+
+
+def split(payload: bytes, max_frame: int) -> list[bytes]:
+    """Frames of at most ``max_frame`` bytes each; one frame list per transfer."""
+    size = max_frame - FRAME_OVERHEAD
+    if size <= 0:
+        raise ValueError(f"max_frame {max_frame} leaves no room for data")
+    count = max(1, -(-len(payload) // size))
+    tid = os.urandom(16)
+    digest = hashlib.sha256(payload).digest()
+    view = memoryview(payload)
+    return [
+        codec.encode([CHUNK_FRAME, tid, i, count, len(payload), digest, bytes(view[i * size:(i + 1) * size])])
+        for i in range(count)
+    ]
+
+
+@dataclass
+class _Transfer:
+    count: int
+    total: int
+    digest: bytes
+    started: float
+    parts: dict[int, bytes] = field(default_factory=dict)
+    received: int = 0
+
+
+class Reassembler:
+    """Collects chunk frames into payloads within a memory budget."""
+
+    def __init__(self, *, max_transfer: int = 64 << 20, max_buffered: int = 128 << 20,
+                 timeout_s: float = 30.0, metrics: Metrics = METRICS, clock=time.monotonic):
+        self.max_transfer = max_transfer
+        self.max_buffered = max_buffered
+        self.timeout_s = timeout_s
+        self.metrics = metrics
+        self.clock = clock
+        self._transfers: dict[tuple[str, bytes], _Transfer] = {}
+        self._finished: OrderedDict[tuple[str, bytes], None] = OrderedDict()  # late QoS1 duplicates
+        self._reserved = 0
+        self._log = RateLimited(log)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes reserved for transfers in progress (their declared total sizes)."""
+        return self._reserved
+
+    def __len__(self) -> int:
+        return len(self._transfers)
+
+    def add(self, source: str, frame: bytes) -> bytes | None:
+        """Feed one frame from ``source`` (the publisher); returns the payload once complete."""
+        self.expire()
+        try:
+            return self._add(source, frame)
+        except ChunkError as exc:
+            self.metrics.inc("chunk_rejected", reason=exc.reason)
+            self._log.warning(exc.reason, "dropped chunk from %s: %s", source, exc, reason=exc.reason)
+            raise
+
+    def _add(self, source: str, frame: bytes) -> bytes | None:
+        try:
+            fields = codec.decode(frame, _FRAME_LIMITS)
+        except codec.CodecError as exc:
+            raise ChunkError("malformed", str(exc)) from None
+        if not (isinstance(fields, list) and len(fields) == 7 and fields[0] == CHUNK_FRAME):
+            raise ChunkError("malformed", "not a chunk frame")
+        _, tid, index, count, total, digest, data = fields
+        if not (isinstance(tid, bytes) and len(tid) == 16 and isinstance(digest, bytes) and len(digest) == 32
+                and isinstance(data, bytes) and all(isinstance(v, int) for v in (index, count, total))):
+            raise ChunkError("malformed", "chunk fields have the wrong types")
+        if not (0 <= index < count and 0 <= total and len(data) <= total):
+            raise ChunkError("malformed", f"chunk {index}/{count} of {total} bytes is inconsistent")
+        if total > self.max_transfer:
+            raise ChunkError("too_large", f"transfer of {total} bytes exceeds {self.max_transfer}")
+        key = (source, tid)
+        if key in self._finished:
+            self.metrics.inc("chunk_duplicate")
+            return None
+        t = self._transfers.get(key)
+        if t is None:
+            if self._reserved + total > self.max_buffered:
+                raise ChunkError("memory", f"{self._reserved} bytes buffered; no room for {total} more")
+            t = self._transfers[key] = _Transfer(count, total, digest, self.clock())
+            self._reserved += total
+        elif (t.count, t.total, t.digest) != (count, total, digest):
+            self._drop(key)
+            raise ChunkError("inconsistent", "chunk metadata differs from the transfer's first chunk")
+        if index in t.parts:
+            self.metrics.inc("chunk_duplicate")
+            return None
+        if t.received + len(data) > t.total:
+            self._drop(key)
+            raise ChunkError("overflow", "chunks carry more bytes than the declared total")
+        t.parts[index] = data
+        t.received += len(data)
+        if len(t.parts) < t.count:
+            return None
+        self._drop(key)
+        self._finished[key] = None
+        if len(self._finished) > 1024:
+            self._finished.popitem(last=False)
+        payload = b"".join(t.parts[i] for i in range(t.count))
+        if len(payload) != t.total:
+            raise ChunkError("size", f"reassembled {len(payload)} bytes, declared {t.total}")
+        if not hmac.compare_digest(hashlib.sha256(payload).digest(), t.digest):
+            raise ChunkError("digest", "reassembled payload does not match its SHA-256")
+        self.metrics.inc("chunk_transfer_complete")
+        return payload
+
+    def _drop(self, key: tuple[str, bytes]) -> None:
+        t = self._transfers.pop(key, None)
+        if t is not None:
+            self._reserved -= t.total
+
+    def expire(self) -> int:
+        """Drop transfers older than the timeout; returns how many were dropped."""
+        now = self.clock()
+        stale = [k for k, t in self._transfers.items() if now - t.started > self.timeout_s]
+        for key in stale:
+            t = self._transfers[key]
+            self._drop(key)
+            self.metrics.inc("chunk_rejected", reason="timeout")
+            self._log.warning("timeout", "dropped incomplete transfer from %s: %d of %d chunks after %.0f s",
+                              key[0], len(t.parts), t.count, self.timeout_s, reason="timeout")
+        return len(stale)

@@ -1,0 +1,182 @@
+"""Render Mosquitto configuration from broker/*.tmpl, and run a local broker.
+
+``render`` serves `edgefl broker config`; ``LocalMosquitto`` starts the real
+Debian Mosquitto on a free loopback port for the demo, benchmarks and tests,
+using the same templates a fog would.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Template
+
+from edgefl import resources
+
+
+class BrokerError(RuntimeError):
+    pass
+
+
+@dataclass
+class BrokerSettings:
+    role: str = "fog"
+    port: int = 1883
+    bind: str = "0.0.0.0"
+    data_dir: str = "/var/lib/mosquitto"
+    max_packet_size: int = 1 << 20
+    max_queued_bytes: int = 256 << 20
+    client_expiration: str = "7d"
+    log_dest: str = "stderr"
+    run_user: str = "mosquitto"
+    auth: str = "password"  # password | tls | none
+    password_file: str = "/etc/mosquitto/edgefl.passwd"
+    acl_file: str = "/etc/mosquitto/edgefl.acl"
+    readers: list[str] = field(default_factory=list)  # identities that may read the whole tree (fogs, cloud)
+    cafile: str = ""
+    certfile: str = ""
+    keyfile: str = ""
+    # bridge (a fog broker forwarding to the cloud broker)
+    cloud_host: str = ""
+    cloud_port: int = 8883
+    fog_id: str = ""
+    site: str = ""
+    remote_password: str = ""
+
+
+def _template(name: str) -> Template:
+    return Template((resources.folder("broker") / name).read_text())
+
+
+def render(s: BrokerSettings) -> dict[str, str]:
+    """File name -> contents: ``mosquitto.conf`` and, with identities, ``acl``."""
+    if s.auth not in ("password", "tls", "none"):
+        raise BrokerError(f"auth must be password, tls or none, not {s.auth!r}")
+    tls = ""
+    if s.auth == "tls":
+        if not (s.cafile and s.certfile and s.keyfile):
+            raise BrokerError("auth=tls needs cafile, certfile and keyfile")
+        tls = _template("tls.conf.tmpl").substitute(vars(s))
+    auth = _template(f"auth-{s.auth}.conf.tmpl").substitute(vars(s))
+    bridge = ""
+    if s.cloud_host:
+        if not (s.fog_id and s.site):
+            raise BrokerError("a bridge to the cloud needs fog_id and site")
+        bridge_tls = ""
+        if s.cafile and s.certfile:
+            bridge_tls = f"bridge_cafile {s.cafile}\nbridge_certfile {s.certfile}\nbridge_keyfile {s.keyfile}"
+        bridge = _template("bridge.conf.tmpl").substitute(
+            vars(s), remote_password=f"remote_password {s.remote_password}" if s.remote_password else "",
+            bridge_tls=bridge_tls)
+    conf = _template("mosquitto.conf.tmpl").substitute(vars(s), tls=tls, auth=auth, bridge=bridge)
+    files = {"mosquitto.conf": _tidy(conf)}
+    if s.auth != "none":
+        readers = "\n".join(f"user {r}\ntopic read edgefl/v1/#" for r in s.readers)
+        files["acl"] = _tidy(_template("acl.tmpl").substitute(readers=readers))
+    return files
+
+
+def _tidy(text: str) -> str:
+    lines = text.splitlines()
+    out: list[str] = []
+    for line in lines:
+        if line.strip() or (out and out[-1].strip()):
+            out.append(line.rstrip())
+    return "\n".join(out).strip() + "\n"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def mosquitto_binary() -> str | None:
+    return shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)), None)
+
+
+class LocalMosquitto:
+    """A real Mosquitto on 127.0.0.1, configured from the fog template.
+
+    ``stop()`` and ``start()`` keep the port and the persistence directory, so a
+    restart looks to clients like a broker outage.
+    """
+
+    def __init__(self, workdir: str | os.PathLike, *, port: int | None = None, auth: str = "none",
+                 users: dict[str, str] | None = None, readers: list[str] | None = None,
+                 max_packet_size: int = 1 << 20, tls: dict[str, str] | None = None):
+        self.workdir = Path(workdir)
+        self.port = port or free_port()
+        self.users = users or {}
+        self.binary = mosquitto_binary()
+        if self.binary is None:
+            raise BrokerError("mosquitto is not installed (Debian: apt-get install mosquitto)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "data").mkdir(exist_ok=True)
+        settings = BrokerSettings(
+            role="fog", port=self.port, bind="127.0.0.1", data_dir=str(self.workdir / "data"),
+            max_packet_size=max_packet_size, run_user=getpass.getuser(), auth=auth,
+            password_file=str(self.workdir / "passwd"), acl_file=str(self.workdir / "acl"),
+            readers=list(readers or []), log_dest=f"file {self.workdir / 'mosquitto.log'}", **(tls or {}),
+        )
+        for name, text in render(settings).items():
+            (self.workdir / name).write_text(text)
+        if auth == "password":
+            self._write_passwords()
+        self.conf = self.workdir / "mosquitto.conf"
+        self.proc: subprocess.Popen | None = None
+
+    def _write_passwords(self) -> None:
+        tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+        path = self.workdir / "passwd"
+        path.write_text("")
+        for user, password in self.users.items():
+            subprocess.run([tool, "-b", str(path), user, password], check=True, capture_output=True)
+        path.chmod(0o600)
+
+    def start(self, timeout: float = 10.0) -> "LocalMosquitto":
+        if self.proc is not None and self.proc.poll() is None:
+            return self
+        self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                raise BrokerError(f"mosquitto exited with {self.proc.returncode}: {err.strip()} {self.log_tail()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.02)
+        self.stop()
+        raise BrokerError(f"mosquitto did not listen on port {self.port} within {timeout} s")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM (Mosquitto saves its persistence file) and wait."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log_tail(self, lines: int = 20) -> str:
+        path = self.workdir / "mosquitto.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def __enter__(self) -> "LocalMosquitto":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,533 @@
+"""An MQTT session that survives broker outages and speaks signed envelopes.
+
+    async with Session.from_config(cfg) as s:
+        await s.publish("model", msg)                       # signed, QoS1, waits for PUBACK
+        async with s.subscribe(topics.pattern(kind="model")) as sub:
+            async for rx in sub: ...                         # verified envelopes only
+        pong = await s.request("fog-1", Ping(nonce=b"x"))   # correlation id, timeout
+
+* Reconnects with exponential backoff and jitter; resubscribes every pattern.
+* Persistent session (MQTT 5 clean_start=False with a session expiry, or
+  3.1.1 clean_session=False) so the broker queues QoS1 messages for us while
+  we are away; our own outbox keeps what we publish while the broker is away
+  and re-sends anything not acknowledged, in order.  Duplicates that this
+  at-least-once delivery can cause are dropped by signature (recent deliveries)
+  or by the per-sender replay window.
+* Last will: a pre-signed ``offline`` status, retained; ``online`` on connect.
+* Payloads larger than the maximum packet size travel as chunks.
+* TCP_NODELAY on the client socket: without it a QoS1 round trip waits on
+  Nagle's algorithm and delayed ACKs (~88 ms instead of ~0.4 ms).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import os
+import random
+import socket
+import ssl
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edgefl import codec
+from edgefl.crypto.envelope import (DirectoryKeyRegistry, Envelope, Rejected, SequenceCounter, Signer,
+                                    Verifier)
+from edgefl.crypto.keys import SigningKey
+from edgefl.runtime.config import Config, MqttSection
+from edgefl.runtime.metrics import METRICS, Metrics
+from edgefl.transport import chunking, topics
+from edgefl.transport.messages import Error, Ping, Pong, Status
+
+log = logging.getLogger("edgefl.session")
+
+Handler = Callable[[Envelope], Awaitable[codec.Message | None]]
+
+
+class RequestTimeout(TimeoutError):
+    pass
+
+
+class RemoteError(RuntimeError):
+    def __init__(self, code: str, detail: str):
+        super().__init__(f"{code}: {detail}" if detail else code)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A verified envelope and the topic it came on."""
+
+    topic: topics.Topic
+    envelope: Envelope
+
+    @property
+    def message(self) -> codec.Message:
+        return self.envelope.message
+
+
+@dataclass(eq=False)  # identity semantics: items live in a heap and an in-flight set
+class _Out:
+    order: int
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    done: asyncio.Future
+
+    def __lt__(self, other: "_Out") -> bool:
+        return self.order < other.order
+
+
+class Subscription:
+    """``async with session.subscribe(pattern) as sub: async for rx in sub``.
+
+    The queue is bounded: a consumer that falls behind slows the reader down
+    (and MQTT flow control the broker) rather than dropping QoS1 messages.
+    """
+
+    def __init__(self, session: "Session", pattern: str, raw: bool, maxsize: int):
+        self.session = session
+        self.pattern = pattern
+        self.raw = raw
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize)
+
+    async def __aenter__(self) -> "Subscription":
+        await self.session._add_subscription(self)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.session._remove_subscription(self)
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        return await self.queue.get()
+
+    async def get(self, timeout: float | None = None):
+        async with asyncio.timeout(timeout):
+            return await self.queue.get()
+
+
+class Session:
+    def __init__(self, *, site: str, role: str, signer: Signer, verifier: Verifier, mqtt: MqttSection,
+                 client_id: str | None = None, metrics: Metrics = METRICS):
+        self.node_id = signer.node_id
+        self.site = topics.check_segment(site, "site")
+        if role not in topics.ROLES:
+            raise topics.TopicError(f"role {role!r} must be one of {topics.ROLES}")
+        self.role = role
+        topics.check_segment(self.node_id, "node id")
+        self.signer = signer
+        self.verifier = verifier
+        self.cfg = mqtt
+        self.client_id = client_id or self.node_id
+        self.metrics = metrics
+        self.connected = asyncio.Event()
+        self.peers: dict[str, tuple[str, bytes]] = {}  # node -> (state, session nonce)
+        self._handlers: dict[str, tuple[Handler, bool]] = {Ping.TYPE: (self._pong, False)}
+        self._pending: dict[bytes, tuple[str, asyncio.Future]] = {}
+        self._subs: list[Subscription] = []
+        self._patterns: dict[str, None] = {}  # subscribed at the broker for the session's lifetime
+        self._held: deque[aiomqtt.Message] = deque()  # arrived before anyone here subscribed
+        self._internal = [topics.pattern(kind="req", target=self.node_id),
+                          topics.pattern(kind="resp", target=self.node_id)]
+        self._heap: list[_Out] = []
+        self._nonempty = asyncio.Event()
+        self._capacity = asyncio.Semaphore(mqtt.outbox_limit)
+        self._inflight: set[_Out] = set()
+        self._slots = asyncio.Semaphore(mqtt.max_inflight)
+        self._order = itertools.count()
+        self._recent: OrderedDict[bytes, None] = OrderedDict()
+        self._reassembler = chunking.Reassembler(max_transfer=mqtt.max_message_size,
+                                                 max_buffered=mqtt.reassembly_buffer,
+                                                 timeout_s=mqtt.chunk_timeout_s, metrics=metrics)
+        self._client: aiomqtt.Client | None = None
+        self._closing = False
+        self._attempt = 0  # failed connection attempts in a row, for the backoff
+        self._runner: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self.reconnects = 0
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_config(cls, cfg: Config, *, metrics: Metrics = METRICS, client_id: str | None = None) -> "Session":
+        key = SigningKey.load(cfg.path(cfg.security.key_file))
+        seq_path = cfg.path("{data_dir}/state/{id}.seq")
+        seq_path.parent.mkdir(parents=True, exist_ok=True)
+        signer = Signer(cfg.node.id, key, SequenceCounter(seq_path))
+        verifier = Verifier(DirectoryKeyRegistry(cfg.path(cfg.security.trust_dir)),
+                            window=cfg.security.replay_window, max_skew_s=cfg.security.max_clock_skew_s,
+                            limits=codec.Limits(max_size=cfg.mqtt.max_message_size, max_depth=16,
+                                                max_items=1 << 16),
+                            metrics=metrics, name=cfg.node.id)
+        return cls(site=cfg.node.site, role=cfg.node.role, signer=signer, verifier=verifier, mqtt=cfg.mqtt,
+                   client_id=client_id, metrics=metrics)
+
+    def topic(self, kind: str, target: str | None = None) -> str:
+        return topics.topic(self.site, self.role, self.node_id, kind, target)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> "Session":
+        self._runner = asyncio.create_task(self._run(), name=f"mqtt-session-{self.node_id}")
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        async with asyncio.timeout(timeout):
+            await self.connected.wait()
+
+    async def close(self) -> None:
+        """Graceful: wait (bounded) for queued QoS1 publishes, say offline, disconnect."""
+        if self._runner is None or self._closing:
+            return
+        self._closing = True
+        try:
+            async with asyncio.timeout(self.cfg.drain_timeout_s):
+                while self._heap or self._inflight:
+                    await asyncio.sleep(0.01)
+                if self._client is not None and self.connected.is_set():
+                    offline = self.signer.seal(Status(state="offline", session=self._nonce))
+                    await self._client.publish(self.topic("status"), offline, qos=1, retain=True)
+        except (TimeoutError, aiomqtt.MqttError) as exc:
+            left = len(self._heap) + len(self._inflight)
+            if left:
+                log.warning("%s: closing with %d unacknowledged publishes (%s)", self.node_id, left, exc)
+        for task in list(self._tasks):
+            task.cancel()
+        self._runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._runner
+        for item in self._heap:
+            if not item.done.done():
+                item.done.set_exception(ConnectionError("session closed before the message was sent"))
+
+    async def _run(self) -> None:
+        """Connect, serve, reconnect: until close() cancels it (after draining, so not on ``_closing``)."""
+        while True:
+            try:
+                await self._connect_once()
+            except* (aiomqtt.MqttError, OSError) as group:
+                log.info("%s: broker connection lost or refused: %s", self.node_id, group.exceptions[0])
+            except* Exception:
+                log.exception("%s: session error; reconnecting", self.node_id)
+            finally:
+                self.connected.clear()
+                self._client = None
+                self._requeue_inflight()
+            delay = min(self.cfg.reconnect_max_s, self.cfg.reconnect_min_s * 2 ** min(self._attempt, 30))
+            self._attempt += 1
+            self.reconnects += 1
+            self.metrics.inc("mqtt_reconnect")
+            await asyncio.sleep(delay / 2 + random.uniform(0, delay / 2))  # "equal jitter"
+
+    def _client_args(self) -> dict:
+        v5 = self.cfg.protocol == "5"
+        args = dict(
+            hostname=self.cfg.host, port=self.cfg.port, identifier=self.client_id,
+            username=self.cfg.username or self.node_id, password=self._password(),
+            keepalive=self.cfg.keepalive_s, max_inflight_messages=self.cfg.max_inflight,
+            timeout=self.cfg.request_timeout_s, tls_context=self._tls_context(),
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+        )
+        if v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.cfg.session_expiry_s
+            args.update(clean_start=False, properties=props)
+        else:
+            args.update(clean_session=False)
+        return args
+
+    def _password(self) -> str | None:
+        if not self.cfg.password_file:
+            return None
+        with open(os.path.expanduser(self.cfg.password_file)) as f:
+            return f.readline().strip()
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        if not self.cfg.tls_ca:
+            return None
+        ctx = ssl.create_default_context(cafile=os.path.expanduser(self.cfg.tls_ca))
+        if self.cfg.tls_cert:
+            ctx.load_cert_chain(os.path.expanduser(self.cfg.tls_cert),
+                                os.path.expanduser(self.cfg.tls_key) if self.cfg.tls_key else None)
+        return ctx
+
+    async def _connect_once(self) -> None:
+        self._nonce = os.urandom(8)
+        will = aiomqtt.Will(self.topic("status"), self.signer.seal(Status(state="offline", session=self._nonce)),
+                            qos=1, retain=True)
+        async with aiomqtt.Client(will=will, **self._client_args()) as client:
+            self._client = client
+            for pattern in [*self._internal, *self._patterns]:
+                await client.subscribe(pattern, qos=1)
+            await client.publish(self.topic("status"), self.signer.seal(Status(state="online", session=self._nonce)),
+                                 qos=1, retain=True)
+            self.connected.set()
+            self._attempt = 0
+            log.info("%s: connected to %s:%d", self.node_id, self.cfg.host, self.cfg.port)
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._read_loop(client))
+                tg.create_task(self._send_loop(client))
+
+    # ------------------------------------------------------------------ outgoing
+
+    async def publish(self, kind: str, msg: codec.Message, *, to: str | None = None, corr: bytes | None = None,
+                      qos: int | None = None, retain: bool = False) -> None:
+        """Sign ``msg`` and publish it on this node's ``kind`` topic; returns once the broker has it."""
+        wire = self.signer.seal(msg, to=to, corr=corr)
+        await self.send(self.topic(kind, to), wire, qos=self.cfg.qos if qos is None else qos, retain=retain)
+
+    async def send(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        """Publish bytes as they are (chunked if larger than a packet); returns once the broker has them.
+
+        With the connection up, nothing queued and an in-flight slot free, a
+        single packet goes straight out from the caller's task; otherwise it
+        waits in the outbox, which a sender task drains in order.
+        """
+        limit = self.cfg.max_packet_size - len(topic) - 64  # fixed header, topic, properties
+        frames = [payload] if len(payload) <= limit else chunking.split(payload, limit)
+        if retain and len(frames) > 1:
+            raise ValueError("a retained message must fit in one packet")
+        loop = asyncio.get_running_loop()
+        items = []
+        for frame in frames:
+            await self._capacity.acquire()
+            items.append(_Out(next(self._order), topic, frame, qos, retain, loop.create_future()))
+        client = self._client
+        if len(items) == 1 and client is not None and not self._heap and not self._slots.locked():
+            await self._slots.acquire()  # free: does not suspend
+            self._inflight.add(items[0])
+            await self._publish(client, items[0])  # on failure the sender task retries it
+        else:
+            for item in items:
+                heapq.heappush(self._heap, item)
+            self._nonempty.set()
+        for item in items:  # awaiting a finished future does not yield to the loop; gather() would
+            await item.done
+
+    async def _publish(self, client: aiomqtt.Client, item: _Out) -> bool:
+        """One attempt for an in-flight item; on failure or cancellation it goes back to the outbox."""
+        try:
+            await client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain)
+        except (aiomqtt.MqttError, OSError):
+            self._requeue(item)
+            return False
+        except BaseException:
+            self._requeue(item)  # at least once: the sender task will finish what the caller abandoned
+            raise
+        finally:
+            self._slots.release()
+        if item in self._inflight:
+            self._inflight.discard(item)
+            self._capacity.release()
+            if not item.done.done():
+                item.done.set_result(None)
+        return True
+
+    async def _send_loop(self, client: aiomqtt.Client) -> None:
+        async with asyncio.TaskGroup() as tg:
+            while True:
+                if not self._heap:
+                    self._nonempty.clear()
+                    await self._nonempty.wait()
+                    continue
+                await self._slots.acquire()
+                if not self._heap:
+                    self._slots.release()
+                    continue
+                item = heapq.heappop(self._heap)
+                self._inflight.add(item)
+                tg.create_task(self._send_from_outbox(client, item))
+
+    async def _send_from_outbox(self, client: aiomqtt.Client, item: _Out) -> None:
+        if not await self._publish(client, item):
+            # Tear this connection down; _run reconnects and the outbox resends.
+            raise aiomqtt.MqttError(f"publish to {item.topic} failed")
+
+    def _requeue(self, item: _Out) -> None:
+        if item in self._inflight:  # not yet acknowledged: its original order number puts it first
+            self._inflight.discard(item)
+            heapq.heappush(self._heap, item)
+            self._nonempty.set()
+
+    def _requeue_inflight(self) -> None:
+        if self._inflight:
+            self.metrics.inc("mqtt_republish", len(self._inflight))
+            for item in list(self._inflight):
+                self._requeue(item)
+
+    # ------------------------------------------------------------------ subscriptions
+
+    def subscribe(self, pattern: str, *, raw: bool = False, maxsize: int = 10000) -> Subscription:
+        """Messages on topics matching ``pattern``: ``Received`` envelopes, or raw aiomqtt messages.
+
+        The broker-side subscription lasts as long as the MQTT session, beyond
+        this context: a persistent session keeps collecting messages for a node
+        that restarts.  Messages that arrive before any local subscription
+        matches them (e.g. queued ones right after reconnecting) are held, up
+        to ``HELD_LIMIT``, and handed to the first subscription that matches.
+        ``unsubscribe()`` ends the broker-side subscription.
+        """
+        return Subscription(self, pattern, raw, maxsize)
+
+    HELD_LIMIT = 10000
+
+    async def _add_subscription(self, sub: Subscription) -> None:
+        self._subs.append(sub)
+        if sub.pattern not in self._patterns:
+            self._patterns[sub.pattern] = None
+            if self._client is not None:
+                with contextlib.suppress(aiomqtt.MqttError):  # on failure, the reconnect resubscribes
+                    await self._client.subscribe(sub.pattern, qos=1)
+        early = [m for m in self._held if topics.matches(sub.pattern, m.topic.value)]
+        for m in early:
+            self._held.remove(m)
+            await self._dispatch(m)
+
+    async def _remove_subscription(self, sub: Subscription) -> None:
+        self._subs.remove(sub)
+
+    async def unsubscribe(self, pattern: str) -> None:
+        """End the broker-side subscription for ``pattern`` (local subscriptions to it stop receiving)."""
+        self._patterns.pop(pattern, None)
+        if self._client is not None:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await self._client.unsubscribe(pattern)
+
+    # ------------------------------------------------------------------ incoming
+
+    async def _read_loop(self, client: aiomqtt.Client) -> None:
+        async for m in client.messages:
+            await self._dispatch(m)
+
+    async def _dispatch(self, m: aiomqtt.Message) -> None:
+        name = m.topic.value
+        payload = bytes(m.payload) if not isinstance(m.payload, bytes) else m.payload
+        subs = [s for s in self._subs if topics.matches(s.pattern, name)]
+        if not subs and not any(topics.matches(p, name) for p in self._internal):
+            self._held.append(m)
+            if len(self._held) > self.HELD_LIMIT:
+                self._held.popleft()
+                self.metrics.inc("unrouted_dropped")
+            return
+        for s in subs:
+            if s.raw:
+                await s.queue.put(m)
+        try:
+            where = topics.parse(name)
+        except topics.TopicError:
+            return
+        if where.kind not in ("req", "resp") and all(s.raw for s in subs):
+            return  # nobody here wants this one verified
+        if chunking.is_chunk(payload):
+            with contextlib.suppress(chunking.ChunkError):
+                payload = self._reassembler.add(where.node, payload)
+            if not isinstance(payload, bytes) or chunking.is_chunk(payload):
+                return
+        sig = payload[:256]  # the envelope head, signature included: unique per message
+        if sig in self._recent:
+            self.metrics.inc("duplicate_delivery")  # QoS1 redelivery or overlapping subscriptions
+            return
+        try:
+            env = self.verifier.open(payload, check_fresh=where.kind != "status", expect_sender=where.node,
+                                     expect_to=where.target)
+        except Rejected:
+            return
+        self._recent[sig] = None
+        if len(self._recent) > 4096:
+            self._recent.popitem(last=False)
+        rx = Received(where, env)
+        if where.kind == "req" and where.target == self.node_id:
+            handler, concurrent = self._handlers.get(rx.envelope.type, (None, False))
+            if concurrent:
+                self._spawn(self._serve(rx, handler))
+            else:
+                await self._serve(rx, handler)
+        elif where.kind == "resp" and where.target == self.node_id:
+            self._resolve(rx)
+        elif where.kind == "status":
+            if not self._track_status(rx):
+                return
+        for s in subs:
+            if not s.raw:
+                await s.queue.put(rx)
+
+    def _track_status(self, rx: Received) -> bool:
+        msg = rx.message
+        if msg.state not in ("online", "offline"):
+            return False
+        last = self.peers.get(rx.envelope.sender)
+        if msg.state == "offline" and last is not None and last[1] != msg.session:
+            self.metrics.inc("status_stale")  # a will from an older session than the one we saw online
+            return False
+        self.peers[rx.envelope.sender] = (msg.state, msg.session)
+        return True
+
+    # ------------------------------------------------------------------ request / response
+
+    def serve(self, message_type: type[codec.Message], handler: Handler, *, concurrent: bool = True) -> None:
+        """Answer requests of ``message_type``; the handler returns the response message.
+
+        Handlers run as their own tasks; ``concurrent=False`` runs a quick one
+        inline in the reader instead (one event-loop hop less, strictly in order).
+        """
+        self._handlers[message_type.TYPE] = (handler, concurrent)
+
+    async def request(self, target: str, msg: codec.Message, *, timeout: float | None = None) -> Envelope:
+        """Send ``msg`` to ``target`` and wait for its signed response (raises RequestTimeout, RemoteError)."""
+        corr = os.urandom(12)
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[corr] = (target, fut)
+        try:
+            async with asyncio.timeout(self.cfg.request_timeout_s if timeout is None else timeout):
+                await self.publish("req", msg, to=target, corr=corr)
+                env = await fut
+        except TimeoutError:
+            self.metrics.inc("request_timeout")
+            raise RequestTimeout(f"no response from {target} to {msg.TYPE}") from None
+        finally:
+            self._pending.pop(corr, None)
+        if isinstance(env.message, Error):
+            raise RemoteError(env.message.code, env.message.detail)
+        return env
+
+    def _resolve(self, rx: Received) -> None:
+        pending = self._pending.get(rx.envelope.corr or b"")
+        if pending is None or pending[0] != rx.envelope.sender:
+            self.metrics.inc("unexpected_response")
+            return
+        if not pending[1].done():
+            pending[1].set_result(rx.envelope)
+
+    async def _serve(self, rx: Received, handler: Handler | None) -> None:
+        env = rx.envelope
+        try:
+            reply = Error("unsupported", f"no handler for {env.type}") if handler is None else await handler(env)
+        except Exception as exc:  # the requester gets an answer; the log gets the trace
+            log.exception("%s: handler for %s failed", self.node_id, env.type)
+            reply = Error("internal", type(exc).__name__)
+        if reply is not None:
+            await self.publish("resp", reply, to=env.sender, corr=env.corr)
+
+    async def _pong(self, env: Envelope) -> Pong:
+        return Pong(nonce=env.message.nonce, payload=env.message.payload)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Set up edgefl on Debian / Raspberry Pi OS (idempotent):
+#   system packages (Mosquitto, GMP and OpenSSL headers, compiler) when root or passwordless sudo,
+#   a virtual environment in .venv, and edgefl itself with its native extensions.
+# Usage: scripts/setup.sh [test]     ("test" adds the test dependencies)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${EDGEFL_VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+APT_PACKAGES=(mosquitto mosquitto-clients libgmp-dev libssl-dev python3-venv python3-dev build-essential)
+
+log() { printf '[setup] %s\n' "$*"; }
+
+install_system_packages() {
+    command -v apt-get >/dev/null 2>&1 || { log "no apt-get: install Mosquitto, GMP and OpenSSL headers yourself"; return 0; }
+    local missing=()
+    for p in "${APT_PACKAGES[@]}"; do
+        dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && { log "system packages present"; return 0; }
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo"; else
+            log "not root and no passwordless sudo: please run: sudo apt-get install ${missing[*]}"
+            return 0
+        fi
+    fi
+    log "installing ${missing[*]}"
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+install_system_packages
+
+if [ ! -x "$VENV/bin/python" ]; then
+    log "creating $VENV with $($PYTHON --version 2>&1)"
+    "$PYTHON" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel Cython
+extras=""
+[ "${1:-}" = "test" ] && extras="[test]"
+log "installing edgefl$extras (editable; compiles ext/ when a compiler and headers are present)"
+"$VENV/bin/python" -m pip install -q -e ".$extras"
+"$VENV/bin/python" setup.py -q build_ext --inplace >/dev/null 2>&1 || log "native build failed: pure-Python twins will be used"
+"$VENV/bin/python" - <<'PY'
+from edgefl import native
+for name in native.MODULES:
+    native.load(name)
+print("[setup] implementations:", native.implementations())
+PY

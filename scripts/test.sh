@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set everything up, then run the whole test suite twice: against the compiled
+# extensions (which must be importable) and against the pure-Python twins.
+# Extra arguments go to pytest, e.g. scripts/test.sh -k codec
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh test
+export EDGEFL_REQUIRE_BROKER=1   # integration tests fail, not skip, without Mosquitto
+start=$(date +%s)
+echo "== pass 1: compiled extensions =="
+EDGEFL_REQUIRE_EXTENSIONS=1 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+echo "== pass 2: pure-Python twins (EDGEFL_NO_EXTENSIONS=1) =="
+EDGEFL_NO_EXTENSIONS=1 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+echo "== both passes green in $(( $(date +%s) - start )) s =="

@@ -1,0 +1,92 @@
+"""Build edgefl: the pure-Python package plus optional Cython extensions from ext/.
+
+Every extension is ``optional=True``: where no C compiler, Cython or library
+headers are present the build skips it and edgefl runs on the pure-Python twin
+of each compiled module (``edgefl/_pure``).
+"""
+
+import os
+import shutil
+from pathlib import Path
+
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_py import build_py
+
+HERE = Path(__file__).parent
+VERSION = "0.1.0"
+
+
+def _extensions():
+    """Cython sources in ext/ become modules of edgefl._ext."""
+    specs = [
+        # name, sources, libraries
+        ("hashing", ["ext/hashing.pyx"], ["crypto"]),  # OpenSSL libcrypto SHA-256
+        ("cborscan", ["ext/cborscan.pyx"], []),
+    ]
+    compile_args = ["-O3", "-DOPENSSL_SUPPRESS_DEPRECATED"]
+    exts = [
+        Extension(
+            f"edgefl._ext.{name}",
+            sources,
+            libraries=libs,
+            extra_compile_args=compile_args,
+            optional=True,
+        )
+        for name, sources, libs in specs
+    ]
+    if os.environ.get("EDGEFL_NO_EXTENSIONS") == "1":
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError:  # no Cython: build from generated C if an sdist shipped it
+        for ext in exts:
+            ext.sources = [s.replace(".pyx", ".c") for s in ext.sources]
+        return [e for e in exts if all((HERE / s).exists() for s in e.sources)]
+    built = cythonize(
+        exts,
+        language_level=3,
+        compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True},
+        quiet=True,
+    )
+    for ext in built:  # cythonize() builds new Extension objects and drops ``optional``
+        ext.optional = True
+    return built
+
+
+class BuildPyWithData(build_py):
+    """Ship broker/ templates and firmware_profiles/ inside the package as edgefl/_data."""
+
+    def run(self):
+        super().run()
+        for folder in ("broker", "firmware_profiles"):
+            target = Path(self.build_lib) / "edgefl" / "_data" / folder
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.copytree(HERE / folder, target)
+
+
+setup(
+    name="edgefl",
+    version=VERSION,
+    description="Asyncio edge runtime for blockchain-secured, hierarchical, "
+    "privacy-preserving federated learning on Raspberry-Pi-class devices",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    packages=find_packages(include=["edgefl", "edgefl.*"]),
+    ext_modules=_extensions(),
+    cmdclass={"build_py": BuildPyWithData},
+    install_requires=[
+        "cbor2>=6.2,<7",
+        "coincurve>=20",
+        "numpy>=1.24",
+        "aiomqtt>=2.3,<3",
+        "uvloop>=0.19; platform_system != 'Windows'",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-asyncio>=0.24", "hypothesis>=6.100", "Cython>=3.0"],
+    },
+    entry_points={"console_scripts": ["edgefl=edgefl.cli:main"]},
+    zip_safe=False,
+)

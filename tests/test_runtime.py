@@ -1,0 +1,102 @@
+"""Supervisor, graceful shutdown, logging."""
+
+import asyncio
+import io
+import json
+import logging
+import os
+import signal
+
+import pytest
+
+from edgefl.runtime.logging import JsonLinesFormatter, RateLimited, setup_logging
+from edgefl.runtime.loop import Supervisor, loop_factory, run, tune_allocator
+from edgefl.runtime.metrics import Metrics
+
+
+async def test_supervisor_restarts_crashed_service_and_stops_cleanly():
+    m = Metrics()
+    runs, cleaned = [], []
+
+    async def flaky():
+        runs.append(1)
+        if len(runs) < 3:
+            raise RuntimeError("boom")
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cleaned.append(1)
+
+    async with Supervisor(handle_signals=False, backoff=(0.001, 0.01), metrics=m) as sup:
+        sup.spawn("flaky", flaky)
+        while len(runs) < 3:
+            await asyncio.sleep(0.01)
+        sup.stop("test")
+        assert await sup.wait() == "test"
+    assert m.get("service_crash", service="flaky") == 2 and cleaned == [1]
+
+
+async def test_service_without_restart_propagates():
+    async def bad():
+        raise ValueError("fatal")
+
+    with pytest.raises(ExceptionGroup) as exc:
+        async with Supervisor(handle_signals=False) as sup:
+            sup.spawn("bad", bad, restart=False)
+            await sup.wait()
+    assert exc.group_contains(ValueError)
+
+
+def test_sigterm_stops_gracefully_and_resources_close_after_services():
+    order = []
+
+    class Resource:
+        async def __aenter__(self):
+            return self
+
+        async def __aexit__(self, *exc):
+            order.append("resource closed")
+
+    async def main():
+        async with Resource(), Supervisor() as sup:
+            async def service():
+                try:
+                    await asyncio.Event().wait()
+                finally:
+                    order.append("service cancelled")
+
+            sup.spawn("svc", service)
+            asyncio.get_running_loop().call_later(0.05, os.kill, os.getpid(), signal.SIGTERM)
+            return await sup.wait()
+
+    assert run(main()) == "SIGTERM"
+    assert order == ["service cancelled", "resource closed"]
+
+
+def test_uvloop_is_used_when_installed():
+    pytest.importorskip("uvloop")
+    assert loop_factory() is not None
+    assert tune_allocator() in (True, False)
+
+
+def test_json_lines_logging():
+    stream = io.StringIO()
+    setup_logging("INFO", json_lines=True, stream=stream)
+    try:
+        logging.getLogger("edgefl.test").warning("hello %s", "world", extra={"reason": "bad_signature", "n": 3})
+        logging.getLogger("edgefl.test").debug("hidden")
+    finally:
+        setup_logging("WARNING")
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1
+    rec = json.loads(lines[0])
+    assert rec["msg"] == "hello world" and rec["reason"] == "bad_signature" and rec["n"] == 3
+    assert rec["level"] == "WARNING" and isinstance(JsonLinesFormatter().format(logging.makeLogRecord({})), str)
+
+
+def test_rate_limited_log(caplog):
+    limiter = RateLimited(logging.getLogger("edgefl.flood"), per_second=3)
+    with caplog.at_level(logging.WARNING):
+        for i in range(50):
+            limiter.warning("bad", "bad message %d", i)
+    assert len([r for r in caplog.records if r.name == "edgefl.flood"]) == 3
