@@ -49,6 +49,17 @@ from edgefl.transport.messages import Error, Ping, Pong, Status
 
 log = logging.getLogger("edgefl.session")
 
+
+class _PipelineNoise(logging.Filter):
+    """aiomqtt warns on every publish while more than 10 are unacknowledged: that is pipelining, not trouble."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pending publish calls" not in record.msg
+
+
+MQTT_LOG = logging.getLogger("edgefl.mqtt")  # the logger handed to aiomqtt/paho clients
+MQTT_LOG.addFilter(_PipelineNoise())
+
 Handler = Callable[[Envelope], Awaitable[codec.Message | None]]
 
 
@@ -237,7 +248,7 @@ class Session:
     def _client_args(self) -> dict:
         v5 = self.cfg.protocol == "5"
         args = dict(
-            hostname=self.cfg.host, port=self.cfg.port, identifier=self.client_id,
+            hostname=self.cfg.host, port=self.cfg.port, identifier=self.client_id, logger=MQTT_LOG,
             username=self.cfg.username or self.node_id, password=self._password(),
             keepalive=self.cfg.keepalive_s, max_inflight_messages=self.cfg.max_inflight,
             timeout=self.cfg.request_timeout_s, tls_context=self._tls_context(),
