@@ -150,6 +150,7 @@ class Session:
         self._subs: list[Subscription] = []
         self._patterns: dict[str, None] = {}  # subscribed at the broker for the session's lifetime
         self._held: deque[aiomqtt.Message] = deque()  # arrived before anyone here subscribed
+        self._held_bytes = 0
         self._internal = [topics.pattern(kind="req", target=self.node_id),
                           topics.pattern(kind="resp", target=self.node_id)]
         self._heap: list[_Out] = []
@@ -192,6 +193,7 @@ class Session:
 
     async def __aenter__(self) -> "Session":
         self._runner = asyncio.create_task(self._run(), name=f"mqtt-session-{self.node_id}")
+        self._spawn(self._expire_transfers())
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -391,7 +393,8 @@ class Session:
         this context: a persistent session keeps collecting messages for a node
         that restarts.  Messages that arrive before any local subscription
         matches them (e.g. queued ones right after reconnecting) are held, up
-        to ``HELD_LIMIT``, and handed to the first subscription that matches.
+        to ``HELD_LIMIT`` messages and ``mqtt.reassembly_buffer`` bytes, and
+        handed to the first subscription that matches.
         ``unsubscribe()`` ends the broker-side subscription.
         """
         return Subscription(self, pattern, raw, maxsize)
@@ -408,6 +411,7 @@ class Session:
         early = [m for m in self._held if topics.matches(sub.pattern, m.topic.value)]
         for m in early:
             self._held.remove(m)
+            self._held_bytes -= len(m.payload)
             await self._dispatch(m)
 
     async def _remove_subscription(self, sub: Subscription) -> None:
@@ -432,8 +436,9 @@ class Session:
         subs = [s for s in self._subs if topics.matches(s.pattern, name)]
         if not subs and not any(topics.matches(p, name) for p in self._internal):
             self._held.append(m)
-            if len(self._held) > self.HELD_LIMIT:
-                self._held.popleft()
+            self._held_bytes += len(payload)
+            while len(self._held) > self.HELD_LIMIT or self._held_bytes > self.cfg.reassembly_buffer:
+                self._held_bytes -= len(self._held.popleft().payload)
                 self.metrics.inc("unrouted_dropped")
             return
         for s in subs:
@@ -446,10 +451,12 @@ class Session:
         if where.kind not in ("req", "resp") and all(s.raw for s in subs):
             return  # nobody here wants this one verified
         if chunking.is_chunk(payload):
-            with contextlib.suppress(chunking.ChunkError):
+            try:
                 payload = self._reassembler.add(where.node, payload)
-            if not isinstance(payload, bytes) or chunking.is_chunk(payload):
-                return
+            except chunking.ChunkError:
+                return  # logged and counted by the reassembler
+            if payload is None:
+                return  # more chunks to come
         sig = payload[:256]  # the envelope head, signature included: unique per message
         if sig in self._recent:
             self.metrics.inc("duplicate_delivery")  # QoS1 redelivery or overlapping subscriptions
@@ -534,6 +541,12 @@ class Session:
             reply = Error("internal", type(exc).__name__)
         if reply is not None:
             await self.publish("resp", reply, to=env.sender, corr=env.corr)
+
+    async def _expire_transfers(self) -> None:
+        """Free chunked transfers that stopped arriving, even if no further chunk comes to trigger it."""
+        while True:
+            await asyncio.sleep(max(0.1, self.cfg.chunk_timeout_s / 2))
+            self._reassembler.expire()
 
     async def _pong(self, env: Envelope) -> Pong:
         return Pong(nonce=env.message.nonce, payload=env.message.payload)
