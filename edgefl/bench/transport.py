@@ -79,60 +79,42 @@ class RawPair:
         await self._inbox.__anext__()
 
 
+async def _pipelined(publish_one, inbox, n: int) -> tuple[float, float]:
+    """Publish ``n`` messages with ``publish_one`` at most WINDOW at a time; time until ``inbox`` got all.
+
+    Returns (messages per second, CPU seconds per message).
+    """
+    window = asyncio.Semaphore(WINDOW)
+
+    async def one():
+        async with window:
+            await publish_one()
+
+    async def receive_all():
+        got = 0
+        async for _ in inbox:
+            got += 1
+            if got == n:
+                return
+
+    c0, t0 = time.process_time(), time.perf_counter()
+    receiving = asyncio.create_task(receive_all())
+    await asyncio.gather(*(one() for _ in range(n)))
+    await asyncio.wait_for(receiving, 60)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return n / wall, cpu / n
+
+
 async def _pipelined_raw(port: int, n: int, payload: bytes) -> tuple[float, float]:
     async with _raw_client(port, "bench-pipe-tx") as tx, _raw_client(port, "bench-pipe-rx") as rx:
         await rx.subscribe("bench/raw/pipe", qos=1)
-        got = 0
-        done = asyncio.Event()
-
-        async def drain():
-            nonlocal got
-            async for _ in rx.messages:
-                got += 1
-                if got == n:
-                    done.set()
-                    return
-
-        task = asyncio.create_task(drain())
-        window = asyncio.Semaphore(WINDOW)
-
-        async def one():
-            async with window:
-                await tx.publish("bench/raw/pipe", payload, qos=1)
-
-        c0, t0 = time.process_time(), time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(n)))
-        await asyncio.wait_for(done.wait(), 60)
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    return n / wall, cpu / n
+        return await _pipelined(lambda: tx.publish("bench/raw/pipe", payload, qos=1), rx.messages, n)
 
 
 async def _pipelined_signed(tx: Session, rx: Session, n: int, payload: bytes) -> tuple[float, float]:
+    msg = Ping(nonce=b"p", payload=payload)
     async with rx.subscribe(topics.pattern(node=tx.node_id, kind="pipe")) as sub:
-        got = 0
-        done = asyncio.Event()
-
-        async def drain():
-            nonlocal got
-            async for _ in sub:
-                got += 1
-                if got == n:
-                    done.set()
-                    return
-
-        task = asyncio.create_task(drain())
-        c0, t0 = time.process_time(), time.perf_counter()
-        msg = Ping(nonce=b"p", payload=payload)
-        await asyncio.gather(*(tx.publish("pipe", msg, qos=1) for _ in range(n)))
-        await asyncio.wait_for(done.wait(), 60)
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    return n / wall, cpu / n
+        return await _pipelined(lambda: tx.publish("pipe", msg, qos=1), sub, n)
 
 
 def _sessions(port: int, qos: int, metrics: Metrics) -> tuple[Session, Session]:
