@@ -1,0 +1,1 @@
+"""Federated learning: aggregators and data partitions (more strategies plug in by name)."""

@@ -1,0 +1,304 @@
+"""The fog's dense-layer trainer: numpy, float32, bit-for-bit deterministic.
+
+The dense part of the model (3920 → 600 → 100 → 30 → 20 → 10, ReLU between,
+softmax cross-entropy at the end) is trained on the perturbed features devices
+send.  Every step is a pure function of its inputs::
+
+    M_{i+1} = T(M_i, M_O, d_{i+1})        train_step(state, origin, x, y, config)
+
+``state`` (M_i) holds the parameters, the optimiser's slots and the step
+count; ``origin`` (M_O) is the model the round started from (the aggregated
+model; it enters the update through the FedProx term ``prox_mu``, 0 by
+default, and is otherwise only recorded); ``x, y`` (d_{i+1}) is the batch.
+``batch_indices`` derives which rows of a device's features form step i's
+batch from a seed, so a recorded (seed, step) pins the batch as well.
+
+Determinism: all arithmetic is float32 in a fixed order; matrix products run
+with the BLAS on one thread (``blas.single_threaded``); sums over the batch
+are numpy reductions along axis 0 of C-contiguous arrays (row after row).  The
+same inputs therefore give the same bytes on the same platform
+(``blas.fingerprint()``), which is what an auditor replaying a recorded step
+relies on: ``replay_step`` takes and returns canonical bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import field
+from typing import Annotated, Sequence
+
+import numpy as np
+
+from edgefl import codec
+from edgefl.codec import Array, MaxLen, Message, Range, message
+from edgefl.crypto.hashing import tagged_hash
+from edgefl.ml import blas
+
+LAYERS = (3920, 600, 100, 30, 20, 10)
+OPTIMIZERS = ("sgd", "adam")
+STATE_TAG = b"edgefl/train-state/v1"
+BATCH_TAG = b"edgefl/train-batch/v1"
+MODEL_TAG = b"edgefl/dense-model/v1"
+_MAX_PARAMS = 64 << 20  # bytes of a serialised state: 4 copies of the 9.7 MB dense model fit
+
+ParamArray = Annotated[np.ndarray, Array("float32", max_elems=1 << 24)]
+
+
+class TrainError(ValueError):
+    """Inputs to a training step do not fit the model or the configuration."""
+
+
+@message("train_config")
+class TrainConfig(Message):
+    """Hyperparameters of a training task; recorded with it, so a replay uses the same ones."""
+
+    layers: Annotated[list[int], MaxLen(16)] = field(default_factory=lambda: list(LAYERS))
+    optimizer: Annotated[str, MaxLen(16)] = "sgd"
+    lr: Annotated[float, Range(0.0, 10.0)] = 0.01
+    batch_size: Annotated[int, Range(1, 1 << 16)] = 64
+    beta1: Annotated[float, Range(0.0, 1.0)] = 0.9
+    beta2: Annotated[float, Range(0.0, 1.0)] = 0.999
+    adam_eps: Annotated[float, Range(0.0, 1.0)] = 1e-8
+    prox_mu: Annotated[float, Range(0.0, 1e6)] = 0.0
+    seed: Annotated[int, Range(0, (1 << 63) - 1)] = 0
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise codec.SchemaError(f"{self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}",
+                                    field="train_config.optimizer")
+        if len(self.layers) < 2 or any(n < 1 for n in self.layers):
+            raise codec.SchemaError(f"{self.layers} must list at least two positive widths", field="train_config.layers")
+
+    def to_bytes(self) -> bytes:
+        return codec.encode_message(self)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "TrainConfig":
+        return cls.from_wire(codec.decode(data, canonical=True))
+
+
+@message("dense_model", max_size=_MAX_PARAMS)
+class DenseModel(Message):
+    """Weights (in, out) and biases (out,) of every dense layer, in order."""
+
+    layers: Annotated[list[int], MaxLen(16)]
+    params: Annotated[list[ParamArray], MaxLen(32)]
+
+    def __post_init__(self):
+        _check_shapes(self.layers, self.params, "dense_model")
+
+    def to_bytes(self) -> bytes:
+        return codec.encode_message(self)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "DenseModel":
+        return cls.from_wire(codec.decode(data, codec.DEFAULT_LIMITS.scaled(_MAX_PARAMS), canonical=True))
+
+    def digest(self) -> bytes:
+        return tagged_hash(MODEL_TAG, self.to_bytes())
+
+
+@message("train_state", max_size=_MAX_PARAMS)
+class TrainState(Message):
+    """M_i: parameters, optimiser slots (Adam: first then second moments; SGD: none), steps taken."""
+
+    step: Annotated[int, Range(0, (1 << 63) - 1)]
+    model: DenseModel
+    slots: Annotated[list[ParamArray], MaxLen(64)] = field(default_factory=list)
+
+    def to_bytes(self) -> bytes:
+        return codec.encode_message(self)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "TrainState":
+        return cls.from_wire(codec.decode(data, codec.DEFAULT_LIMITS.scaled(_MAX_PARAMS), canonical=True))
+
+    def digest(self) -> bytes:
+        return tagged_hash(STATE_TAG, self.to_bytes())
+
+
+def _check_shapes(layers: Sequence[int], params: Sequence[np.ndarray], where: str) -> None:
+    if len(layers) < 2 or any(n < 1 for n in layers):
+        raise TrainError(f"{where}: layers {list(layers)} must list at least two positive widths")
+    if len(params) != 2 * (len(layers) - 1):
+        raise TrainError(f"{where}: {len(params)} arrays for {len(layers) - 1} layers (expected weights and biases)")
+    for i, (n_in, n_out) in enumerate(zip(layers, layers[1:])):
+        w, b = params[2 * i], params[2 * i + 1]
+        if w.shape != (n_in, n_out) or b.shape != (n_out,):
+            raise TrainError(f"{where}: layer {i} has shapes {w.shape}, {b.shape}; expected ({n_in}, {n_out}), ({n_out},)")
+        if w.dtype != np.float32 or b.dtype != np.float32:
+            raise TrainError(f"{where}: layer {i} is {w.dtype}/{b.dtype}, expected float32")
+
+
+def init_model(layers: Sequence[int] = LAYERS, seed: int = 0) -> DenseModel:
+    """He-normal weights and zero biases from a seeded PCG64 (the same on every platform)."""
+    rng = np.random.Generator(np.random.PCG64(seed))
+    params = []
+    for n_in, n_out in zip(layers, layers[1:]):
+        w = rng.standard_normal((n_in, n_out), dtype=np.float64) * math.sqrt(2.0 / n_in)
+        params += [w.astype(np.float32), np.zeros(n_out, np.float32)]
+    return DenseModel(layers=list(layers), params=params)
+
+
+def init_state(model: DenseModel, config: TrainConfig) -> TrainState:
+    slots = [np.zeros_like(p) for p in model.params] * 2 if config.optimizer == "adam" else []
+    return TrainState(step=0, model=model, slots=[s.copy() for s in slots])
+
+
+# --------------------------------------------------------------------------- the step
+
+
+def forward(params: Sequence[np.ndarray], x: np.ndarray) -> list[np.ndarray]:
+    """Activations of every layer; the last entry holds the logits."""
+    acts = [x]
+    n = len(params) // 2
+    for i in range(n):
+        z = acts[-1] @ params[2 * i]
+        z += params[2 * i + 1]
+        if i < n - 1:
+            np.maximum(z, 0, out=z)
+        acts.append(z)
+    return acts
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    e /= e.sum(axis=1, keepdims=True)
+    return e
+
+
+def loss_and_grads(params: Sequence[np.ndarray], x: np.ndarray, y: np.ndarray) -> tuple[float, list[np.ndarray]]:
+    """Mean softmax cross-entropy over the batch and its gradients, layer by layer."""
+    acts = forward(params, x)
+    probs = _softmax(acts[-1])
+    batch = x.shape[0]
+    rows = np.arange(batch)
+    loss = float(-np.log(np.maximum(probs[rows, y], np.float32(1e-30))).astype(np.float64).mean())
+    dz = probs
+    dz[rows, y] -= np.float32(1.0)
+    dz *= np.float32(1.0 / batch)
+    grads: list[np.ndarray] = [None] * len(params)  # type: ignore[list-item]
+    for i in range(len(params) // 2 - 1, -1, -1):
+        a = acts[i]
+        grads[2 * i] = a.T @ dz
+        grads[2 * i + 1] = dz.sum(axis=0)
+        if i:
+            dz = dz @ params[2 * i].T
+            dz *= acts[i] > 0
+    return loss, grads
+
+
+def _check_batch(model: DenseModel, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x = np.ascontiguousarray(x)
+    y = np.ascontiguousarray(y)
+    if x.dtype != np.float32 or x.ndim != 2 or x.shape[1] != model.layers[0]:
+        raise TrainError(f"features must be float32 (batch, {model.layers[0]}), got {x.dtype} {x.shape}")
+    if y.ndim != 1 or y.shape[0] != x.shape[0] or not np.issubdtype(y.dtype, np.integer):
+        raise TrainError(f"labels must be integers (batch,) matching {x.shape[0]} rows, got {y.dtype} {y.shape}")
+    if x.shape[0] == 0:
+        raise TrainError("empty batch")
+    if y.min() < 0 or y.max() >= model.layers[-1]:
+        raise TrainError(f"labels must lie in [0, {model.layers[-1]})")
+    if not np.isfinite(x).all():
+        raise TrainError("features contain NaN or infinity")
+    return x, y.astype(np.int64)
+
+
+def train_step(state: TrainState, origin: DenseModel | None, x: np.ndarray, y: np.ndarray,
+               config: TrainConfig) -> TrainState:
+    """One optimiser step on batch (x, y): M_{i+1} = T(M_i, M_O, d_{i+1}). Inputs are not modified."""
+    model = state.model
+    x, y = _check_batch(model, x, y)
+    if origin is not None and origin.layers != model.layers:
+        raise TrainError(f"origin model layers {origin.layers} differ from {model.layers}")
+    params = model.params
+    with blas.single_threaded():
+        loss, grads = loss_and_grads(params, x, y)
+        if config.prox_mu and origin is not None:
+            mu = np.float32(config.prox_mu)
+            grads = [g + mu * (p - o) for g, p, o in zip(grads, params, origin.params)]
+        step = state.step + 1
+        lr = np.float32(config.lr)
+        if config.optimizer == "sgd":
+            new_params = [p - lr * g for p, g in zip(params, grads)]
+            slots: list[np.ndarray] = []
+        else:
+            if len(state.slots) != 2 * len(params):
+                raise TrainError(f"adam needs {2 * len(params)} slots, the state has {len(state.slots)}")
+            b1, b2 = np.float32(config.beta1), np.float32(config.beta2)
+            # bias corrections in float64, rounded once to float32: the same on every platform
+            c1 = np.float32(1.0 - config.beta1 ** step)
+            c2 = np.float32(1.0 - config.beta2 ** step)
+            eps = np.float32(config.adam_eps)
+            m_old, v_old = state.slots[:len(params)], state.slots[len(params):]
+            m = [b1 * mo + (np.float32(1) - b1) * g for mo, g in zip(m_old, grads)]
+            v = [b2 * vo + (np.float32(1) - b2) * (g * g) for vo, g in zip(v_old, grads)]
+            new_params = [p - lr * (mi / c1) / (np.sqrt(vi / c2) + eps) for p, mi, vi in zip(params, m, v)]
+            slots = m + v
+    new_params = [np.ascontiguousarray(p, dtype=np.float32) for p in new_params]
+    slots = [np.ascontiguousarray(s, dtype=np.float32) for s in slots]
+    return TrainState(step=step, model=DenseModel(layers=list(model.layers), params=new_params), slots=slots)
+
+
+def replay_step(state: bytes, origin: bytes | None, x: np.ndarray, y: np.ndarray, config: bytes | TrainConfig) -> bytes:
+    """The auditor's call: recorded bytes in, the next state's canonical bytes out."""
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_bytes(config)
+    before = TrainState.from_bytes(state)
+    base = DenseModel.from_bytes(origin) if origin is not None else None
+    return train_step(before, base, x, y, cfg).to_bytes()
+
+
+def batch_digest(x: np.ndarray, y: np.ndarray) -> bytes:
+    """Hash of a training batch as recorded: canonical CBOR of {x: float32, y: int64}."""
+    return tagged_hash(BATCH_TAG, codec.encode({"x": np.ascontiguousarray(x, np.float32),
+                                                "y": np.ascontiguousarray(y, np.int64)}))
+
+
+def batch_indices(n_items: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """Rows of a device's data forming training step ``step`` (0-based).
+
+    Each epoch is a PCG64 permutation seeded by (seed, epoch); an epoch has
+    ceil(n / batch_size) steps and the last batch may be short.
+    """
+    if n_items < 1 or batch_size < 1 or step < 0:
+        raise TrainError("n_items and batch_size must be positive and step non-negative")
+    per_epoch = -(-n_items // batch_size)
+    epoch, j = divmod(step, per_epoch)
+    order = np.random.Generator(np.random.PCG64([seed, epoch])).permutation(n_items)
+    return order[j * batch_size:(j + 1) * batch_size]
+
+
+def predict(model: DenseModel, x: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """Class predictions for feature rows (not recorded, so BLAS threading is left alone)."""
+    out = [forward(model.params, np.ascontiguousarray(x[i:i + chunk], np.float32))[-1].argmax(axis=1)
+           for i in range(0, len(x), chunk)]
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def accuracy(model: DenseModel, x: np.ndarray, y: np.ndarray) -> float:
+    return float((predict(model, x) == y).mean())
+
+
+class Trainer:
+    """Local training of one device's model at the fog: epochs of seeded mini-batch steps.
+
+    ``on_step(step, state, batch_rows)`` sees every step as it is taken (the
+    ledger records them there).
+    """
+
+    def __init__(self, config: TrainConfig, on_step=None):
+        self.config = config
+        self.on_step = on_step
+
+    def fit(self, model: DenseModel, x: np.ndarray, y: np.ndarray, *, epochs: int = 1,
+            state: TrainState | None = None) -> TrainState:
+        state = state or init_state(model, self.config)
+        origin = model
+        per_epoch = -(-len(x) // self.config.batch_size)
+        for _ in range(epochs * per_epoch):
+            rows = batch_indices(len(x), self.config.batch_size, self.config.seed, state.step)
+            state = train_step(state, origin, x[rows], y[rows], self.config)
+            if self.on_step is not None:
+                self.on_step(state.step, state, rows)
+        return state
