@@ -16,23 +16,52 @@ HERE = Path(__file__).parent
 VERSION = "0.1.0"
 
 
+def _gmp():
+    """Build arguments for GMP: the system libgmp (libgmp-dev) if its header is there, else gmpy2's copy.
+
+    gmpy2's wheel ships gmp.h and a bundled libgmp; linking that copy by its
+    path (with an rpath to it) keeps the extension working without libgmp-dev.
+    Only with the system library does the arithmetic release the GIL: gmpy2
+    installs its own allocator in the copy it bundles.
+    """
+    import sysconfig
+
+    multiarch = sysconfig.get_config_var("MULTIARCH") or ""
+    for include in ("/usr/include", f"/usr/include/{multiarch}", "/usr/local/include"):
+        if os.path.exists(os.path.join(include, "gmp.h")):
+            return {"libraries": ["gmp"], "define_macros": [("EDGEFL_GMP_NOGIL", "1")]}
+    try:
+        import gmpy2
+    except ImportError:
+        return None
+    package = Path(gmpy2.__file__).parent
+    libs = sorted((package.parent / "gmpy2.libs").glob("libgmp*.so*"))
+    if not (package / "gmp.h").exists() or not libs:
+        return None
+    return {"include_dirs": [str(package)], "extra_link_args": [str(libs[0])],
+            "runtime_library_dirs": [str(libs[0].parent)]}
+
+
 def _extensions():
     """Cython sources in ext/ become modules of edgefl._ext."""
     specs = [
-        # name, sources, libraries
-        ("hashing", ["ext/hashing.pyx"], ["crypto"]),  # OpenSSL libcrypto SHA-256
-        ("cborscan", ["ext/cborscan.pyx"], []),
+        # name, sources, build arguments
+        ("hashing", ["ext/hashing.pyx"], {"libraries": ["crypto"]}),  # OpenSSL libcrypto SHA-256
+        ("cborscan", ["ext/cborscan.pyx"], {}),
     ]
+    gmp = _gmp()
+    if gmp is not None:  # without GMP headers the accumulator runs on its pure-Python twin
+        specs.append(("accumulator", ["ext/accumulator.pyx"], gmp))
     compile_args = ["-O3", "-DOPENSSL_SUPPRESS_DEPRECATED"]
     exts = [
         Extension(
             f"edgefl._ext.{name}",
             sources,
-            libraries=libs,
             extra_compile_args=compile_args,
             optional=True,
+            **args,
         )
-        for name, sources, libs in specs
+        for name, sources, args in specs
     ]
     if os.environ.get("EDGEFL_NO_EXTENSIONS") == "1":
         return []
@@ -83,6 +112,7 @@ setup(
         "numpy>=1.24",
         "aiomqtt>=2.3,<3",
         "uvloop>=0.19; platform_system != 'Windows'",
+        "gmpy2>=2.1",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-asyncio>=0.24", "hypothesis>=6.100", "Cython>=3.0"],

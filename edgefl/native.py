@@ -15,7 +15,7 @@ from types import ModuleType
 
 log = logging.getLogger("edgefl.native")
 
-MODULES = ("hashing", "cborscan")
+MODULES = ("hashing", "cborscan", "accumulator")
 _chosen: dict[str, str] = {}
 
 
