@@ -109,6 +109,7 @@ setup(
     install_requires=[
         "cbor2>=6.2,<7",
         "coincurve>=20",
+        "cryptography>=42",  # X.509 certificates for the broker's mutual TLS
         "numpy>=1.24",
         "aiomqtt>=2.3,<3",
         "uvloop>=0.19; platform_system != 'Windows'",

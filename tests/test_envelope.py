@@ -131,7 +131,7 @@ def test_topic_binding():
 
 def test_registry_rejections_carry_their_reason():
     class Revoking(StaticKeyRegistry):
-        def key_for(self, sender, at):
+        def key_for(self, sender, at, role=None):
             raise IdentityRejected("revoked", f"{sender} revoked", sender)
 
     m = Metrics()

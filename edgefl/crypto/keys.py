@@ -1,4 +1,9 @@
-"""secp256k1 keys (coincurve): ECDSA over 32-byte digests, compact 64-byte signatures.
+"""secp256k1 keys (coincurve): ECDSA and BIP340 Schnorr over 32-byte digests, 64-byte signatures.
+
+ECDSA (compact r || s, low-s) signs envelopes; BIP340 Schnorr signs the
+long-lived records that are referenced by hash (certificates, CRLs): its
+signatures are non-malleable by construction and verify against the x-only
+form of the same public key.
 
 Key files hold the hex-encoded secret, are created with mode 0600 and replaced
 atomically; loading names the file and what is wrong with it.
@@ -19,7 +24,7 @@ class KeyFileError(ValueError):
 
 
 class VerifyingKey:
-    __slots__ = ("_pub", "raw")
+    __slots__ = ("_pub", "_xonly", "raw")
 
     def __init__(self, raw: bytes):
         try:
@@ -27,6 +32,7 @@ class VerifyingKey:
         except (ValueError, TypeError) as exc:
             raise ValueError(f"not a secp256k1 public key: {exc}") from None
         self.raw = self._pub.format(compressed=True)
+        self._xonly = None
 
     def verify(self, signature: bytes, digest: bytes) -> bool:
         """ECDSA check of a compact (r || s, low-s) signature over a 32-byte digest."""
@@ -37,6 +43,19 @@ class VerifyingKey:
             return self._pub.verify(der, digest, hasher=None)
         except (ValueError, TypeError):
             return False
+
+    def verify_schnorr(self, signature: bytes, digest: bytes) -> bool:
+        """BIP340 check of a 64-byte signature over a 32-byte digest (against the x-only key)."""
+        if len(signature) != 64 or len(digest) != 32:
+            return False
+        if self._xonly is None:
+            self._xonly = coincurve.PublicKeyXOnly(self.raw[1:])
+        return self._xonly.verify(bytes(signature), bytes(digest))
+
+    @property
+    def point(self) -> coincurve.PublicKey:
+        """The coincurve point, for protocols that do arithmetic on keys (ECVRF)."""
+        return self._pub
 
     def hex(self) -> str:
         return self.raw.hex()
@@ -68,30 +87,20 @@ class SigningKey:
             raise ValueError("ECDSA signs a 32-byte digest")
         return serialize_compact(der_to_cdata(self._priv.sign(digest, hasher=None)))
 
+    def sign_schnorr(self, digest: bytes, aux: bytes | None = None) -> bytes:
+        """BIP340 Schnorr over a 32-byte digest; ``aux`` is the 32-byte auxiliary randomness (fresh by default)."""
+        if len(digest) != 32:
+            raise ValueError("Schnorr signs a 32-byte digest")
+        return self._priv.sign_schnorr(bytes(digest), os.urandom(32) if aux is None else aux)
+
     def save(self, path: str | os.PathLike) -> Path:
         """Write the secret with mode 0600, atomically (temp file, fsync, rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, (self.secret.hex() + "\n").encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        return path
+        return write_private(path, (self.secret.hex() + "\n").encode())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SigningKey":
         path = Path(path)
-        try:
-            st = path.stat()
-            text = path.read_text().strip()
-        except OSError as exc:
-            raise KeyFileError(f"{path}: cannot read key file ({exc.strerror})") from None
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise KeyFileError(f"{path}: key file is accessible by others (mode {st.st_mode & 0o777:o}); run chmod 600")
+        text = read_private(path).decode(errors="replace").strip()
         try:
             secret = bytes.fromhex(text)
             if len(secret) != 32:
@@ -99,6 +108,39 @@ class SigningKey:
             return cls(secret)
         except ValueError as exc:
             raise KeyFileError(f"{path}: not a secp256k1 secret key ({exc})") from None
+
+
+def write_private(path: str | os.PathLike, data: bytes) -> Path:
+    """Write a secret file with mode 0600, atomically (temp file, fsync, rename)."""
+    return write_atomic(path, data, 0o600)
+
+
+def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> Path:
+    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return path
+
+
+def read_private(path: str | os.PathLike) -> bytes:
+    """Read a secret file, refusing one that group or others may access."""
+    path = Path(path)
+    try:
+        st = path.stat()
+        data = path.read_bytes()
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot read key file ({exc.strerror})") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFileError(f"{path}: key file is accessible by others (mode {st.st_mode & 0o777:o}); run chmod 600")
+    return data
 
 
 def save_public(key: VerifyingKey, path: str | os.PathLike) -> Path:

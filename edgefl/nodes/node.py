@@ -7,8 +7,12 @@ main chain) is added as services on the same skeleton.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from pathlib import Path
 
+from edgefl import codec
+from edgefl.crypto.pki import Crl, PkiError, PkiRegistry
 from edgefl.runtime.config import Config
 from edgefl.runtime.loop import Supervisor
 from edgefl.runtime.metrics import METRICS
@@ -25,6 +29,43 @@ async def watch_liveness(session: Session) -> None:
                 log.info("peer %s (%s) is %s", rx.envelope.sender, rx.topic.role, rx.message.state)
 
 
+async def crl_service(session: Session, registry: PkiRegistry, own_crl: Path | None = None,
+                      poll_s: float = 5.0) -> None:
+    """Keep revocations current: learn every CA's CRL from the retained ``crl`` topics and, on a CA,
+    publish its own CRL file (retained), again whenever `edgefl pki revoke` rewrites it.
+
+    A CRL is trusted for its own signature, whoever relays it; an older or
+    badly signed one is refused, logged and counted (``crl_rejected``).
+    """
+
+    async def publish_own() -> None:
+        seen = None
+        while True:
+            with contextlib.suppress(FileNotFoundError):
+                stat = own_crl.stat()
+                if (stat.st_mtime_ns, stat.st_size) != seen:
+                    seen = (stat.st_mtime_ns, stat.st_size)
+                    try:
+                        crl = Crl.from_bytes(own_crl.read_bytes())
+                        registry.add_crl(crl, persist=False)
+                    except codec.CodecError as exc:
+                        log.warning("%s: %s", own_crl, exc)
+                        continue
+                    except PkiError:
+                        continue  # logged and counted by the registry
+                    await session.publish("crl", crl, retain=True)
+                    log.info("published CRL #%d of %s", crl.number, crl.issuer)
+            await asyncio.sleep(poll_s)
+
+    async with session.subscribe(topics.pattern(kind="crl")) as sub, asyncio.TaskGroup() as tg:
+        if own_crl is not None:
+            tg.create_task(publish_own())
+        async for rx in sub:
+            if isinstance(rx.message, Crl):
+                with contextlib.suppress(PkiError):
+                    registry.add_crl(rx.message)
+
+
 async def report_metrics(every_s: float = 60.0) -> None:
     while True:
         await asyncio.sleep(every_s)
@@ -36,6 +77,9 @@ async def run_node(cfg: Config, *, stop_after: float | None = None) -> str:
     async with Session.from_config(cfg) as session, Supervisor() as sup:
         sup.spawn("liveness", lambda: watch_liveness(session))
         sup.spawn("metrics", report_metrics)
+        if isinstance(session.verifier.registry, PkiRegistry):
+            own = cfg.path(cfg.security.crl_dir) / f"{cfg.node.id}.crl" if cfg.node.role != "device" else None
+            sup.spawn("crl", lambda: crl_service(session, session.verifier.registry, own))
         if stop_after is not None:
             asyncio.get_running_loop().call_later(stop_after, sup.stop, "time limit")
         log.info("%s %s/%s running; broker %s:%d", cfg.node.role, cfg.node.site, cfg.node.id,

@@ -77,7 +77,15 @@ class MqttSection:
 @dataclass
 class SecuritySection:
     key_file: str = "{data_dir}/keys/{id}.key"
+    # Who may send: "directory" trusts every ID.pub in trust_dir; "pki" trusts
+    # what chains to the root certificate ca_cert (certificates in cert_dir,
+    # revocation lists in crl_dir, as laid out by `edgefl pki`).
+    registry: Literal["directory", "pki"] = "directory"
     trust_dir: str = "{data_dir}/trust"
+    ca_cert: str = "{data_dir}/pki/ca.cert"
+    cert_dir: str = "{data_dir}/pki/certs"
+    crl_dir: str = "{data_dir}/pki/crl"
+    require_fresh_crl: bool = False  # refuse identities whose issuer's CRL is missing or past next_update
     max_clock_skew_s: float = field(default=120.0, metadata=_range(1))
     replay_window: int = field(default=1024, metadata=_range(16, 1 << 20))
 

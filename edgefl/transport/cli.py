@@ -21,9 +21,9 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=None, help="listener port (default 1883, 8883 with --tls)")
     p.add_argument("--bind", default="0.0.0.0")
     p.add_argument("--tls", action="store_true", help="TLS listener with client certificates (CN = node id)")
-    p.add_argument("--cafile", default="/etc/mosquitto/certs/ca.crt")
-    p.add_argument("--certfile", default="/etc/mosquitto/certs/broker.crt")
-    p.add_argument("--keyfile", default="/etc/mosquitto/certs/broker.key")
+    p.add_argument("--cafile", help="root X.509 CA (default: {data_dir}/tls/ca.pem, as `edgefl pki` lays it out)")
+    p.add_argument("--certfile", help="broker certificate chain (default: {data_dir}/tls/{id}.pem of the profile)")
+    p.add_argument("--keyfile", help="broker key (default: {data_dir}/tls/{id}.key)")
     p.add_argument("--anonymous", action="store_true", help="no identities or ACL (loopback demos only)")
     p.add_argument("--reader", action="append", default=[], help="identity allowed to read the whole tree (a fog)")
     p.add_argument("--data-dir", default="/var/lib/mosquitto")
@@ -51,6 +51,11 @@ def register(sub) -> None:
 def broker_config(args) -> int:
     if args.anonymous and args.tls:
         raise ValueError("--anonymous and --tls exclude each other")
+    if args.tls:  # the files `edgefl pki issue --id <this fog> --host ...` wrote into the node's data directory
+        cfg = args.config
+        args.cafile = args.cafile or str(cfg.path("{data_dir}/tls/ca.pem"))
+        args.certfile = args.certfile or str(cfg.path("{data_dir}/tls/{id}.pem"))
+        args.keyfile = args.keyfile or str(cfg.path("{data_dir}/tls/{id}.key"))
     settings = BrokerSettings(
         role=args.role, port=args.port or (8883 if args.tls else 1883), bind=args.bind, data_dir=args.data_dir,
         max_packet_size=args.max_packet_size, auth="none" if args.anonymous else "tls" if args.tls else "password",

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import heapq
 import itertools
 import logging
@@ -39,8 +40,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgefl import codec
-from edgefl.crypto.envelope import (DirectoryKeyRegistry, Envelope, Rejected, SequenceCounter, Signer,
-                                    Verifier)
+from edgefl.crypto.envelope import (DirectoryKeyRegistry, Envelope, KeyRegistry, Rejected, SequenceCounter,
+                                    Signer, Verifier)
 from edgefl.crypto.keys import SigningKey
 from edgefl.runtime.config import Config, MqttSection
 from edgefl.runtime.metrics import METRICS, Metrics
@@ -129,6 +130,15 @@ class Subscription:
             return await self.queue.get()
 
 
+def key_registry(cfg: Config, metrics: Metrics = METRICS) -> KeyRegistry:
+    """The registry ``security.registry`` names: a directory of public keys, or the site PKI."""
+    if cfg.security.registry == "pki":
+        from edgefl.crypto.pki import PkiRegistry
+
+        return PkiRegistry.from_config(cfg, metrics=metrics)
+    return DirectoryKeyRegistry(cfg.path(cfg.security.trust_dir))
+
+
 class Session:
     def __init__(self, *, site: str, role: str, signer: Signer, verifier: Verifier, mqtt: MqttSection,
                  client_id: str | None = None, metrics: Metrics = METRICS):
@@ -178,13 +188,14 @@ class Session:
         seq_path = cfg.path("{data_dir}/state/{id}.seq")
         seq_path.parent.mkdir(parents=True, exist_ok=True)
         signer = Signer(cfg.node.id, key, SequenceCounter(seq_path))
-        verifier = Verifier(DirectoryKeyRegistry(cfg.path(cfg.security.trust_dir)),
+        verifier = Verifier(key_registry(cfg, metrics),
                             window=cfg.security.replay_window, max_skew_s=cfg.security.max_clock_skew_s,
                             limits=codec.Limits(max_size=cfg.mqtt.max_message_size, max_depth=16,
                                                 max_items=1 << 16),
                             metrics=metrics, name=cfg.node.id)
-        return cls(site=cfg.node.site, role=cfg.node.role, signer=signer, verifier=verifier, mqtt=cfg.mqtt,
-                   client_id=client_id, metrics=metrics)
+        tls = {k: str(cfg.path(v)) for k in ("tls_ca", "tls_cert", "tls_key") if (v := getattr(cfg.mqtt, k))}
+        return cls(site=cfg.node.site, role=cfg.node.role, signer=signer, verifier=verifier,
+                   mqtt=dataclasses.replace(cfg.mqtt, **tls), client_id=client_id, metrics=metrics)
 
     def topic(self, kind: str, target: str | None = None) -> str:
         return topics.topic(self.site, self.role, self.node_id, kind, target)
@@ -462,8 +473,8 @@ class Session:
             self.metrics.inc("duplicate_delivery")  # QoS1 redelivery or overlapping subscriptions
             return
         try:
-            env = self.verifier.open(payload, check_fresh=where.kind != "status", expect_sender=where.node,
-                                     expect_to=where.target)
+            env = self.verifier.open(payload, check_fresh=where.kind not in topics.RETAINED,
+                                     expect_sender=where.node, expect_to=where.target, expect_role=where.role)
         except Rejected:
             return
         self._recent[sig] = None

@@ -5,6 +5,7 @@
 kind        target      meaning
 ----------  ----------  ------------------------------------------------------------
 status      -           retained liveness: "online" on connect, last will "offline"
+crl         -           retained: the certificate revocation list a CA (fog, cloud) publishes
 req         node id     a request addressed to ``target`` (correlation id inside)
 resp        node id     the response to ``target``, the node that asked
 msg         node id     a one-way message to ``target`` (e.g. device -> its fog)
@@ -24,6 +25,9 @@ from typing import NamedTuple
 
 PREFIX = "edgefl/v1"
 ROLES = ("device", "fog", "cloud")
+# Retained kinds: a subscriber gets the last one however old, so receivers skip
+# the freshness and replay checks (a CRL carries its own number; status its session).
+RETAINED = frozenset({"status", "crl"})
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
