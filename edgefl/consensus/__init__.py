@@ -1,0 +1,1 @@
+"""Consensus: VRF sortition and epoch randomness (PBFT and endorsement policies build on them)."""

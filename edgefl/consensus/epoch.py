@@ -1,0 +1,236 @@
+"""Epoch randomness: each epoch's committee derives the next epoch's seed from VRF outputs.
+
+    seed_{e+1} = tagged_hash("edgefl/epoch-seed/v1", seed_e || sorted(beta_i for each share revealed))
+
+where beta_i is member i's VRF output on ``seed_e || "seed"`` (a role no
+sortition uses, so the share is unknown to anyone until its owner reveals it).
+The committee is the set of members whose sortition claims for epoch e (role
+"committee") were recorded; at the epoch's deadline the leader proposes an
+``EpochSeed`` record, the committee checks it with ``check_epoch`` and agrees
+on it, and the ledger records it.
+
+Why a member can at most withhold its output, not choose it:
+
+* the seed it draws on, seed_e, was fixed before epoch e began, and the keys
+  and weights that count in epoch e were certified and recorded before that,
+  so nobody can grind keys against a known seed;
+* ECVRF outputs are unique: for a given key and input exactly one beta
+  verifies, and it is pseudorandom to everyone without the secret key;
+* the outputs are sorted before hashing, so neither arrival order nor the
+  proposer's ordering matters.
+
+A member's only freedom is to reveal its share or not: one bit, or 2^k
+candidate seeds for k colluding members who wait to reveal last.  Withholding
+is visible (the member's claim is on record, its share is not), and costs it:
+the record lists it as ``withheld`` and a ``ReputationPenalty`` is recorded on
+the ledger, lowering the reputation that weighs its future draws.
+
+Ledger hook: ``EpochSeed`` and ``ReputationPenalty`` are recorded as Type-I
+transactions whose payloads are their canonical bytes (``codec.encode_message``);
+a penalty is verified with ``check_penalty`` against the ``EpochSeed`` record it
+names by digest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Annotated, Callable, Iterable
+
+from edgefl import codec
+from edgefl.codec import MaxLen, Message, Range, message
+from edgefl.consensus import sortition
+from edgefl.consensus.sortition import SortitionClaim
+from edgefl.crypto import vrf
+from edgefl.crypto.envelope import IdentityRejected
+from edgefl.crypto.hashing import tagged_hash
+from edgefl.runtime.logging import RateLimited
+from edgefl.runtime.metrics import METRICS, Metrics
+
+log = logging.getLogger("edgefl.epoch")
+
+SEED_TAG = b"edgefl/epoch-seed/v1"
+RECORD_TAG = b"edgefl/epoch-record/v1"
+SEED_ROLE = "seed"
+COMMITTEE_ROLE = "committee"
+MAX_COMMITTEE = 1024
+WITHHELD = "withheld_seed_share"
+
+Id = Annotated[str, MaxLen(64)]
+
+
+def next_seed(seed: bytes, outputs: Iterable[bytes]) -> bytes:
+    return tagged_hash(SEED_TAG, bytes(seed) + b"".join(sorted(outputs)))
+
+
+@message("seed-share")
+class SeedShare(Message):
+    """A committee member's VRF proof on ``seed_e || "seed"``: its contribution to seed_{e+1}."""
+
+    epoch: Annotated[int, Range(0)]
+    member: Id
+    proof: Annotated[bytes, MaxLen(vrf.PROOF_SIZE)]
+
+
+def seed_share(sk: bytes, epoch: int, member: str, seed: bytes) -> SeedShare:
+    return SeedShare(epoch=epoch, member=member, proof=vrf.prove(sk, sortition.alpha(seed, SEED_ROLE)))
+
+
+@message("epoch-seed", max_size=1 << 20)
+class EpochSeed(Message):
+    """The closing record of an epoch: who sat on the committee, who revealed, the next seed."""
+
+    epoch: Annotated[int, Range(0)]
+    seed: Annotated[bytes, MaxLen(32)]
+    committee: Annotated[list[SortitionClaim], MaxLen(MAX_COMMITTEE)]  # sorted by member
+    shares: Annotated[list[SeedShare], MaxLen(MAX_COMMITTEE)]  # sorted by member
+    withheld: Annotated[list[Id], MaxLen(MAX_COMMITTEE)]  # committee members without a share, sorted
+    next_seed: Annotated[bytes, MaxLen(32)]
+
+    @property
+    def digest(self) -> bytes:
+        return tagged_hash(RECORD_TAG, codec.encode_message(self))
+
+
+@message("reputation-penalty")
+class ReputationPenalty(Message):
+    """A reputation deduction with its evidence: ``record`` is the digest of the ``EpochSeed`` that shows it."""
+
+    epoch: Annotated[int, Range(0)]
+    member: Id
+    amount: Annotated[int, Range(1)]
+    reason: Annotated[str, MaxLen(32)]
+    record: Annotated[bytes, MaxLen(32)]
+
+
+class EpochError(ValueError):
+    """A share or record that does not check out; ``reason`` is a short stable label."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class Draw:
+    """The public inputs of an epoch's committee draw."""
+
+    epoch: int
+    seed: bytes
+    total: int
+    tau: sortition.Tau
+    public_key: Callable[[str], bytes]  # the member's certified key, e.g. registry.key_for(m, t).raw
+    weight: Callable[[str], int]  # the member's weight in the epoch's weight table (KeyError if none)
+
+    def member(self, claim: SortitionClaim) -> sortition.Selection:
+        """The verified selection of a committee claim; EpochError if it is invalid or not selected."""
+        if claim.epoch != self.epoch or claim.role != COMMITTEE_ROLE:
+            raise EpochError("wrong_epoch", f"{claim.member}: claim for {claim.role} of epoch {claim.epoch}")
+        try:
+            pk, weight = self.public_key(claim.member), self.weight(claim.member)
+        except (KeyError, ValueError, IdentityRejected) as exc:  # no certified key, or no weight
+            raise EpochError("unknown_member", f"{claim.member}: {exc}") from None
+        sel = sortition.verify(pk, claim.proof, self.seed, COMMITTEE_ROLE, weight, self.total, self.tau,
+                               claim.member)
+        if sel is None or not sel.selected:
+            raise EpochError("bad_claim", f"{claim.member}: {'invalid proof' if sel is None else 'not selected'}")
+        return sel
+
+    def share_output(self, share: SeedShare) -> bytes:
+        if share.epoch != self.epoch:
+            raise EpochError("wrong_epoch", f"{share.member}: share for epoch {share.epoch}")
+        beta = vrf.verify(self.public_key(share.member), share.proof, sortition.alpha(self.seed, SEED_ROLE))
+        if beta is None:
+            raise EpochError("bad_share", f"{share.member}: the proof does not verify")
+        return beta
+
+
+class EpochBeacon:
+    """Collects one epoch's committee claims and seed shares, then closes the epoch.
+
+    Every offer is verified; a bad one is refused with its reason, logged and
+    counted (``seed_share_rejected{reason}``), and nothing it carried is kept.
+    """
+
+    def __init__(self, draw: Draw, *, metrics: Metrics = METRICS):
+        self.draw = draw
+        self.metrics = metrics
+        self.claims: dict[str, SortitionClaim] = {}
+        self.selections: dict[str, sortition.Selection] = {}
+        self.shares: dict[str, tuple[SeedShare, bytes]] = {}
+        self._log = RateLimited(log)
+
+    def _refuse(self, exc: EpochError, what: str) -> None:
+        self.metrics.inc(f"{what}_rejected", reason=exc.reason)
+        self._log.warning(exc.reason, "epoch %d: refused %s: %s", self.draw.epoch, what, exc, reason=exc.reason)
+
+    def claim(self, claim: SortitionClaim) -> sortition.Selection:
+        try:
+            if claim.member in self.claims:
+                raise EpochError("duplicate", f"{claim.member} already claimed")
+            sel = self.draw.member(claim)
+        except EpochError as exc:
+            self._refuse(exc, "sortition_claim")
+            raise
+        self.claims[claim.member] = claim
+        self.selections[claim.member] = sel
+        return sel
+
+    def offer(self, share: SeedShare) -> bytes:
+        try:
+            if share.member not in self.claims:
+                raise EpochError("not_member", f"{share.member} has no committee seat in epoch {self.draw.epoch}")
+            if share.member in self.shares:
+                raise EpochError("duplicate", f"{share.member} already revealed")
+            beta = self.draw.share_output(share)
+        except EpochError as exc:
+            self._refuse(exc, "seed_share")
+            raise
+        self.shares[share.member] = (share, beta)
+        return beta
+
+    def leader(self) -> sortition.Selection | None:
+        return sortition.leader(self.selections.values())
+
+    def close(self, penalty: int = 1) -> tuple[EpochSeed, list[ReputationPenalty]]:
+        """The epoch's record and a penalty of ``penalty`` reputation units for each member that withheld."""
+        members = sorted(self.claims)
+        record = EpochSeed(
+            epoch=self.draw.epoch, seed=self.draw.seed, committee=[self.claims[m] for m in members],
+            shares=[self.shares[m][0] for m in sorted(self.shares)],
+            withheld=[m for m in members if m not in self.shares],
+            next_seed=next_seed(self.draw.seed, (beta for _, beta in self.shares.values())))
+        penalties = [ReputationPenalty(epoch=record.epoch, member=m, amount=penalty, reason=WITHHELD,
+                                       record=record.digest) for m in record.withheld]
+        return record, penalties
+
+
+def check_epoch(record: EpochSeed, draw: Draw) -> None:
+    """Recompute an ``EpochSeed`` from its claims and shares; raise EpochError naming the first discrepancy."""
+    if record.epoch != draw.epoch or record.seed != draw.seed:
+        raise EpochError("wrong_epoch", f"record of epoch {record.epoch} with another seed")
+    members = [c.member for c in record.committee]
+    if members != sorted(set(members)):
+        raise EpochError("malformed", "committee must be sorted by member, without repeats")
+    for claim in record.committee:
+        draw.member(claim)
+    sharers = [s.member for s in record.shares]
+    if sharers != sorted(set(sharers)) or not set(sharers) <= set(members):
+        raise EpochError("malformed", "shares must be sorted, unique and from committee members")
+    outputs = [draw.share_output(s) for s in record.shares]
+    if record.withheld != [m for m in members if m not in set(sharers)]:
+        raise EpochError("malformed", "withheld must list exactly the members without a share")
+    if record.next_seed != next_seed(record.seed, outputs):
+        raise EpochError("wrong_seed", "next_seed is not the hash of the revealed outputs")
+
+
+def check_penalty(penalty: ReputationPenalty, record: EpochSeed, draw: Draw) -> None:
+    """A withholding penalty is justified by a valid record that lists the member as withheld."""
+    if penalty.reason != WITHHELD:
+        raise EpochError("unknown_reason", penalty.reason)
+    if penalty.record != record.digest or penalty.epoch != record.epoch:
+        raise EpochError("wrong_record", "the penalty names another record")
+    check_epoch(record, draw)
+    if penalty.member not in record.withheld:
+        raise EpochError("not_withheld", f"{penalty.member} revealed its share or held no seat")
+
