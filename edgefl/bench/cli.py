@@ -9,6 +9,7 @@ from edgefl.runtime.loop import run
 # name -> module with ``async def run(**options) -> Report`` and optional ``add_arguments(parser)``
 BENCHMARKS = {
     "transport": "edgefl.bench.transport",
+    "crypto": "edgefl.bench.crypto",
 }
 
 

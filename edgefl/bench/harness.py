@@ -115,6 +115,24 @@ async def ab(a: Callable[[], Awaitable[Any]], b: Callable[[], Awaitable[Any]], *
     return sa, sb
 
 
+def interleave(fns: dict[str, Callable[[], Any]], *, rounds: int = 10, per_round: int = 1,
+               warmup: int = 1) -> dict[str, Samples]:
+    """Measure several synchronous operations in turn for ``rounds`` rounds, rotating who goes first.
+
+    The blocking counterpart of ``ab`` for more than two variants: drift on
+    a shared machine hits every variant alike, so their ratios stay honest.
+    """
+    names = list(fns)
+    out = {name: Samples() for name in names}
+    for name in names:
+        for _ in range(warmup):
+            fns[name]()
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            out[name].extend(measure(fns[name], iterations=per_round, warmup=0))
+    return out
+
+
 def ratio_row(name: str, a: Row, b: Row, *, goal: str | None = None, note: str = "") -> Row:
     """Row comparing ``a`` to ``b`` (a / b) for every statistic; lower is better for latencies."""
 
