@@ -31,7 +31,7 @@ def site(tmp_path):
     t = ca.path / "tls"
     with LocalMosquitto(tmp_path / "broker", auth="tls", readers=["fog-1"],
                         tls=dict(cafile=str(t / "ca.pem"), certfile=str(t / "fog-1.pem"),
-                                 keyfile=str(t / "fog-1.key"))) as broker:
+                                 keyfile=str(t / "fog-1.key"), crlfile=str(t / "crl.pem"))) as broker:
         yield ca, broker
 
 
@@ -91,6 +91,20 @@ async def test_clients_without_a_site_certificate_cannot_connect(site, tmp_path)
             with pytest.raises(TimeoutError):
                 await s.wait_connected(1.5)
     assert "peer did not return a certificate" in broker.log_tail(50)
+
+
+async def test_a_revoked_certificate_cannot_connect_after_a_reload(site):
+    """`edgefl pki revoke` also rewrites tls/crl.pem, Mosquitto's crlfile; a reload (SIGHUP) applies it."""
+    ca, broker = site
+    ca.revoke("dev-b", reason="stolen")
+    broker.reload()
+    await asyncio.sleep(0.3)
+    async with Session.from_config(config(ca, broker, "dev-b", "device")) as b, \
+            Session.from_config(config(ca, broker, "dev-a", "device")) as a:
+        await a.wait_connected(10)  # the others are unaffected
+        with pytest.raises(TimeoutError):
+            await b.wait_connected(1.5)
+    assert "certificate verify failed" in broker.log_tail(50)
 
 
 async def test_revocation_travels_as_a_retained_crl(site):

@@ -350,6 +350,20 @@ def test_ca_directory_round_trip(tmp_path):
     reg.validate(dev2)
     with pytest.raises(ValueError, match="reserved"):
         ca.issue("fog-1-ca", "device")
+    # TLS key files get the same care as secp256k1 ones
+    from edgefl.crypto import tls
+    from edgefl.crypto.keys import KeyFileError
+    tls_key = ca.tls_path("dev-1", "key")
+    assert tls.load_key(tls_key)
+    tls_key.chmod(0o644)
+    with pytest.raises(KeyFileError, match="chmod 600"):
+        tls.load_key(tls_key)
+    tls_key.chmod(0o600)
+    tls_key.write_bytes(b"-----BEGIN PRIVATE KEY-----\nnope\n")
+    with pytest.raises(KeyFileError, match="not a PEM private key"):
+        tls.load_key(tls_key)
+    with pytest.raises(KeyFileError, match="cannot read"):
+        tls.load_chain(tmp_path / "missing.pem")
     # export: a node's data directory that the default configuration reads
     ca.export("dev-2", tmp_path / "dev-2")
     from edgefl.runtime.config import load_config

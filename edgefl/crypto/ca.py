@@ -12,6 +12,8 @@ A PKI directory has the layout of a node's data directory, so a node whose
     tls/ID.pem, ID.key    a node's X.509 chain (leaf first) and P-256 key: mqtt.tls_cert / mqtt.tls_key,
                           or a broker's certfile / keyfile
     tls/FOG-ca.pem, .key  a fog's X.509 CA, which issues its devices' TLS certificates
+    tls/crl-CA.pem        the X.509 CRL of each X.509 CA, the same serials as pki/crl/CA.crl
+    tls/crl.pem           all of them: Mosquitto's crlfile (revoked certificates cannot connect)
 
 The cloud runs ``init`` and issues fog certificates; each fog, given its
 bundle (``export``), issues and revokes its devices' certificates itself.
@@ -178,7 +180,20 @@ class CaDirectory:
         crl = sign_crl(self.signing_key(issuer), issuer, (held.number + 1) if held else 1, revoked,
                        this_update=now, next_update=now + days * DAY)
         write_atomic(self.crl_path(issuer), crl.to_bytes())
+        self._x509_crl(crl)
         return crl
+
+    def _x509_crl(self, crl: Crl) -> None:
+        """The broker's copy of a CRL: X.509, signed by the issuer's X.509 CA, merged into tls/crl.pem."""
+        name = "ca" if crl.issuer == self.root().subject else f"{crl.issuer}-ca"
+        if not self.tls_path(name, "key").exists():
+            return
+        ca = tls.load_chain(self.tls_path(name, "pem"))[0]
+        pem = tls.crl(ca, tls.load_key(self.tls_path(name, "key")), {r.serial: r.at for r in crl.revoked},
+                      this_update=crl.this_update)
+        write_atomic(self.tls_path(f"crl-{crl.issuer}", "pem"), pem)
+        write_atomic(self.tls_path("crl", "pem"),
+                     b"".join(p.read_bytes() for p in sorted((self.path / "tls").glob("crl-*.pem"))))
 
     def export(self, node: str, out: str | Path) -> list[Path]:
         """Copy what ``node`` needs into ``out`` (its future data_dir): its keys, the public PKI, its TLS files."""
@@ -186,6 +201,7 @@ class CaDirectory:
         wanted = [self.key_path(node), self.anchor_path, self.tls_path("ca", "pem"), self.tls_path(node, "pem"),
                   self.tls_path(node, "key"), self.tls_path(f"{node}-ca", "pem"), self.tls_path(f"{node}-ca", "key")]
         wanted += sorted((self.path / "pki" / "certs").glob("*.cert")) + sorted((self.path / "pki" / "crl").glob("*.crl"))
+        wanted += sorted((self.path / "tls").glob("crl*.pem"))
         if not self.cert_path(node).exists():
             raise PkiError("unknown", f"no certificate for {node}: issue one first")
         copied = []

@@ -17,6 +17,7 @@ def register(sub) -> None:
 
     pki = sub.add_parser("pki", help="site PKI: certificates, revocation, TLS files for Mosquitto")
     pki.add_argument("--dir", help="PKI directory (default: node.data_dir of the profile)")
+    pki.set_defaults(func=lambda args: pki.print_help() or 2)
     actions = pki.add_subparsers(dest="pki_cmd", metavar="ACTION")
 
     p = actions.add_parser("init", help="create the root CA (at the cloud)")

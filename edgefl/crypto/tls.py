@@ -111,5 +111,25 @@ def certificate(*, subject: str, role: str, site: str, public_key: ec.EllipticCu
     return builder.sign(issuer_key, hashes.SHA256())
 
 
+def crl(ca: x509.Certificate, ca_key: PrivateKey, revoked: dict[int, int], *, this_update: int) -> bytes:
+    """PEM X.509 CRL of ``ca`` listing ``revoked`` (serial -> unix time), the same serials as the edgefl CRL.
+
+    Its next update is the CA's own expiry: OpenSSL refuses every client of a CA
+    whose CRL has lapsed, and keeping revocations current is the edgefl CRL's
+    job (``security.require_fresh_crl``), not the broker's.
+    """
+    builder = (x509.CertificateRevocationListBuilder()
+               .issuer_name(ca.subject)
+               .last_update(dt.datetime.fromtimestamp(this_update, dt.timezone.utc))
+               .next_update(ca.not_valid_after_utc)
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                              critical=False))
+    for serial, at in sorted(revoked.items()):
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial)
+            .revocation_date(dt.datetime.fromtimestamp(at, dt.timezone.utc)).build())
+    return builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
 def common_name(cert: x509.Certificate) -> str:
     return cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value

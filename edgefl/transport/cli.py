@@ -24,6 +24,7 @@ def register(sub) -> None:
     p.add_argument("--cafile", help="root X.509 CA (default: {data_dir}/tls/ca.pem, as `edgefl pki` lays it out)")
     p.add_argument("--certfile", help="broker certificate chain (default: {data_dir}/tls/{id}.pem of the profile)")
     p.add_argument("--keyfile", help="broker key (default: {data_dir}/tls/{id}.key)")
+    p.add_argument("--crlfile", help="X.509 CRLs (default: {data_dir}/tls/crl.pem when it exists)")
     p.add_argument("--anonymous", action="store_true", help="no identities or ACL (loopback demos only)")
     p.add_argument("--reader", action="append", default=[], help="identity allowed to read the whole tree (a fog)")
     p.add_argument("--data-dir", default="/var/lib/mosquitto")
@@ -56,11 +57,14 @@ def broker_config(args) -> int:
         args.cafile = args.cafile or str(cfg.path("{data_dir}/tls/ca.pem"))
         args.certfile = args.certfile or str(cfg.path("{data_dir}/tls/{id}.pem"))
         args.keyfile = args.keyfile or str(cfg.path("{data_dir}/tls/{id}.key"))
+        crl = cfg.path("{data_dir}/tls/crl.pem")
+        args.crlfile = args.crlfile or (str(crl) if crl.exists() else "")
     settings = BrokerSettings(
         role=args.role, port=args.port or (8883 if args.tls else 1883), bind=args.bind, data_dir=args.data_dir,
         max_packet_size=args.max_packet_size, auth="none" if args.anonymous else "tls" if args.tls else "password",
         readers=args.reader, cafile=args.cafile if args.tls else "", certfile=args.certfile if args.tls else "",
-        keyfile=args.keyfile if args.tls else "", cloud_host=args.cloud_host if args.role == "fog" else "",
+        keyfile=args.keyfile if args.tls else "", crlfile=args.crlfile if args.tls else "",
+        cloud_host=args.cloud_host if args.role == "fog" else "",
         cloud_port=args.cloud_port, fog_id=args.fog_id, site=args.site,
         acl_file=str(Path(args.out) / "acl") if args.out else "/etc/mosquitto/edgefl.acl",
     )

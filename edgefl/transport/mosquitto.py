@@ -43,6 +43,7 @@ class BrokerSettings:
     cafile: str = ""
     certfile: str = ""
     keyfile: str = ""
+    crlfile: str = ""  # X.509 CRLs of the site's CAs (`edgefl pki` writes tls/crl.pem): revoked certificates cannot connect
     # bridge (a fog broker forwarding to the cloud broker)
     cloud_host: str = ""
     cloud_port: int = 8883
@@ -63,7 +64,7 @@ def render(s: BrokerSettings) -> dict[str, str]:
     if s.auth == "tls":
         if not (s.cafile and s.certfile and s.keyfile):
             raise BrokerError("auth=tls needs cafile, certfile and keyfile")
-        tls = _template("tls.conf.tmpl").substitute(vars(s))
+        tls = _template("tls.conf.tmpl").substitute(vars(s), crlfile=f"crlfile {s.crlfile}" if s.crlfile else "")
     auth = _template(f"auth-{s.auth}.conf.tmpl").substitute(vars(s))
     bridge = ""
     if s.cloud_host:
@@ -170,6 +171,11 @@ class LocalMosquitto:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+    def reload(self) -> None:
+        """SIGHUP: Mosquitto re-reads its configuration, the ACL and the TLS files (certificates, CRLs)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGHUP)
 
     def log_tail(self, lines: int = 20) -> str:
         path = self.workdir / "mosquitto.log"
