@@ -10,7 +10,6 @@ from edgefl.crypto.envelope import IdentityRejected
 from edgefl.nodes.node import crl_service
 from edgefl.runtime.config import load_config
 from edgefl.runtime.metrics import Metrics
-from edgefl.transport import topics
 from edgefl.transport.messages import Ping
 from edgefl.transport.mosquitto import LocalMosquitto
 from edgefl.transport.session import Session
@@ -57,7 +56,8 @@ async def test_certificate_identity_confines_publishing(site, tmp_path):
     a = Session.from_config(config(ca, broker, "dev-a", "device"), metrics=a_m)
     # dev-b's own key and node id, presenting dev-a's TLS certificate: the broker sees dev-a
     b_cfg = config(ca, broker, "dev-b", "device")
-    b_cfg.mqtt.tls_cert, b_cfg.mqtt.tls_key = str(tmp_path / "dev-a/tls/dev-a.pem"), str(tmp_path / "dev-a/tls/dev-a.key")
+    b_cfg.mqtt.tls_cert = str(tmp_path / "dev-a/tls/dev-a.pem")
+    b_cfg.mqtt.tls_key = str(tmp_path / "dev-a/tls/dev-a.key")
     impostor = Session.from_config(b_cfg, client_id="impostor")
     async with fog, a, impostor, fog.subscribe("edgefl/v1/#", raw=True) as everything, \
             fog.subscribe(a.topic("msg", "fog-1")) as inbox:

@@ -135,11 +135,11 @@ def run_sync(*, quick: bool = False) -> Report:
 
     pairs = [
         ("ecdsa_sign", lambda: key.sign(digest), lambda: raw_priv.sign(digest, hasher=None), ""),
-        ("ecdsa_verify", lambda: key.public_key.verify(compact, digest), lambda: raw_pub.verify(der, digest, hasher=None),
-         "compact signature -> DER, then libsecp256k1"),
+        ("ecdsa_verify", lambda: key.public_key.verify(compact, digest),
+         lambda: raw_pub.verify(der, digest, hasher=None), "compact signature -> DER, then libsecp256k1"),
         ("schnorr_sign", lambda: key.sign_schnorr(digest), lambda: raw_priv.sign_schnorr(digest), "BIP340"),
-        ("schnorr_verify", lambda: key.public_key.verify_schnorr(schnorr, digest), lambda: xonly.verify(schnorr, digest),
-         "BIP340"),
+        ("schnorr_verify", lambda: key.public_key.verify_schnorr(schnorr, digest),
+         lambda: xonly.verify(schnorr, digest), "BIP340"),
         ("cert_chain_check", chain_check, chain_raw, "device -> fog -> root, signature cache cleared"),
         ("verify_tx", lambda: verifier.open(tx, check_fresh=False), lambda: dev_pub.verify(tx_der, digest, hasher=None),
          "envelope with a 128 B payload, sender judged by the PKI registry"),

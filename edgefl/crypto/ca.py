@@ -38,8 +38,9 @@ CRL_DAYS = 30
 
 def _check_id(node: str) -> None:
     check_segment(node, "node id")
-    if node == "ca" or node.endswith("-ca"):  # tls/ca.pem and tls/FOG-ca.pem are the X.509 CAs
-        raise ValueError(f"node id {node!r}: 'ca' and names ending in '-ca' are reserved")
+    # tls/ca.pem, tls/FOG-ca.pem, tls/crl.pem and tls/crl-CA.pem are the X.509 CAs and CRLs
+    if node in ("ca", "crl") or node.endswith("-ca") or node.startswith("crl-"):
+        raise ValueError(f"node id {node!r}: 'ca', 'crl', names ending in '-ca' or starting 'crl-' are reserved")
 
 
 class CaDirectory:
@@ -200,8 +201,8 @@ class CaDirectory:
         out = Path(out)
         wanted = [self.key_path(node), self.anchor_path, self.tls_path("ca", "pem"), self.tls_path(node, "pem"),
                   self.tls_path(node, "key"), self.tls_path(f"{node}-ca", "pem"), self.tls_path(f"{node}-ca", "key")]
-        wanted += sorted((self.path / "pki" / "certs").glob("*.cert")) + sorted((self.path / "pki" / "crl").glob("*.crl"))
-        wanted += sorted((self.path / "tls").glob("crl*.pem"))
+        for folder, pattern in (("pki/certs", "*.cert"), ("pki/crl", "*.crl"), ("tls", "crl*.pem")):
+            wanted += sorted((self.path / folder).glob(pattern))
         if not self.cert_path(node).exists():
             raise PkiError("unknown", f"no certificate for {node}: issue one first")
         copied = []

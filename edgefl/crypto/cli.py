@@ -30,7 +30,8 @@ def register(sub) -> None:
     p = actions.add_parser("issue", help="certify a node: edgefl certificate plus its X.509 TLS certificate")
     p.add_argument("--id", required=True, help="node id (the TLS certificate's CN)")
     p.add_argument("--role", required=True, choices=ROLES)
-    p.add_argument("--issuer", help="certifying CA: the root for fog/cloud, a fog for devices (default: the only fog here)")
+    p.add_argument("--issuer", help="certifying CA: the root for fog/cloud, a fog for devices "
+                                    "(default: the root, or the only fog here)")
     p.add_argument("--site", help="default: the issuer's site")
     p.add_argument("--pub", help="the node's public key (hex or an ID.pub file from `edgefl keygen`); "
                                  "default: create the key pair here")

@@ -76,10 +76,6 @@ class PkiError(ValueError):
         self.detail = detail
 
 
-def _schema_error(text: str, field: str) -> codec.SchemaError:
-    return codec.SchemaError(text, field=field)
-
-
 class _Signed(Message):
     """Shared by certificates and CRLs: canonical bytes, the signed digest, decoding with limits."""
 
@@ -115,11 +111,12 @@ class _Signed(Message):
         try:
             check_segment(getattr(self, name), name)
         except TopicError as exc:
-            raise _schema_error(str(exc), f"{type(self).__name__}.{name}") from None
+            raise codec.SchemaError(str(exc), field=f"{type(self).__name__}.{name}") from None
 
     def _check_signature_field(self) -> None:
         if len(self.signature) not in (0, 64):
-            raise _schema_error(f"{len(self.signature)} bytes, expected 64", f"{type(self).__name__}.signature")
+            raise codec.SchemaError(f"{len(self.signature)} bytes, expected 64",
+                                    field=f"{type(self).__name__}.signature")
 
 
 @message("certificate", max_size=CERT_LIMITS.max_size)
@@ -142,16 +139,16 @@ class Certificate(_Signed):
         for name in ("subject", "site", "issuer"):
             self._check_id(name)
         if self.role not in ROLES:
-            raise _schema_error(f"{self.role!r} is not one of {ROLES}", "Certificate.role")
+            raise codec.SchemaError(f"{self.role!r} is not one of {ROLES}", field="Certificate.role")
         if len(self.public_key) != 33:
-            raise _schema_error(f"{len(self.public_key)} bytes, expected a 33-byte compressed point",
-                                "Certificate.public_key")
+            raise codec.SchemaError(f"{len(self.public_key)} bytes, expected a 33-byte compressed point",
+                                    field="Certificate.public_key")
         try:
             self.key
         except ValueError:
-            raise _schema_error("not a point on secp256k1", "Certificate.public_key") from None
+            raise codec.SchemaError("not a point on secp256k1", field="Certificate.public_key") from None
         if self.not_after < self.not_before:
-            raise _schema_error("ends before it begins", "Certificate.not_after")
+            raise codec.SchemaError("ends before it begins", field="Certificate.not_after")
         self._check_signature_field()
 
     @functools.cached_property
@@ -199,9 +196,9 @@ class Crl(_Signed):
         self._check_id("issuer")
         serials = [r.serial for r in self.revoked]
         if serials != sorted(set(serials)):
-            raise _schema_error("entries must be sorted by serial, without repeats", "Crl.revoked")
+            raise codec.SchemaError("entries must be sorted by serial, without repeats", field="Crl.revoked")
         if self.next_update < self.this_update:
-            raise _schema_error("before this_update", "Crl.next_update")
+            raise codec.SchemaError("before this_update", field="Crl.next_update")
         self._check_signature_field()
 
     def verify(self, issuer: Certificate) -> bool:

@@ -43,7 +43,7 @@ class BrokerSettings:
     cafile: str = ""
     certfile: str = ""
     keyfile: str = ""
-    crlfile: str = ""  # X.509 CRLs of the site's CAs (`edgefl pki` writes tls/crl.pem): revoked certificates cannot connect
+    crlfile: str = ""  # X.509 CRLs of the site's CAs (`edgefl pki` writes tls/crl.pem): the revoked cannot connect
     # bridge (a fog broker forwarding to the cloud broker)
     cloud_host: str = ""
     cloud_port: int = 8883
