@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from edgefl.crypto.accumulator import RSA2048_N
 from tests.conftest import load_twin, twin_modules
 
-moduli = st.sampled_from([RSA2048_N, 1000003 * 1000033, 2**127 - 1, 15, 2])
+moduli = st.sampled_from([RSA2048_N, 1000003 * 1000033, 2**127 - 1, 2**521 - 1, 15, 3])
 
 
 def reference(bases, exps, n):
@@ -57,8 +57,11 @@ def test_errors(impl_name):
     m = load_twin("accumulator", impl_name)
     with pytest.raises(ValueError, match="exponents"):
         m.multi_exp([2, 3], [1], 35)
-    with pytest.raises(ValueError, match="modulus"):
-        m.multi_exp([2], [1], 1)
+    for bad in (1, 2, 0, -35, 36):
+        with pytest.raises(ValueError, match="modulus"):
+            m.multi_exp([2], [1], bad)
+        with pytest.raises(ValueError, match="modulus"):
+            m.multi_exp_joint([2], [1], bad)
     with pytest.raises(ValueError, match="base 1 is not invertible"):
         m.multi_exp([2, 7], [1, -1], 35)
     with pytest.raises(ValueError, match="non-negative"):

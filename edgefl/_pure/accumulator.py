@@ -12,6 +12,7 @@ multi_exp_joint(bases, exponents, modulus, group=8) -> int
     group per bit.  Exponents must be non-negative.
 window(bits) -> int
     The sliding-window width used for an exponent of ``bits`` bits.
+The modulus must be odd and > 1.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ def window(bits: int) -> int:
 
 def _modulus(modulus) -> mpz:
     n = mpz(modulus)
-    if n < 2:
-        raise ValueError("modulus must be > 1")
+    if n < 3 or n % 2 == 0:
+        raise ValueError("modulus must be odd and > 1")
     return n
 
 

@@ -64,12 +64,16 @@ class _LRU:
 _cache = _LRU(1 << 16)
 
 
-def _search(state) -> int:
-    """First probable prime among the candidates SHA-256(prefix ‖ counter); ``state`` holds the prefix."""
+def _search(state, bits: int = PRIME_BITS) -> int:
+    """First probable prime among the candidates SHA-256(prefix ‖ counter); ``state`` holds the prefix.
+
+    A candidate is the top ``bits`` bits of the digest with the top and low bits set.
+    """
+    shift, top = 256 - bits, 1 << (bits - 1)
     for counter in range(_MAX_COUNTER):
         h = state.copy()
         h.update(counter.to_bytes(4, "big"))
-        c = int.from_bytes(h.digest(), "big") | _TOP | 1
+        c = int.from_bytes(h.digest(), "big") >> shift | top | 1
         if gmpy2.gcd(c, _SIEVE) == 1 and gmpy2.is_bpsw_prp(c):
             return c
     raise AccumulatorError("no prime found")  # pragma: no cover - probability ~e^-736
@@ -93,6 +97,13 @@ def hash_to_prime(data: bytes) -> int:
     prime = _search(hashlib.sha256(data))
     _cache.put(key, prime)
     return prime
+
+
+def challenge_prime(data: bytes, bits: int = 128) -> int:
+    """An uncached ``bits``-bit prime from ``data`` (same search): Fiat–Shamir challenges, used once."""
+    if not 16 < bits <= PRIME_BITS:
+        raise InvalidInput(f"bits: {bits} not in (16, {PRIME_BITS}]")
+    return _search(hashlib.sha256(_as_bytes(data, "data")), bits)
 
 
 def representative(data: bytes, index: int) -> int:
