@@ -17,6 +17,7 @@ from edgefl.runtime.logging import setup_logging
 
 COMMAND_MODULES = [
     "edgefl.crypto.cli",
+    "edgefl.crypto.accumulator.cli",
     "edgefl.transport.cli",
     "edgefl.nodes.cli",
     "edgefl.bench.cli",

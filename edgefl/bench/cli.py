@@ -10,6 +10,7 @@ from edgefl.runtime.loop import run
 BENCHMARKS = {
     "transport": "edgefl.bench.transport",
     "crypto": "edgefl.bench.crypto",
+    "accumulator": "edgefl.bench.accumulator",
 }
 
 

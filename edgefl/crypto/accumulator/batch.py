@@ -34,6 +34,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, ClassVar
 
 import gmpy2
@@ -45,7 +46,6 @@ from edgefl.crypto.accumulator.primes import challenge_prime
 
 _impl = native.load("accumulator")
 multi_exp = _impl.multi_exp
-multi_exp_joint = _impl.multi_exp_joint
 
 WEIGHT_BITS = 128
 CHALLENGE_BITS = 128
@@ -81,17 +81,35 @@ def _is_one(y: int, group: Group) -> bool:
 
 
 class BatchVerifier(ABC):
-    """One strategy: what the prover sends for t claims, and how the verifier checks it."""
+    """One strategy: what the prover sends for t claims, and how the verifier checks it.
+
+    ``impl`` is the multi-exponentiation module (compiled or twin; default: what
+    ``edgefl.native`` chose), so both can be measured side by side.
+    """
 
     name: ClassVar[str]
     sound: ClassVar[bool] = True
 
+    def __init__(self, impl: ModuleType | None = None):
+        self.impl = impl or _impl
+
+    @abstractmethod
     def prove(self, witnesses: Sequence[int], statements: Sequence[Statement], *, group: Group = RSA2048) -> Any:
-        """What travels: by default the witnesses themselves."""
+        """What the prover sends for these statements, given a witness for each."""
+
+    @abstractmethod
+    def verify(self, statements: Sequence[Statement], proof: Any, *, group: Group = RSA2048) -> bool:
+        """Whether the proof shows every statement; False (never an exception) for malformed input."""
+
+
+class _WitnessList(BatchVerifier):
+    """Strategies whose proof is just the t witnesses."""
+
+    def prove(self, witnesses, statements, *, group=RSA2048):
         _checked(group, statements, witnesses)
         return tuple(int(w) for w in witnesses)
 
-    def verify(self, statements: Sequence[Statement], proof: Any, *, group: Group = RSA2048) -> bool:
+    def verify(self, statements, proof, *, group=RSA2048):
         try:
             statements, witnesses = _checked(group, statements, proof)
         except (ValueError, TypeError):
@@ -103,25 +121,26 @@ class BatchVerifier(ABC):
         except ValueError:  # a base that is not invertible: nothing valid looks like that
             return False
 
+    @abstractmethod
     def _check(self, statements: list[Statement], witnesses: list[int], group: Group) -> bool:
-        raise NotImplementedError
+        """The check proper, on validated input."""
 
 
-class Independent(BatchVerifier):
+class Independent(_WitnessList):
     name = "independent"
 
     def _check(self, statements, witnesses, group):
         return all(verify_membership(w, x, v, group=group) for w, (x, v) in zip(witnesses, statements))
 
 
-class Unweighted(BatchVerifier):
+class Unweighted(_WitnessList):
     """The design's Protocol 3 (unsound; reproduces the published figure)."""
 
     name = "unweighted"
     sound = False
 
     def _check(self, statements, witnesses, group):
-        left = multi_exp_joint(witnesses, [x for x, _ in statements], group.modulus)
+        left = self.impl.multi_exp_joint(witnesses, [x for x, _ in statements], group.modulus)
         right = 1
         n = group.n
         for _, v in statements:
@@ -143,7 +162,7 @@ def weights(statements: Sequence[Statement], witnesses: Sequence[int], group: Gr
             for j in range(len(statements))]
 
 
-class SmallExponent(BatchVerifier):
+class SmallExponent(_WitnessList):
     """The sound default: Fiat–Shamir small-exponent test as one multi-exponentiation."""
 
     name = "weighted"
@@ -155,7 +174,7 @@ class SmallExponent(BatchVerifier):
             folded[v] = folded.get(v, 0) + r
         bases = list(witnesses) + list(folded)
         exps = [x * r for r, (x, _) in zip(rs, statements)] + [-s for s in folded.values()]
-        return _is_one(multi_exp(bases, exps, group.modulus), group)
+        return _is_one(self.impl.multi_exp(bases, exps, group.modulus), group)
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -211,10 +230,11 @@ def poe_prove(base: int, exponent: int, result: int, *, group: Group = RSA2048) 
     return group.pow(base, exponent // ell)
 
 
-def poe_verify(base: int, exponent: int, result: int, quotient: int, *, group: Group = RSA2048) -> bool:
+def poe_verify(base: int, exponent: int, result: int, quotient: int, *, group: Group = RSA2048,
+               impl: ModuleType | None = None) -> bool:
     """Q^ℓ · u^{x mod ℓ} = w (in Z_N*/{±1}) with ℓ recomputed from the claim."""
     ell = poe_challenge(base, exponent, result, group)
-    y = multi_exp([quotient, base], [ell, exponent % ell], group.modulus)
+    y = (impl or _impl).multi_exp([quotient, base], [ell, exponent % ell], group.modulus)
     return group.canonical(y) == result
 
 
@@ -236,17 +256,27 @@ def prove_aggregate_from_set(elements: Sequence[int], indices: Sequence[int], *,
     return AggregateProof(w, poe_prove(w, int(product(picked)), v, group=group))
 
 
-def verify_aggregate(proof: AggregateProof, xs: Sequence[int], v: int, *, group: Group = RSA2048) -> bool:
+def verify_aggregate(proof: AggregateProof, xs: Sequence[int], v: int, *, group: Group = RSA2048,
+                     impl: ModuleType | None = None) -> bool:
+    """Whether ``proof`` shows every element of ``xs`` (distinct) is in accumulator ``v``."""
+    try:
+        v = group.element(v)
+        xs = [check_exponent(x, max_bits=MAX_ELEMENT_BITS) for x in xs]
+    except (ValueError, TypeError):
+        return False
+    return len(set(xs)) == len(xs) and _verify_aggregate(proof, xs, v, group, impl)
+
+
+def _verify_aggregate(proof: Any, xs: list[int], v: int, group: Group, impl: ModuleType | None) -> bool:
+    """verify_aggregate on checked, distinct elements and accumulator."""
+    if not xs or not isinstance(proof, AggregateProof):
+        return False
     try:
         w = group.element(proof.witness)
         q = group.element(proof.quotient)
-        v = group.element(v)
-        xs = [check_exponent(x, max_bits=MAX_ELEMENT_BITS) for x in xs]
-    except (ValueError, TypeError, AttributeError):
+    except (ValueError, TypeError):
         return False
-    if not xs or len(set(xs)) != len(xs):
-        return False
-    return poe_verify(w, int(product(xs)), v, q, group=group)
+    return poe_verify(w, int(product(xs)), v, q, group=group, impl=impl)
 
 
 class Aggregated(BatchVerifier):
@@ -255,13 +285,12 @@ class Aggregated(BatchVerifier):
     name = "aggregated"
 
     @staticmethod
-    def _by_value(statements):
-        groups: dict[int, list[int]] = {}
+    def _by_value(statements) -> dict[int, list[int]]:
+        """Distinct elements per accumulator, both in order of first appearance."""
+        groups: dict[int, dict[int, None]] = {}
         for x, v in statements:
-            members = groups.setdefault(v, [])
-            if x not in members:
-                members.append(x)
-        return groups
+            groups.setdefault(v, {})[x] = None
+        return {v: list(members) for v, members in groups.items()}
 
     def prove(self, witnesses, statements, *, group=RSA2048):
         statements, witnesses = _checked(group, statements, witnesses)
@@ -279,8 +308,7 @@ class Aggregated(BatchVerifier):
             return False
         if len(proofs) != len(groups):
             return False
-        return all(isinstance(p, AggregateProof) and verify_aggregate(p, xs, v, group=group)
-                   for p, (v, xs) in zip(proofs, groups.items()))
+        return all(_verify_aggregate(p, xs, v, group, self.impl) for p, (v, xs) in zip(proofs, groups.items()))
 
 
 VERIFIERS: dict[str, BatchVerifier] = {v.name: v for v in (Independent(), Unweighted(), SmallExponent(), Aggregated())}

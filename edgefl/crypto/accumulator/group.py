@@ -134,6 +134,24 @@ class Group:
         y = gmpy2.powmod(base, exponent, self._n)
         return int(y if y <= self._half else self._n - y)
 
+    def to_params(self) -> dict:
+        """The public parameters as a JSON-ready map (decimal strings)."""
+        return {"name": self.name, "bits": self.modulus.bit_length(), "modulus": str(self.modulus),
+                "generator": str(self.generator),
+                "modulus_sha256": hashlib.sha256(str(self.modulus).encode()).hexdigest()}
+
+    @classmethod
+    def from_params(cls, params: dict) -> "Group":
+        """Inverse of ``to_params``; AccumulatorError naming the bad field."""
+        try:
+            modulus, generator = int(params["modulus"]), int(params.get("generator") or 0)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise AccumulatorError(f"accumulator parameters: modulus/generator missing or not integers ({exc})") from None
+        digest = params.get("modulus_sha256")
+        if digest and digest != hashlib.sha256(str(modulus).encode()).hexdigest():
+            raise AccumulatorError("accumulator parameters: modulus_sha256 does not match the modulus")
+        return cls(modulus, generator, str(params.get("name", "")))
+
     def __repr__(self) -> str:
         return f"Group({self.name or f'{self.modulus.bit_length()}-bit'})"
 
