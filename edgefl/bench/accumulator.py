@@ -29,7 +29,7 @@ import time
 import gmpy2
 
 from edgefl import native
-from edgefl.bench.harness import Report, Row, Samples, interleave, measure, ratio_row
+from edgefl.bench.harness import Report, Row, Samples, interleave, ratio_row
 from edgefl.crypto import accumulator as acc
 from edgefl.crypto.accumulator import batch, primes
 

@@ -19,6 +19,8 @@ Modules: ``group`` (parameters, canonical elements, encoding), ``primes``
 modulus generation).
 """
 
+from edgefl.crypto.accumulator.batch import (VERIFIERS, AggregateProof, batch_verify, prove_aggregate,
+                                             verify_aggregate)
 from edgefl.crypto.accumulator.group import (ELEMENT_BYTES, GENERATOR, RSA2048, RSA2048_N, AccumulatorError,
                                              EncodingError, Group, InvalidElement, InvalidExponent,
                                              InvalidInput)
@@ -39,8 +41,9 @@ def from_bytes(b: bytes) -> int:
 
 
 __all__ = [
-    "ELEMENT_BYTES", "GENERATOR", "RSA2048", "RSA2048_N", "Accumulator", "AccumulatorError", "EncodingError",
-    "Group", "InvalidElement", "InvalidExponent", "InvalidInput", "MembershipProof", "accumulate",
-    "from_bytes", "hash_to_prime", "representative", "root_factor", "root_factor_naive", "to_bytes", "update",
-    "update_witness", "verify_block", "verify_membership", "witness",
+    "ELEMENT_BYTES", "GENERATOR", "RSA2048", "RSA2048_N", "VERIFIERS", "Accumulator", "AccumulatorError",
+    "AggregateProof", "EncodingError", "Group", "InvalidElement", "InvalidExponent", "InvalidInput",
+    "MembershipProof", "accumulate", "batch_verify", "from_bytes", "hash_to_prime", "prove_aggregate",
+    "representative", "root_factor", "root_factor_naive", "to_bytes", "update", "update_witness",
+    "verify_aggregate", "verify_block", "verify_membership", "witness",
 ]

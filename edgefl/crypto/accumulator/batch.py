@@ -218,9 +218,9 @@ def aggregate_witnesses(witnesses: Sequence[int], xs: Sequence[int], *, group: G
 
 def poe_challenge(base: int, exponent: int, result: int, group: Group) -> int:
     """ℓ: a 128-bit prime hashed from (u, x, w) of the claim u^x = w."""
+    size = (exponent.bit_length() + 7) // 8
     data = b"".join([_POE_TAG, group.modulus.to_bytes(group.element_bytes, "big"), group.to_bytes(base),
-                     exponent.bit_length().to_bytes(8, "big"), exponent.to_bytes((exponent.bit_length() + 7) // 8, "big"),
-                     group.to_bytes(result)])
+                     size.to_bytes(8, "big"), exponent.to_bytes(size, "big"), group.to_bytes(result)])
     return challenge_prime(data, CHALLENGE_BITS)
 
 

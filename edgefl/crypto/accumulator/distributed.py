@@ -212,7 +212,6 @@ class MqttChannel:
         self.session = session
         self.me = session.node_id
         self.key = session.signer.key
-        self._sub = None
 
     def key_for(self, peer: str) -> VerifyingKey:
         return self.session.verifier.registry.key_for(peer, time.time())
@@ -572,7 +571,8 @@ class Peer:
             shares = self._candidates()
             ns = await self._product(round_, "n", shares, prime)
             self.stats.candidates += len(ns)
-            alive = [c for c, n in enumerate(ns) if n.bit_length() == self.bits and _no_small_factor(n, self.sieve_bound)]
+            alive = [c for c, n in enumerate(ns)
+                     if n.bit_length() == self.bits and _no_small_factor(n, self.sieve_bound)]
             self.stats.sieved += len(alive)
             if not alive:
                 continue

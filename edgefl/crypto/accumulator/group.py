@@ -146,7 +146,8 @@ class Group:
         try:
             modulus, generator = int(params["modulus"]), int(params.get("generator") or 0)
         except (KeyError, TypeError, ValueError) as exc:
-            raise AccumulatorError(f"accumulator parameters: modulus/generator missing or not integers ({exc})") from None
+            raise AccumulatorError(f"accumulator parameters: modulus/generator missing or not integers ({exc})") \
+                from None
         digest = params.get("modulus_sha256")
         if digest and digest != hashlib.sha256(str(modulus).encode()).hexdigest():
             raise AccumulatorError("accumulator parameters: modulus_sha256 does not match the modulus")
