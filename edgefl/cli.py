@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "edgefl.transport.cli",
     "edgefl.nodes.cli",
     "edgefl.bench.cli",
+    "edgefl.ml.cli",
 ]
 
 

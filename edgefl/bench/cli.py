@@ -11,6 +11,7 @@ BENCHMARKS = {
     "transport": "edgefl.bench.transport",
     "crypto": "edgefl.bench.crypto",
     "accumulator": "edgefl.bench.accumulator",
+    "ml": "edgefl.bench.ml",
 }
 
 

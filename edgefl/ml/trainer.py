@@ -36,6 +36,7 @@ from edgefl.ml import blas
 
 LAYERS = (3920, 600, 100, 30, 20, 10)
 OPTIMIZERS = ("sgd", "adam")
+INPUT_NORM = 10.0  # mean L2 norm of a centred input vector, about that of a raw MNIST image
 STATE_TAG = b"edgefl/train-state/v1"
 BATCH_TAG = b"edgefl/train-batch/v1"
 MODEL_TAG = b"edgefl/dense-model/v1"
@@ -79,16 +80,42 @@ class TrainConfig(Message):
 
 @message("dense_model", max_size=_MAX_PARAMS)
 class DenseModel(Message):
-    """Weights (in, out) and biases (out,) of every dense layer, in order."""
+    """Weights (in, out) and biases (out,) of every dense layer, in order.
+
+    The features enter the first layer as ``(x − input_shift) · input_scale``.
+    Normalised features sit far from zero (a ReLU feature that is 0 maps to
+    −√(N−1)) and, noised, have norms in the hundreds; the first layer's
+    effective learning rate grows with the square of the input norm, and a
+    shared offset makes every weight move together, so SGD and Adam diverge
+    or kill the ReLUs.  ``with_input_transform`` sets both from the (noisy)
+    training features at the fog — post-processing, so free of privacy cost.
+    """
 
     layers: Annotated[list[int], MaxLen(16)]
     params: Annotated[list[ParamArray], MaxLen(32)]
+    input_scale: Annotated[float, Range(0.0, 1e6)] = 1.0
+    input_shift: Annotated[np.ndarray, Array("float32", 1, 1 << 20)] | None = None
 
     def __post_init__(self):
         _check_shapes(self.layers, self.params, "dense_model")
+        if self.input_shift is not None and self.input_shift.shape != (self.layers[0],):
+            raise TrainError(f"dense_model: input_shift has shape {self.input_shift.shape}, expected ({self.layers[0]},)")
 
     def to_bytes(self) -> bytes:
         return codec.encode_message(self)
+
+    def with_params(self, params: Sequence[np.ndarray]) -> "DenseModel":
+        return DenseModel(layers=list(self.layers), params=list(params), input_scale=self.input_scale,
+                          input_shift=self.input_shift)
+
+    def with_input_transform(self, x: np.ndarray, norm: float = INPUT_NORM) -> "DenseModel":
+        """Centre on the features' mean and scale their mean norm to ``norm`` (computed in float64)."""
+        x64 = np.asarray(x, np.float64)
+        shift = x64.mean(axis=0)
+        rms = math.sqrt(float(((x64 - shift) ** 2).sum(axis=1).mean()))
+        scale = norm / rms if rms > 0 else 1.0
+        return DenseModel(layers=list(self.layers), params=list(self.params),
+                          input_scale=float(np.float32(scale)), input_shift=shift.astype(np.float32))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "DenseModel":
@@ -130,14 +157,14 @@ def _check_shapes(layers: Sequence[int], params: Sequence[np.ndarray], where: st
             raise TrainError(f"{where}: layer {i} is {w.dtype}/{b.dtype}, expected float32")
 
 
-def init_model(layers: Sequence[int] = LAYERS, seed: int = 0) -> DenseModel:
+def init_model(layers: Sequence[int] = LAYERS, seed: int = 0, input_scale: float = 1.0) -> DenseModel:
     """He-normal weights and zero biases from a seeded PCG64 (the same on every platform)."""
     rng = np.random.Generator(np.random.PCG64(seed))
     params = []
     for n_in, n_out in zip(layers, layers[1:]):
         w = rng.standard_normal((n_in, n_out), dtype=np.float64) * math.sqrt(2.0 / n_in)
         params += [w.astype(np.float32), np.zeros(n_out, np.float32)]
-    return DenseModel(layers=list(layers), params=params)
+    return DenseModel(layers=list(layers), params=params, input_scale=float(np.float32(input_scale)))
 
 
 def init_state(model: DenseModel, config: TrainConfig) -> TrainState:
@@ -148,9 +175,12 @@ def init_state(model: DenseModel, config: TrainConfig) -> TrainState:
 # --------------------------------------------------------------------------- the step
 
 
-def forward(params: Sequence[np.ndarray], x: np.ndarray) -> list[np.ndarray]:
-    """Activations of every layer; the last entry holds the logits."""
-    acts = [x]
+def forward(params: Sequence[np.ndarray], x: np.ndarray, input_scale: float = 1.0,
+            input_shift: np.ndarray | None = None) -> list[np.ndarray]:
+    """Activations of every layer (the first is the transformed input); the last entry holds the logits."""
+    if input_shift is not None:
+        x = x - input_shift
+    acts = [x * x.dtype.type(input_scale) if input_scale != 1.0 else x]
     n = len(params) // 2
     for i in range(n):
         z = acts[-1] @ params[2 * i]
@@ -168,9 +198,10 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e
 
 
-def loss_and_grads(params: Sequence[np.ndarray], x: np.ndarray, y: np.ndarray) -> tuple[float, list[np.ndarray]]:
+def loss_and_grads(params: Sequence[np.ndarray], x: np.ndarray, y: np.ndarray, input_scale: float = 1.0,
+                   input_shift: np.ndarray | None = None) -> tuple[float, list[np.ndarray]]:
     """Mean softmax cross-entropy over the batch and its gradients, layer by layer."""
-    acts = forward(params, x)
+    acts = forward(params, x, input_scale, input_shift)
     probs = _softmax(acts[-1])
     batch = x.shape[0]
     rows = np.arange(batch)
@@ -214,7 +245,7 @@ def train_step(state: TrainState, origin: DenseModel | None, x: np.ndarray, y: n
         raise TrainError(f"origin model layers {origin.layers} differ from {model.layers}")
     params = model.params
     with blas.single_threaded():
-        loss, grads = loss_and_grads(params, x, y)
+        loss, grads = loss_and_grads(params, x, y, model.input_scale, model.input_shift)
         if config.prox_mu and origin is not None:
             mu = np.float32(config.prox_mu)
             grads = [g + mu * (p - o) for g, p, o in zip(grads, params, origin.params)]
@@ -238,7 +269,7 @@ def train_step(state: TrainState, origin: DenseModel | None, x: np.ndarray, y: n
             slots = m + v
     new_params = [np.ascontiguousarray(p, dtype=np.float32) for p in new_params]
     slots = [np.ascontiguousarray(s, dtype=np.float32) for s in slots]
-    return TrainState(step=step, model=DenseModel(layers=list(model.layers), params=new_params), slots=slots)
+    return TrainState(step=step, model=model.with_params(new_params), slots=slots)
 
 
 def replay_step(state: bytes, origin: bytes | None, x: np.ndarray, y: np.ndarray, config: bytes | TrainConfig) -> bytes:
@@ -271,7 +302,8 @@ def batch_indices(n_items: int, batch_size: int, seed: int, step: int) -> np.nda
 
 def predict(model: DenseModel, x: np.ndarray, chunk: int = 1024) -> np.ndarray:
     """Class predictions for feature rows (not recorded, so BLAS threading is left alone)."""
-    out = [forward(model.params, np.ascontiguousarray(x[i:i + chunk], np.float32))[-1].argmax(axis=1)
+    out = [forward(model.params, np.ascontiguousarray(x[i:i + chunk], np.float32), model.input_scale,
+                   model.input_shift)[-1].argmax(axis=1)
            for i in range(0, len(x), chunk)]
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 

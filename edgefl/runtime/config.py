@@ -91,6 +91,25 @@ class SecuritySection:
 
 
 @dataclass
+class MlSection:
+    """Feature extraction and privacy on a device; dense training at a fog (edgefl.ml)."""
+
+    backend: Literal["onnxruntime", "litert", "tflite_runtime"] = "onnxruntime"
+    threads: int = field(default=1, metadata=_range(1, 256))
+    model_dir: str = "{data_dir}/models"
+    batch_size: int = field(default=64, metadata=_range(2, 4096))  # N: features lie in [-sqrt(N-1), sqrt(N-1)]
+    noise: Literal["discrete_laplace"] = "discrete_laplace"
+    epsilon: float = field(default=1.0, metadata=_range(1e-3, 1000))  # per release of an item
+    epsilon_budget: float = field(default=10.0, metadata=_range(1e-3))  # per item, across rounds
+    privacy_unit: Literal["feature", "record"] = "feature"
+    privacy_file: str = "{data_dir}/privacy.cbor"  # the accountant's record of ε spent per item
+    optimizer: Literal["sgd", "adam"] = "adam"
+    lr: float = field(default=0.001, metadata=_range(0, 10))
+    local_epochs: int = field(default=5, metadata=_range(1, 1000))
+    aggregator: Literal["fedavg"] = "fedavg"
+
+
+@dataclass
 class LogSection:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json: bool = False
@@ -102,6 +121,7 @@ class Config:
     board: BoardSection = field(default_factory=BoardSection)
     mqtt: MqttSection = field(default_factory=MqttSection)
     security: SecuritySection = field(default_factory=SecuritySection)
+    ml: MlSection = field(default_factory=MlSection)
     log: LogSection = field(default_factory=LogSection)
     profile: str = ""  # where the profile came from (set by the loader)
 

@@ -1,0 +1,283 @@
+"""On-device extraction with DP, Laplace throughput, the dense step, and federated accuracy.
+
+* ``extract_{onnx,litert,tflite}_b{1,64}`` — ms per image for the device's whole
+  pipeline (extract, normalise, noise, build the FeatureBatch, sign it),
+  interleaved with the bare runtime call; ``ratio`` = pipeline / bare.
+  ``extract_overhead_ratio`` is that ratio for ONNX Runtime at batch 64
+  (goal ≤ 1.5).  tflite_runtime cannot run beside numpy 2: when it is not
+  importable here its bare call is timed in ``--tflite-python`` (a numpy<2
+  environment such as ``.venv-tflite``) and only that is reported.
+* ``laplace_per_batch`` — discrete Laplace on 64 × 3920 values, ms; ratio to
+  the bare ONNX extraction of the same batch.
+* ``dense_step_b64`` — one deterministic Adam step of the dense part, ms.
+* ``accuracy_eps{1,2,5,10,inf}_round{1,2}`` — test accuracy (%) after each of
+  two federated rounds, 10 devices with equal IID shares, batch 64, mean of
+  ``--seeds`` seeds (``p99`` column: the worst seed); ``accuracy_eps*_b*_round2``
+  repeat it for batch sizes 32/64/96/128.  MNIST (``--data``): 8,000
+  training images across the devices, 2,000 held out.  ``--plots DIR`` writes
+  accuracy_vs_epsilon.png and accuracy_vs_batch.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgefl.bench.harness import Report, Row, Samples, ab, measure, ratio_row
+from edgefl.crypto.envelope import Signer
+from edgefl.crypto.keys import SigningKey
+from edgefl.fl.simulation import SimDevice, run_rounds
+from edgefl.ml import export as E
+from edgefl.ml import trainer as T
+from edgefl.ml.backends import BackendUnavailable, open_backend, tflite_runtime_problem
+from edgefl.ml.data import Dataset, load_mnist, synthetic_digits
+from edgefl.ml.device import FeatureExtractor
+from edgefl.ml.extractor import ExtractorWeights
+from edgefl.ml.privacy import DiscreteLaplace, NoNoise, PrivacyAccountant, Privatiser, bound
+
+REPO = Path(__file__).resolve().parents[2]
+# ../shared/data/mnist beside the checkout (or beside the folder of worktrees)
+DEFAULT_DATA = next((p for p in (REPO.parent / "shared" / "data" / "mnist", REPO.parent.parent / "shared" / "data" / "mnist")
+                     if p.exists()), None)
+EPSILONS = [1.0, 2.0, 5.0, 10.0, None]  # None: no DP
+BATCHES = [32, 64, 96, 128]
+GOALS = {1.0: 90.0, 10.0: 95.0, None: 97.0}
+BACKENDS = [("onnx", "onnxruntime"), ("litert", "litert"), ("tflite", "tflite_runtime")]
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--data", default=str(DEFAULT_DATA) if DEFAULT_DATA else None,
+                   help="folder with MNIST t10k IDX files (default: ../shared/data/mnist when present; "
+                        "otherwise generated digits)")
+    p.add_argument("--weights", help="extractor weights .npz (default: seeded random initialisation)")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=3, help="local epochs per round")
+    p.add_argument("--no-accuracy", action="store_true", help="skip the federated accuracy experiment")
+    p.add_argument("--batches", type=lambda t: [int(v) for v in t.split(",")], default=BATCHES,
+                   help="batch sizes of the accuracy experiment (default 32,64,96,128)")
+    p.add_argument("--plots", metavar="DIR", help="write the accuracy PNGs here")
+    p.add_argument("--grid", metavar="FILE", help="write every accuracy run as JSON")
+    p.add_argument("--threads", type=int, default=1, help="runtime threads for the extraction rows")
+    p.add_argument("--tflite-python", default=str(REPO / ".venv-tflite" / "bin" / "python"),
+                   help="a Python with numpy<2 and tflite-runtime, for the tflite rows")
+
+
+async def run(*, quick: bool = False, data: str | None = None, weights: str | None = None, seeds: int = 3,
+              epochs: int = 3, no_accuracy: bool = False, plots: str | None = None, grid: str | None = None,
+              threads: int = 1, tflite_python: str | None = None, batches: list[int] = BATCHES, **_) -> Report:
+    report = Report("edgefl bench ml")
+    w = ExtractorWeights.load(weights) if weights else ExtractorWeights.random(seed=0)
+    models = {fmt: E.export(w, fmt) for fmt in E.FORMATS}
+    dataset = load_mnist(data) if data else synthetic_digits(2000 if quick else 10000, seed=0)
+    await _extraction(report, w, models, dataset, quick=quick, threads=threads, tflite_python=tflite_python)
+    _laplace_and_step(report, models, dataset, quick=quick, threads=threads)
+    if not no_accuracy:
+        _accuracy(report, models["onnx"], dataset, quick=quick, seeds=1 if quick else seeds, epochs=epochs,
+                  batches=[64] if quick else batches,
+                  plots=plots, grid=grid, source=f"MNIST {data}" if data else "generated digits")
+    return report
+
+
+def _pipeline(model: bytes, w: ExtractorWeights, backend: str, threads: int):
+    release = E.ModelRelease.of(model, w, "onnx" if backend == "onnxruntime" else "tflite")
+    privatiser = Privatiser(DiscreteLaplace(), epsilon=1.0, batch_size=64,
+                            accountant=PrivacyAccountant(1e12, device="bench"))
+    return FeatureExtractor.open(backend, model, release, privatiser, threads=threads)
+
+
+async def _extraction(report, w, models, dataset: Dataset, *, quick, threads, tflite_python) -> None:
+    signer = Signer("bench-device", SigningKey())
+    overhead = None
+    for short, backend in BACKENDS:
+        model = models["onnx" if backend == "onnxruntime" else "tflite"]
+        try:
+            fx = _pipeline(model, w, backend, threads)
+        except BackendUnavailable as exc:
+            _tflite_in_subprocess(report, short, model, dataset, quick, threads, tflite_python, str(exc))
+            continue
+        for batch in (1, 64):
+            images = dataset.images[:batch]
+            labels = dataset.labels[:batch]
+            counter = iter(range(1 << 62))
+
+            async def bare():
+                fx.backend.run(images)
+
+            async def full():
+                signer.seal(fx.batch(np.arange(batch), images, labels, task="bench", round=next(counter)))
+
+            n = (10 if quick else 60) if batch == 1 else (4 if quick else 20)
+            s_full, s_bare = await ab(full, bare, iterations=n, warmup=2, blocks=2 if quick else 10)
+            per = lambda s: Samples([t / batch for t in s.wall], [t / batch for t in s.cpu])  # noqa: E731
+            r_full = per(s_full).row(f"extract_{short}_b{batch}")
+            r_bare = per(s_bare).row(f"extract_{short}_b{batch}_bare", note=f"{backend}.run alone, ms per image")
+            r_full.ratio = r_full.median / r_bare.median
+            r_full.note = "extract + normalise + noise + sign, ms per image; ratio to the bare call"
+            report.add(r_full)
+            report.add(r_bare)
+            if backend == "onnxruntime" and batch == 64:
+                overhead = (r_full, r_bare)
+    if overhead:
+        report.add(ratio_row("extract_overhead_ratio", *overhead, goal="<= 1.5",
+                             note="onnxruntime, batch 64: pipeline / bare runtime"))
+
+
+def _tflite_in_subprocess(report, short, model, dataset, quick, threads, python, problem) -> None:
+    if not python or not Path(python).exists():
+        report.add(Row(f"extract_{short}_b1", "ms", float("nan"), float("nan"), note=f"not run: {problem}"))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "m.tflite").write_bytes(model)
+        for batch in (1, 64):
+            np.save(Path(tmp, "x.npy"), dataset.images[:batch])
+            n = (10 if quick else 60) if batch == 1 else (4 if quick else 20)
+            out = subprocess.run([python, "-m", "edgefl.ml.backends", "--backend", "tflite_runtime", "--model",
+                                  str(Path(tmp, "m.tflite")), "--input", str(Path(tmp, "x.npy")), "--threads",
+                                  str(threads), "--time", str(n)], capture_output=True, text=True,
+                                 env=dict(os.environ, PYTHONPATH=str(REPO)))
+            if out.returncode:
+                report.add(Row(f"extract_{short}_b{batch}", "ms", float("nan"), float("nan"),
+                               note=f"not run: {out.stderr.strip()[-200:]}"))
+                continue
+            res = json.loads(out.stdout.strip().splitlines()[-1])
+            s = Samples([t / batch for t in res["wall"]], [t / batch for t in res["cpu"]])
+            report.add(s.row(f"extract_{short}_b{batch}", note=f"bare tflite_runtime {res['runtime']} call only, "
+                             f"timed under numpy {res['numpy']} in {python}"))
+
+
+def _laplace_and_step(report, models, dataset: Dataset, *, quick, threads) -> None:
+    backend = open_backend("onnxruntime", models["onnx"], threads=threads)
+    images = dataset.images[:64]
+    values = np.clip(np.random.default_rng(0).normal(0, 3, (64, 3920)), -bound(64), bound(64))
+    noise = DiscreteLaplace()
+    n = 5 if quick else 40
+    lap = measure(lambda: noise.perturb(values, bound=bound(64), coordinates=1, epsilon=1.0), iterations=n)
+    ext = measure(lambda: backend.run(images), iterations=n)
+    r_lap = lap.row("laplace_per_batch", note="discrete Laplace, 64 x 3920 values from os.urandom; "
+                                              "ratio to bare onnxruntime extraction of the batch")
+    r_lap.ratio = r_lap.median / ext.row("x").median
+    report.add(r_lap)
+
+    cfg = T.TrainConfig(optimizer="adam", lr=1e-3)
+    state = T.init_state(T.init_model(seed=0), cfg)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((64, 3920)).astype(np.float32), rng.integers(0, 10, 64)
+    step = measure(lambda: T.train_step(state, state.model, x, y, cfg), iterations=3 if quick else 20, warmup=2)
+    report.add(step.row("dense_step_b64", note="Adam, 3920-600-100-30-20-10, BLAS on one thread (recorded steps)"))
+
+
+def _accuracy(report, onnx_model: bytes, dataset: Dataset, *, quick, seeds, epochs, batches, plots, grid,
+              source) -> None:
+    n_train = 1600 if quick else 8000
+    n_test = 400 if quick else 2000
+    train, rest = dataset.split(n_train)
+    test = rest.subset(slice(0, n_test))
+    backend = open_backend("onnxruntime", onnx_model, threads=os.cpu_count() or 1)
+    features = np.concatenate([backend.run(train.images[i:i + 500]) for i in range(0, len(train), 500)])
+    test_features = np.concatenate([backend.run(test.images[i:i + 500]) for i in range(0, len(test), 500)])
+    devices = 10
+    share = len(train) // devices
+    epsilons = [1.0, None] if quick else EPSILONS
+    runs = []
+    t0 = time.perf_counter()
+    for batch in batches:
+        for eps in epsilons:
+            for seed in range(seeds):
+                cfg = T.TrainConfig(optimizer="adam", lr=1e-3, batch_size=batch, seed=seed)
+                sims = []
+                for d in range(devices):
+                    rows = slice(d * share, (d + 1) * share)
+                    noise = NoNoise() if eps is None else DiscreteLaplace()
+                    acct = None if eps is None else PrivacyAccountant(2 * eps, device=f"device-{d}")
+                    sims.append(SimDevice(f"device-{d}", features[rows], train.labels[rows],
+                                          Privatiser(noise, epsilon=eps or 1.0, batch_size=batch, accountant=acct)))
+                acc = run_rounds(sims, config=cfg, rounds=2, epochs=epochs, test_features=test_features,
+                                 test_labels=test.labels)
+                runs.append({"epsilon": eps, "batch": batch, "seed": seed, "accuracy": acc})
+                print(f"  accuracy eps={eps} batch={batch} seed={seed}: {[round(100 * a, 2) for a in acc]} "
+                      f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+    note = (f"{source}: {len(train)} train over {devices} devices, {len(test)} test; Adam lr 1e-3, "
+            f"{epochs} local epoch(s)/round; ε per round (2 rounds spend 2ε)")
+
+    def pick(eps, batch, r):
+        return [100 * x["accuracy"][r] for x in runs if x["epsilon"] == eps and x["batch"] == batch]
+
+    for eps in epsilons:
+        tag = "inf" if eps is None else f"{eps:g}"
+        for r in (0, 1):
+            vals = pick(eps, 64, r)
+            if not vals:
+                continue
+            goal = f">= {GOALS[eps]:g}" if r == 1 and eps in GOALS else None
+            report.add(Row(f"accuracy_eps{tag}_round{r + 1}", "%", statistics.mean(vals), min(vals), goal=goal,
+                           note=note if r == 1 and eps == 1.0 else f"batch 64, mean of {len(vals)} seed(s)"))
+    for batch in batches:
+        if batch == 64:
+            continue
+        for eps in epsilons:
+            tag = "inf" if eps is None else f"{eps:g}"
+            vals = pick(eps, batch, 1)
+            report.add(Row(f"accuracy_eps{tag}_b{batch}_round2", "%", statistics.mean(vals), min(vals),
+                           note=f"batch {batch}, mean of {len(vals)} seed(s)"))
+    if grid:
+        Path(grid).write_text(json.dumps(runs, indent=1) + "\n")
+    if plots:
+        plot_accuracy(runs, Path(plots), note)
+
+
+def plot_accuracy(runs: list[dict], folder: Path, note: str = "") -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    mean = lambda vals: statistics.mean(vals) if vals else float("nan")  # noqa: E731
+    epsilons = sorted({r["epsilon"] for r in runs if r["epsilon"] is not None})
+    has_inf = any(r["epsilon"] is None for r in runs)
+    batches = sorted({r["batch"] for r in runs})
+    out = []
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for rnd in (0, 1):
+        ys = [mean([100 * r["accuracy"][rnd] for r in runs if r["epsilon"] == e and r["batch"] == 64])
+              for e in epsilons]
+        line, = ax.plot(epsilons, ys, marker="o", label=f"round {rnd + 1}")
+        if has_inf:
+            ax.axhline(mean([100 * r["accuracy"][rnd] for r in runs if r["epsilon"] is None and r["batch"] == 64]),
+                       color=line.get_color(), linestyle=":", label=f"round {rnd + 1}, no DP")
+    ax.set_xlabel("ε per round")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Accuracy vs ε (10 devices, batch 64)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.text(0.01, 0.01, note, fontsize=6)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    out.append(folder / "accuracy_vs_epsilon.png")
+    fig.savefig(out[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for e in epsilons + ([None] if has_inf else []):
+        ys = [mean([100 * r["accuracy"][1] for r in runs if r["epsilon"] == e and r["batch"] == b]) for b in batches]
+        ax.plot(batches, ys, marker="o", label="no DP" if e is None else f"ε = {e:g}")
+    ax.set_xlabel("batch size N")
+    ax.set_ylabel("test accuracy after round 2 (%)")
+    ax.set_title("Accuracy vs batch size (10 devices)")
+    ax.set_xticks(batches)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.text(0.01, 0.01, note, fontsize=6)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    out.append(folder / "accuracy_vs_batch.png")
+    fig.savefig(out[-1], dpi=110)
+    plt.close(fig)
+    return out

@@ -1,0 +1,70 @@
+"""The device's side of training: a verified extractor, private features, the batch it sends.
+
+    fx = FeatureExtractor.open("onnxruntime", model_bytes, release, privatiser, threads=4)
+    batch = fx.batch(ids, images, labels, task="t1", round=0)    # a FeatureBatch, ready to sign
+
+The model's bytes are checked against the published ``ModelRelease`` before a
+runtime ever sees them; raw images never leave ``batch``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+
+from edgefl.codec import Array, MaxLen, Message, Range, message
+from edgefl.ml.backends import Backend, backend_class
+from edgefl.ml.export import ModelError, ModelRelease
+from edgefl.ml.privacy import Privatiser
+
+MAX_ROWS = 1024
+
+
+@message("feature_batch", max_size=40 << 20)
+class FeatureBatch(Message):
+    """Perturbed features and labels of some of a device's items; ``features`` lie on ``grid`` (0: no DP)."""
+
+    task: Annotated[str, MaxLen(128)]
+    round: Annotated[int, Range(0, (1 << 63) - 1)]
+    model: Annotated[bytes, MaxLen(32)]
+    ids: Annotated[np.ndarray, Array("int64", 1, MAX_ROWS)]
+    labels: Annotated[np.ndarray, Array("uint8", 1, MAX_ROWS)]
+    features: Annotated[np.ndarray, Array(None, 2, MAX_ROWS * 3920)]
+    grid: float
+    epsilon: float
+    unit: Annotated[str, MaxLen(16)]
+
+    def __post_init__(self):
+        n = len(self.ids)
+        if len(self.labels) != n or self.features.shape[0] != n:
+            raise ValueError(f"feature_batch: {n} ids, {len(self.labels)} labels, {self.features.shape[0]} rows")
+        if self.features.dtype not in (np.float32, np.float64):
+            raise ValueError(f"feature_batch: features are {self.features.dtype}, expected float32 or float64")
+
+
+class FeatureExtractor:
+    """Backend + privatiser for one verified model."""
+
+    def __init__(self, backend: Backend, release: ModelRelease, privatiser: Privatiser):
+        self.backend, self.release, self.privatiser = backend, release, privatiser
+
+    @classmethod
+    def open(cls, backend: str, model: bytes, release: ModelRelease, privatiser: Privatiser, *,
+             threads: int = 1) -> "FeatureExtractor":
+        kind = backend_class(backend)
+        release.check(model)  # refuses a model whose hash does not match the published one
+        if kind.format != release.format:
+            raise ModelError(f"backend {backend} runs {kind.format} models, the release is {release.format}")
+        return cls(kind(model, threads=threads), release, privatiser)
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        return self.backend.run(images)
+
+    def batch(self, ids, images: np.ndarray, labels: np.ndarray, *, task: str, round: int) -> FeatureBatch:
+        ids = np.asarray(ids, np.int64)
+        rel = self.privatiser.release(ids, self.features(images), task=task, round=round)
+        keep = np.isin(ids, rel.ids)
+        return FeatureBatch(task=task, round=round, model=self.release.hash, ids=rel.ids,
+                            labels=np.asarray(labels)[keep].astype(np.uint8), features=rel.values, grid=rel.grid,
+                            epsilon=float(self.privatiser.epsilon), unit=self.privatiser.unit)

@@ -1,0 +1,368 @@
+"""Differential privacy on the device: normalisation, secure Laplace noise, the ε accountant.
+
+What ε protects
+---------------
+Each image's feature vector is scaled linearly into [−B, B] with
+B = √(N−1) (N the batch size), so one normalised feature value moves by at most
+Δ = 2B.  With ``privacy_unit = "feature"`` (the design's unit) Laplace noise of
+scale Δ/ε is added to every coordinate: a change of **one feature value** of
+one image is hidden at ε.  A whole image changes all d = 3,920 values, so by
+composition an image is protected only at d·ε.  ``privacy_unit = "record"``
+protects a whole image at ε: the sensitivity is the L1 norm of the whole
+vector, d·Δ, and the noise scale d·Δ/ε — far more noise.  Labels are sent in
+the clear in both units, as in the design.
+
+Secure sampling
+---------------
+Textbook Laplace sampling (``b·sign(u)·log(1−2|u|)`` in floating point) is
+porous: which floats can come out depends on the noiseless value, and Mironov
+(CCS 2012) recovers it from the low bits.  Here the value is first rounded to
+a power-of-two grid g, and the noise is an integer K from the two-sided
+geometric (discrete Laplace) distribution P(K=k) ∝ α^|k|, α = exp(−ε/Δ_g),
+where Δ_g is the sensitivity in grid steps: the output g·(round(x/g) + K) lies
+on the grid whatever x was, as in Google's and OpenDP's libraries.  K is
+sampled vectorised from the OS CSPRNG (``os.urandom``): per coordinate one
+64-bit word gives a sign bit and a 52-bit uniform U, G = ⌊−ln(U)·s⌋ is
+geometric (s = Δ_g/ε), and (negative, 0) draws are redrawn so zero is not
+counted twice.  G's probabilities carry float64 rounding (relative error about
+2^-50, far below anything measurable) and its tail is cut at 36.0 scale units
+(probability 2^-52); neither depends on the data.
+
+The accountant
+--------------
+``PrivacyAccountant`` tracks ε spent per data item across rounds (sequential
+composition), refuses any release that would take an item past the budget
+(from the profile), persists what was spent, and hands a ``PrivacySpend``
+record to a recorder — the ledger — before the data leaves the device.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+from pathlib import Path
+from typing import Annotated, ClassVar, Iterable, Protocol, Sequence
+
+import numpy as np
+
+from edgefl import codec
+from edgefl.codec import Array, MaxLen, Message, Range, message
+from edgefl.crypto.hashing import merkle_root
+
+log = logging.getLogger("edgefl.ml.privacy")
+
+UNITS = ("feature", "record")
+GRID_BITS = 12  # grid step = 2^-12 of the smaller of the bound and the noise scale (rounded to a power of two)
+MAX_EPSILON = 1000.0
+
+
+class PrivacyError(ValueError):
+    pass
+
+
+class BudgetExceeded(PrivacyError):
+    """A release would take items past their ε budget; nothing was charged or released."""
+
+    def __init__(self, items: Sequence[int], budget: float):
+        shown = ", ".join(map(str, list(items)[:5])) + (" …" if len(items) > 5 else "")
+        super().__init__(f"{len(items)} item(s) would exceed the ε budget {budget:g}: {shown}")
+        self.items = list(items)
+
+
+def bound(batch_size: int) -> float:
+    """B = √(N−1): features are normalised into [−B, B]."""
+    if batch_size < 2:
+        raise PrivacyError(f"batch size {batch_size}: the normalisation bound √(N−1) needs N ≥ 2")
+    return math.sqrt(batch_size - 1)
+
+
+def normalise(features: np.ndarray, batch_size: int) -> np.ndarray:
+    """Scale each row linearly onto [−B, B] (min → −B, max → B; a constant row → 0), float64."""
+    x = np.asarray(features, np.float64)
+    if x.ndim != 2:
+        raise PrivacyError(f"features must be (n, d), got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise PrivacyError("features contain NaN or infinity")
+    b = bound(batch_size)
+    lo = x.min(axis=1, keepdims=True)
+    span = x.max(axis=1, keepdims=True) - lo
+    scale = np.divide(2 * b, span, out=np.zeros_like(span), where=span > 0)
+    out = (x - lo) * scale - b
+    out[(span == 0).ravel()] = 0.0
+    np.clip(out, -b, b, out=out)  # rounding may overshoot by an ulp
+    return out
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def two_sided_geometric(shape, scale: float, *, randbytes=os.urandom) -> np.ndarray:
+    """Integers with P(K=k) = (1−α)/(1+α)·α^|k|, α = exp(−1/scale): the discrete Laplace.
+
+    ``randbytes(n)`` is the entropy source (the OS CSPRNG by default).
+    """
+    if not (scale > 0 and math.isfinite(scale)):
+        raise PrivacyError(f"scale must be positive and finite, got {scale}")
+    n = int(np.prod(shape))
+    out = np.empty(n, np.int64)
+    todo = np.arange(n)
+    while todo.size:
+        words = np.frombuffer(randbytes(8 * todo.size), dtype="<u8")
+        # bits 12..63 become a float in [1, 2); 2 − it is uniform on (0, 1] in steps of 2^-52
+        u = 2.0 - ((words >> np.uint64(12)) | np.uint64(0x3FF0000000000000)).view(np.float64)
+        g = np.log(u)
+        g *= -scale
+        k = np.floor(g, out=g).astype(np.int64)
+        negative = (words & np.uint64(1)).astype(bool)  # bit 0: the sign
+        again = negative & (k == 0)  # (−, 0) would count zero twice: redraw
+        np.negative(k, out=k, where=negative)
+        keep = ~again
+        out[todo[keep]] = k[keep]
+        todo = todo[again]
+    return out.reshape(shape)
+
+
+def grid_step(value_bound: float, noise_scale: float) -> float:
+    """A power of two 2^-GRID_BITS below the smaller of the value bound and the noise scale."""
+    return 2.0 ** (math.floor(math.log2(min(value_bound, noise_scale))) - GRID_BITS)
+
+
+class Noised:
+    """Noisy values on a grid: ``values`` = ``grid`` × integers, exactly."""
+
+    __slots__ = ("values", "grid", "scale", "sensitivity")
+
+    def __init__(self, values: np.ndarray, grid: float, scale: float, sensitivity: float):
+        self.values, self.grid, self.scale, self.sensitivity = values, grid, scale, sensitivity
+
+
+class NoiseMechanism(Protocol):
+    """Adds noise for ε-DP to values in [−bound, bound] of which one protected unit moves ``coordinates``."""
+
+    name: ClassVar[str]
+
+    def perturb(self, values: np.ndarray, *, bound: float, coordinates: int, epsilon: float) -> Noised: ...
+
+
+class DiscreteLaplace:
+    """The two-sided geometric on a power-of-two grid (see the module notes)."""
+
+    name: ClassVar[str] = "discrete_laplace"
+
+    def __init__(self, randbytes=os.urandom):
+        self.randbytes = randbytes
+
+    def perturb(self, values: np.ndarray, *, bound: float, coordinates: int, epsilon: float) -> Noised:
+        check_epsilon(epsilon)
+        g = grid_step(bound, coordinates * 2 * bound / epsilon)
+        limit = math.ceil(bound / g)
+        q = np.clip(np.rint(np.asarray(values, np.float64) / g), -limit, limit).astype(np.int64)
+        # L1 sensitivity in grid steps: each rounded coordinate lies in [−limit, limit]
+        steps = coordinates * 2 * limit
+        s = steps / epsilon
+        k = two_sided_geometric(q.shape, s, randbytes=self.randbytes)
+        top = limit + 37 * s  # the largest |q + K| possible (the geometric's tail ends at 36.04 s)
+        dtype = np.float32 if top < 2 ** 24 else np.float64  # the grid stays exact in either
+        return Noised(((q + k) * g).astype(dtype), g, s * g, steps * g)
+
+
+class NoNoise:
+    """No privacy (ε = ∞): the normalised values as they are. For baselines only."""
+
+    name: ClassVar[str] = "none"
+
+    def perturb(self, values: np.ndarray, *, bound: float, coordinates: int, epsilon: float) -> Noised:
+        return Noised(np.asarray(values, np.float32), 0.0, 0.0, coordinates * 2 * bound)
+
+
+MECHANISMS: dict[str, type] = {DiscreteLaplace.name: DiscreteLaplace, NoNoise.name: NoNoise}
+
+
+def mechanism(name: str, **options) -> NoiseMechanism:
+    try:
+        return MECHANISMS[name](**options)
+    except KeyError:
+        raise ValueError(f"unknown noise mechanism {name!r}; known: {', '.join(MECHANISMS)}") from None
+
+
+def check_epsilon(epsilon: float) -> float:
+    if not (0 < epsilon <= MAX_EPSILON):
+        raise PrivacyError(f"ε = {epsilon} must lie in (0, {MAX_EPSILON:g}]")
+    return epsilon
+
+
+def coordinates(unit: str, dims: int) -> int:
+    """How many coordinates one protected unit moves: one feature value, or a whole record of d."""
+    if unit not in UNITS:
+        raise PrivacyError(f"privacy unit {unit!r} is not one of {', '.join(UNITS)}")
+    return 1 if unit == "feature" else dims
+
+
+# --------------------------------------------------------------------------- accounting
+
+
+@message("privacy_spend")
+class PrivacySpend(Message):
+    """One release of items by a device: what the ledger records.
+
+    ``items_root`` is the RFC 6962 Merkle root over the released item ids (8-byte
+    big-endian), so a later claim about any item can be checked against it.
+    """
+
+    device: Annotated[str, MaxLen(128)]
+    task: Annotated[str, MaxLen(128)]
+    round: Annotated[int, Range(0, (1 << 63) - 1)]
+    unit: Annotated[str, MaxLen(16)]
+    mechanism: Annotated[str, MaxLen(32)]
+    epsilon: Annotated[float, Range(0.0, MAX_EPSILON)]
+    sensitivity: float
+    scale: float
+    grid: float
+    items: Annotated[int, Range(0, 1 << 32)]
+    items_root: Annotated[bytes, MaxLen(32)]
+    max_spent: float
+    budget: float
+
+
+class PrivacyRecorder(Protocol):
+    """Where spending goes before data leaves the device (the ledger implements it).
+
+    It must raise if the record could not be kept: the release is then abandoned
+    and nothing is charged.
+    """
+
+    def __call__(self, spend: PrivacySpend) -> None: ...
+
+
+def items_root(items: Iterable[int]) -> bytes:
+    return merkle_root([int(i).to_bytes(8, "big") for i in items])
+
+
+class PrivacyAccountant:
+    """ε spent per data item of one device, under one budget, optionally persisted to ``path``."""
+
+    TOLERANCE = 1e-9  # float sums of ε (0.1 + 0.2 …) must not refuse an exact fit
+
+    def __init__(self, budget: float, *, device: str, unit: str = "feature", path: str | os.PathLike | None = None,
+                 recorder: PrivacyRecorder | None = None):
+        if not (budget > 0 and math.isfinite(budget)):
+            raise PrivacyError(f"budget must be positive and finite, got {budget}")
+        if unit not in UNITS:
+            raise PrivacyError(f"privacy unit {unit!r} is not one of {', '.join(UNITS)}")
+        self.budget, self.device, self.unit = float(budget), device, unit
+        self.path = Path(path) if path is not None else None
+        self.recorder = recorder
+        self._spent: dict[int, float] = {}
+        self._lock = threading.Lock()
+        if self.path is not None and self.path.exists():
+            self._load()
+
+    def spent(self, item: int) -> float:
+        return self._spent.get(int(item), 0.0)
+
+    def remaining(self, item: int) -> float:
+        return max(0.0, self.budget - self.spent(item))
+
+    def admissible(self, items: Sequence[int], epsilon: float) -> np.ndarray:
+        """Mask of the items that can still be released at ``epsilon``."""
+        limit = self.budget * (1 + self.TOLERANCE)
+        return np.array([self._spent.get(int(i), 0.0) + epsilon <= limit for i in items], bool)
+
+    def charge(self, items: Sequence[int], epsilon: float, *, task: str, round: int, mechanism: str,
+               sensitivity: float, scale: float, grid: float) -> PrivacySpend:
+        """Charge ``epsilon`` to every item (all or nothing), record it, persist it; return the record."""
+        check_epsilon(epsilon)
+        ids = [int(i) for i in items]
+        if len(set(ids)) != len(ids):
+            raise PrivacyError("an item appears twice in one release")
+        with self._lock:
+            over = [i for i, ok in zip(ids, self.admissible(ids, epsilon)) if not ok]
+            if over:
+                raise BudgetExceeded(over, self.budget)
+            after = {i: self._spent.get(i, 0.0) + epsilon for i in ids}
+            spend = PrivacySpend(
+                device=self.device, task=task, round=round, unit=self.unit, mechanism=mechanism,
+                epsilon=float(epsilon), sensitivity=float(sensitivity), scale=float(scale), grid=float(grid),
+                items=len(ids), items_root=items_root(ids), max_spent=max(after.values(), default=0.0),
+                budget=self.budget)
+            if self.recorder is not None:
+                self.recorder(spend)  # raises → nothing charged, nothing released
+            self._spent.update(after)
+            if self.path is not None:
+                self._save()
+        return spend
+
+    def _save(self) -> None:
+        ids = np.array(sorted(self._spent), np.int64)
+        eps = np.array([self._spent[int(i)] for i in ids], np.float64)
+        data = codec.encode({"device": self.device, "unit": self.unit, "ids": ids, "spent": eps})
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def _load(self) -> None:
+        try:
+            state = codec.decode(self.path.read_bytes(), codec.Limits(max_size=256 << 20))
+            if state["device"] != self.device or state["unit"] != self.unit:
+                raise PrivacyError(f"{self.path} belongs to {state['device']}/{state['unit']}, "
+                                   f"not {self.device}/{self.unit}")
+            ids, eps = state["ids"], state["spent"]
+            if len(ids) != len(eps):
+                raise PrivacyError(f"{self.path}: ids and amounts differ in length")
+        except (OSError, codec.CodecError, KeyError, TypeError) as exc:
+            # refusing to start is the safe side: forgetting spent ε would release data past its budget
+            raise PrivacyError(f"cannot read the privacy ledger {self.path}: {exc}") from None
+        self._spent = {int(i): float(e) for i, e in zip(ids, eps)}
+
+
+# --------------------------------------------------------------------------- the device's release
+
+
+class Release:
+    """What a device may send: the released ids, their noisy features, the spend record (None without DP)."""
+
+    __slots__ = ("ids", "values", "grid", "spend", "withheld")
+
+    def __init__(self, ids, values, grid, spend, withheld):
+        self.ids, self.values, self.grid, self.spend, self.withheld = ids, values, grid, spend, withheld
+
+
+class Privatiser:
+    """Normalise, add noise and charge the accountant: the device's one call before sending features.
+
+    Items whose budget is spent are withheld (``Release.withheld``), never sent.
+    With no accountant (ε = ∞ baselines) nothing is charged.
+    """
+
+    def __init__(self, noise: NoiseMechanism, *, epsilon: float, batch_size: int, unit: str = "feature",
+                 accountant: PrivacyAccountant | None = None):
+        if noise.name != NoNoise.name:
+            check_epsilon(epsilon)
+        if accountant is not None and accountant.unit != unit:
+            raise PrivacyError(f"the accountant counts {accountant.unit!r} units, the release is {unit!r}")
+        self.noise, self.epsilon, self.batch_size, self.unit = noise, epsilon, batch_size, unit
+        self.accountant = accountant
+
+    def release(self, ids: Sequence[int], features: np.ndarray, *, task: str = "", round: int = 0) -> Release:
+        ids = np.asarray(ids, np.int64)
+        if len(ids) != len(features):
+            raise PrivacyError(f"{len(ids)} ids for {len(features)} feature rows")
+        keep = self.accountant.admissible(ids, self.epsilon) if self.accountant else np.ones(len(ids), bool)
+        withheld = ids[~keep]
+        if withheld.size:
+            log.info("withholding %d item(s) whose ε budget is spent", withheld.size)
+        ids, features = ids[keep], np.asarray(features)[keep]
+        values = normalise(features, self.batch_size)
+        noised = self.noise.perturb(values, bound=bound(self.batch_size), coordinates=coordinates(self.unit, values.shape[1]),
+                                    epsilon=self.epsilon)
+        spend = None
+        if self.accountant is not None and len(ids):
+            spend = self.accountant.charge(ids, self.epsilon, task=task, round=round, mechanism=self.noise.name,
+                                           sensitivity=noised.sensitivity, scale=noised.scale, grid=noised.grid)
+        return Release(ids, noised.values, noised.grid, spend, withheld)
