@@ -38,11 +38,21 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel Cython
-extras=""
-[ "${1:-}" = "test" ] && extras="[test]"
+extras="[ml]"
+[ "${1:-}" = "test" ] && extras="[ml,bench,test]"
 log "installing edgefl$extras (editable; compiles ext/ when a compiler and headers are present)"
 "$VENV/bin/python" -m pip install -q -e ".$extras"
 "$VENV/bin/python" setup.py -q build_ext --inplace >/dev/null 2>&1 || log "native build failed: pure-Python twins will be used"
+# tflite-runtime 2.14 (its last release) crashes under numpy 2, so its backend is tested in a
+# separate small environment with numpy<2 (wheels exist for Python <= 3.11).
+TFLITE_VENV=${EDGEFL_TFLITE_VENV:-.venv-tflite}
+if [ "${1:-}" = "test" ] && [ ! -x "$TFLITE_VENV/bin/python" ]; then
+    log "creating $TFLITE_VENV (numpy<2 + tflite-runtime) for the tflite_runtime backend tests"
+    if ! { "$PYTHON" -m venv "$TFLITE_VENV" && "$TFLITE_VENV/bin/python" -m pip install -q "numpy<2" "tflite-runtime==2.14.0"; }; then
+        log "could not install tflite-runtime for $($PYTHON --version 2>&1): its backend test will not run"
+        rm -rf "$TFLITE_VENV"
+    fi
+fi
 "$VENV/bin/python" - <<'PY'
 from edgefl import native
 for name in native.MODULES:
