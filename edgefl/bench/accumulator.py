@@ -204,7 +204,7 @@ async def run(*, quick: bool = False, sizes: str = "8,32,128", rootfactor: str =
     random.seed(seed)
     ts = [int(t) for t in sizes.split(",") if t]
     ns = [int(n) for n in rootfactor.split(",") if n]
-    rounds = 4 if quick else 15
+    rounds = 4 if quick else 25
     if quick:
         ns = [n for n in ns if n <= 256] or [64]
     report = Report("edgefl bench accumulator (RSA-2048, 256-bit representatives)")
