@@ -43,13 +43,13 @@ def test_setup_errors_are_one_line():
 
 def test_bench_accumulator_quick_writes_table_and_json(tmp_path):
     out = edgefl("--log-level", "ERROR", "bench", "accumulator", "--quick", "--sizes", "2,8", "--rootfactor", "16",
-                 "--chain", "16", "--json", str(tmp_path / "a.json"), "--markdown", str(tmp_path / "a.md"))
+                 "--chain", "16", "--setup-bits", "128", "--json", str(tmp_path / "a.json"), "--markdown", str(tmp_path / "a.md"))
     assert out.returncode == 0, out.stderr
     rows = {r["name"]: r for r in json.loads((tmp_path / "a.json").read_text())}
     for name in ("update", "proofgen_n16", "proofverf", "hash_to_prime", "batch_verify_independent_t8",
                  "batch_verify_ratio_unweighted_t8", "batch_verify_ratio_weighted_t8",
                  "batch_verify_ratio_weighted_pure_t8", "aggregated_verify_ratio_t8", "multiexp_pure_t8",
-                 "rootfactor_n16", "rootfactor_naive_n16", "rootfactor_speedup_n16"):
+                 "rootfactor_n16", "rootfactor_naive_n16", "rootfactor_speedup_n16", "distributed_setup_128_k3"):
         assert name in rows, name
         assert {"name", "unit", "median", "p99"} <= set(rows[name])
     assert rows["batch_verify_ratio_unweighted_t8"]["anchor"] == 0.124

@@ -20,7 +20,6 @@ in one process so that a noisy machine shifts every variant alike:
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import random
 import statistics
@@ -189,11 +188,11 @@ def _rootfactor(report: Report, ns: list[int], rounds: int) -> None:
                              note="naive / RootFactor"))
 
 
-def _setup(report: Report, bits: int) -> None:
+async def _setup(report: Report, bits: int) -> None:
     from edgefl.crypto.accumulator import distributed
 
     t0, c0 = time.perf_counter(), time.process_time()
-    result = asyncio.run(distributed.generate_local(3, bits))
+    result = await distributed.generate_local(3, bits)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     report.add(Row(f"distributed_setup_{bits}_k3", "ms", wall * 1e3, wall * 1e3, cpu * 1e3,
                    note=f"one run, {result.stats.candidates} candidates, {result.stats.rounds} rounds"))
@@ -215,5 +214,5 @@ async def run(*, quick: bool = False, sizes: str = "8,32,128", rootfactor: str =
     _multiexp(report, ts, rounds)
     _rootfactor(report, ns, 2 if quick else 3)
     if setup_bits:
-        _setup(report, setup_bits)
+        await _setup(report, setup_bits)
     return report
