@@ -1,0 +1,289 @@
+"""One chain on one node: a mempool, mining, validated appends to the store, proofs, verification.
+
+A ``Chain`` is not thread-safe; the ledger service confines each chain to one
+worker thread.  Transactions are checked in full when submitted, against the
+*pending* state (the committed state with the mempool applied in order), so
+any prefix of the mempool makes a valid block.  Their admission verdicts stay
+in a bounded cache keyed by tx id (which commits to the exact bytes): a block
+proposed by a peer is then validated without decoding or verifying again the
+transactions this node has already seen, as Bitcoin Core's signature cache does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import OrderedDict
+
+from edgefl.crypto import accumulator
+from edgefl.crypto.envelope import KeyRegistry
+from edgefl.runtime.logging import RateLimited
+from edgefl.runtime.metrics import METRICS, Metrics
+from edgefl.ledger.block import Tip, decode_header
+from edgefl.ledger.errors import InvalidBlock, InvalidTx, LedgerError, ProofError
+from edgefl.ledger.proofs import TxProof, make_proof, witness_for
+from edgefl.ledger.sealer import Sealer
+from edgefl.ledger.store import Store
+from edgefl.ledger.tx import MAX_ANCHOR_BLOCKS, MAX_TX, Anchor, ChainSpec, State, TxInfo, decode_tx, genesis_tx
+from edgefl.ledger.validation import Verified, build_block, validate_block
+
+log = logging.getLogger("edgefl.ledger")
+
+BLOCK_OVERHEAD = 4096  # header, seal and framing; what a block keeps free beside its transactions
+
+
+def _framed(n: int) -> int:
+    """Bytes a transaction of ``n`` bytes takes inside a block's CBOR array."""
+    return n + (1 if n < 24 else 2 if n < 256 else 3 if n < 65536 else 5)
+
+
+class Chain:
+    def __init__(self, store: Store, *, registry: KeyRegistry | None = None, metrics: Metrics = METRICS,
+                 max_pool_bytes: int = 64 << 20, admitted_cache_bytes: int = 64 << 20):
+        self.store = store
+        self.registry = registry
+        self.metrics = metrics
+        self.max_pool_bytes = max_pool_bytes
+        self.tip: Tip = store.tip()
+        self.state: State = store.state()
+        self._pool: dict[bytes, TxInfo] = {}
+        self._pool_bytes = 0
+        self._pending = self.state.copy()
+        self._admitted: OrderedDict[bytes, TxInfo] = OrderedDict()  # admit() verdicts, by tx id
+        self._admitted_bytes = 0
+        self._admitted_max = admitted_cache_bytes
+        self._log = RateLimited(log)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, readonly: bool = False, **kw) -> "Chain":
+        chain = cls(Store(path, readonly=readonly), **kw)
+        if chain.state.spec is None:
+            chain.store.close()
+            raise LedgerError(f"{path}: no genesis block (create the chain with `edgefl ledger init`)",
+                              reason="not_found")
+        return chain
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, spec: ChainSpec, sealer: Sealer, **kw) -> "Chain":
+        store = Store(path)
+        if store.tip().height >= 0:
+            store.close()
+            raise LedgerError(f"{path}: chain exists already", reason="exists")
+        chain = cls(store, **kw)
+        genesis = decode_tx(genesis_tx(spec))
+        block = build_block(Tip.genesis(), spec.chain, [genesis], sealer, spec.ts)
+        state = State()
+        genesis.kind.apply(genesis, state)
+        chain._commit(block, state)
+        chain._pending = state.copy()
+        return chain
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> "Chain":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def spec(self) -> ChainSpec:
+        return self.state.spec
+
+    @property
+    def id(self) -> str:
+        return self.state.spec.chain
+
+    # ------------------------------------------------------------------ rejections
+
+    def _reject(self, what: str, exc: LedgerError) -> None:
+        self.metrics.inc(f"ledger_{what}_rejected", reason=exc.reason)
+        self._log.warning(f"{what}:{exc.reason}", "%s: rejected %s (%s): %s", self.id if self.spec else "?", what,
+                          exc.reason, exc, reason=exc.reason)
+
+    # ------------------------------------------------------------------ mempool
+
+    def submit(self, raw: bytes) -> TxInfo:
+        """Validate a transaction in full and queue it for the next block (raises InvalidTx)."""
+        try:
+            if len(raw) > min(MAX_TX, self.spec.max_block - BLOCK_OVERHEAD):
+                raise InvalidTx(f"{len(raw)} bytes does not fit in a block", field="tx", reason="too_large")
+            info = decode_tx(raw)
+            if info.id in self._pool or self.store.has_tx(info.id):
+                raise InvalidTx("already submitted", field="tx", reason="duplicate")
+            if self._pool_bytes + len(raw) > self.max_pool_bytes:
+                raise InvalidTx("mempool is full", field="tx", reason="mempool_full")
+            info.kind.admit(info, self.spec, self.registry)
+            info.kind.check(info, self._pending)
+        except InvalidTx as exc:
+            self._reject("tx", exc)
+            raise
+        info.kind.apply(info, self._pending)
+        self._remember(info)
+        self._pool[info.id] = info
+        self._pool_bytes += len(raw)
+        self.metrics.inc("ledger_tx_accepted")
+        return info
+
+    def _remember(self, info: TxInfo) -> None:
+        self._admitted[info.id] = info
+        self._admitted_bytes += len(info.raw)
+        while self._admitted_bytes > self._admitted_max:
+            self._admitted_bytes -= len(self._admitted.popitem(last=False)[1].raw)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pool)
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._pool_bytes
+
+    def _take(self, budget: int) -> list[TxInfo]:
+        out, used = [], 0
+        for info in self._pool.values():
+            size = _framed(len(info.raw))
+            if used + size > budget:
+                break
+            out.append(info)
+            used += size
+        return out
+
+    # ------------------------------------------------------------------ blocks
+
+    def mine(self, sealer: Sealer, *, ts_ms: int | None = None, max_bytes: int | None = None,
+             allow_empty: bool = False) -> Verified | None:
+        """Build, seal and durably commit the next block from the mempool; None if there is nothing to do."""
+        limit = min(self.spec.max_block, max_bytes or self.spec.max_block)
+        txs = self._take(limit - BLOCK_OVERHEAD)
+        if not txs and not allow_empty:
+            return None
+        block = build_block(self.tip, self.id, txs, sealer, time.time_ns() // 1_000_000 if ts_ms is None else ts_ms)
+        if len(block.raw) > self.spec.max_block:  # the overhead reserve makes this unreachable; guard it anyway
+            raise LedgerError(f"built a {len(block.raw)}-byte block over the limit", reason="too_large")
+        state = self.state.copy()
+        for t in txs:
+            t.kind.apply(t, state)
+        self._commit(block, state)
+        for t in txs:
+            del self._pool[t.id]
+            self._pool_bytes -= len(t.raw)
+        return block
+
+    def append(self, raw: bytes) -> Verified:
+        """Validate a block from elsewhere (a peer, an export) as the next one and commit it."""
+        try:
+            block, state = validate_block(raw, self.tip, self.state, self.registry, seen=self.store.has_tx,
+                                          admitted=self._admitted)
+        except InvalidBlock as exc:
+            self._reject("block", exc)
+            raise
+        self._commit(block, state)
+        self._revalidate_pool({t.id for t in block.txs})
+        return block
+
+    def _commit(self, block: Verified, state: State) -> None:
+        self.store.commit(block, [t.kind.index(t) for t in block.txs])  # durable when it returns
+        self.tip = block.tip
+        self.state = state
+        self.metrics.inc("ledger_block_committed")
+        self.metrics.inc("ledger_tx_committed", len(block.txs))
+
+    def _revalidate_pool(self, included: set[bytes]) -> None:
+        old, self._pool, self._pool_bytes = self._pool, {}, 0
+        self._pending = self.state.copy()
+        for txid, info in old.items():
+            if txid in included:
+                continue
+            try:
+                info.kind.check(info, self._pending)
+            except InvalidTx as exc:
+                self._reject("tx", exc)
+                continue
+            info.kind.apply(info, self._pending)
+            self._pool[txid] = info
+            self._pool_bytes += len(info.raw)
+
+    # ------------------------------------------------------------------ verification
+
+    def verify(self, *, upto: int | None = None) -> int:
+        """Re-validate every stored block from genesis, and every derived column; returns blocks checked."""
+        return verify_blocks(self.store.blocks(0, upto), registry=self.registry, store=self.store)
+
+    # ------------------------------------------------------------------ proofs and anchors
+
+    def proof(self, txid: bytes, at: int | None = None) -> TxProof:
+        """Membership proof of a committed transaction against the accumulator at height ``at`` (default: tip)."""
+        at = self.tip.height if at is None else at
+        found = self.store.tx(txid)
+        if found is None:
+            raise ProofError(f"no transaction {txid.hex()} on {self.id}", field="txid", reason="not_found")
+        height, index, raw = found
+        if height > at:
+            raise ProofError(f"transaction is in block {height}, after height {at}", field="at",
+                             reason="not_anchored")
+        if at > self.tip.height:
+            raise ProofError(f"height {at} is beyond the tip {self.tip.height}", field="at", reason="not_found")
+        prev = self.store.block_row(height - 1)[3] if height else None
+        prev_acc = accumulator.from_bytes(prev) if prev is not None else accumulator.GENERATOR
+        header = self.store.block_row(height)[1]
+        witness = witness_for(prev_acc, self.store.elements(height, at))
+        return make_proof(self.id, raw, header, index, self.store.txids(height), at, witness)
+
+    def anchor_body(self, prev_height: int) -> Anchor | None:
+        """Type-II body covering the blocks after ``prev_height`` (at most MAX_ANCHOR_BLOCKS of them)."""
+        upto = min(self.tip.height, prev_height + MAX_ANCHOR_BLOCKS)
+        if upto <= prev_height:
+            return None
+        headers = self.store.headers(prev_height, upto)
+        return Anchor(self.id, prev_height, [decode_header(h).content() for h in headers], headers[-1])
+
+    def head_header(self) -> bytes:
+        return self.store.block_row(self.tip.height)[1]
+
+
+def verify_blocks(blocks, *, registry: KeyRegistry | None = None, store: Store | None = None) -> int:
+    """Validate a sequence of blocks from genesis; with ``store``, also its derived columns. Returns the count."""
+    tip, state, ids, n = Tip.genesis(), State(), set(), 0
+    for raw in blocks:
+        try:
+            block, state = validate_block(raw, tip, state, registry, seen=ids.__contains__)
+        except InvalidBlock as exc:
+            raise InvalidBlock(f"block {tip.height + 1}: {str(exc)}", field=exc.field, reason=exc.reason) from None
+        if store is not None:
+            _check_derived(store, block)
+        ids.update(t.id for t in block.txs)
+        tip = block.tip
+        n += 1
+    if store is not None and store.tip().height != tip.height:
+        raise InvalidBlock(f"store tip {store.tip().height} but blocks end at {tip.height}", field="store",
+                           reason="corrupt")
+    return n
+
+
+def _check_derived(store: Store, block: Verified) -> None:
+    h = block.header.height
+    row = store.block_row(h)
+    if row is None or row[0] != block.hash or row[3] != block.header.acc or row[4] != block.element:
+        raise InvalidBlock(f"block {h}: stored hash, accumulator or element differs from the block", field="blocks",
+                           reason="corrupt")
+    stored = store.db.execute("SELECT id, kind, rtype, signer, device, model FROM txs WHERE height = ? ORDER BY idx",
+                              (h,)).fetchall()
+    expect = []
+    for t in block.txs:
+        ix = t.kind.index(t)
+        expect.append((t.id, t.kind.name, ix.rtype, ix.signer, ix.device, ix.model))
+    if stored != expect:
+        raise InvalidBlock(f"block {h}: stored transaction ids or index columns differ", field="txs", reason="corrupt")
+    refs = sorted(store.db.execute("SELECT r.cid, t.idx FROM refs r JOIN txs t ON t.seq = r.seq WHERE t.height = ?",
+                                   (h,)).fetchall())
+    if refs != sorted((c, i) for i, t in enumerate(block.txs) for c in t.kind.index(t).refs):
+        raise InvalidBlock(f"block {h}: stored blob references differ", field="refs", reason="corrupt")
+    anchors = sorted(store.db.execute("SELECT a.chain, a.height, a.acc FROM anchors a WHERE a.block = ?",
+                                      (h,)).fetchall())
+    if anchors != sorted(t.kind.index(t).anchor for t in block.txs if t.kind.index(t).anchor):
+        raise InvalidBlock(f"block {h}: stored anchors differ", field="anchors", reason="corrupt")
