@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "edgefl.crypto.accumulator.cli",
     "edgefl.transport.cli",
     "edgefl.nodes.cli",
+    "edgefl.ledger.cli",
     "edgefl.bench.cli",
     "edgefl.ml.cli",
 ]

@@ -24,7 +24,7 @@ from edgefl.codec import MaxLen, Message, Range, message
 from edgefl.crypto import accumulator
 from edgefl.crypto.hashing import tagged_hash
 from edgefl.ledger.committee import Sig
-from edgefl.ledger.errors import InvalidBlock
+from edgefl.ledger.errors import InvalidBlock, relabel
 
 BLOCK_TAG = b"edgefl/ledger/block/v1"
 CONTENT_TAG = b"edgefl/ledger/content/v1"
@@ -79,7 +79,7 @@ def decode_header(data: bytes, field: str = "header") -> Header:
     try:
         return Header.from_wire(codec.decode(data, HEADER_LIMITS, canonical=True), field)
     except codec.CodecError as exc:
-        raise InvalidBlock(str(exc), field=exc.field or field, reason=exc.reason) from None
+        raise relabel(exc, InvalidBlock, field) from None
 
 
 def block_limits(max_block: int) -> codec.Limits:
@@ -93,7 +93,7 @@ def decode_block(data: bytes, max_block: int) -> Block:
     try:
         return Block.from_wire(codec.decode(data, block_limits(max_block), canonical=True), "block")
     except codec.CodecError as exc:
-        raise InvalidBlock(str(exc), field=exc.field or "block", reason=exc.reason) from None
+        raise relabel(exc, InvalidBlock, "block") from None
 
 
 def encode_block(header: bytes, seal: Seal, txs: list[bytes]) -> bytes:

@@ -253,7 +253,7 @@ def verify_blocks(blocks, *, registry: KeyRegistry | None = None, store: Store |
         try:
             block, state = validate_block(raw, tip, state, registry, seen=ids.__contains__)
         except InvalidBlock as exc:
-            raise InvalidBlock(f"block {tip.height + 1}: {str(exc)}", field=exc.field, reason=exc.reason) from None
+            raise InvalidBlock(f"block {tip.height + 1}: {exc.detail}", field=exc.field, reason=exc.reason) from None
         if store is not None:
             _check_derived(store, block)
         ids.update(t.id for t in block.txs)

@@ -15,14 +15,13 @@ The prover's witness for the block at height h against the value at height
 
 from __future__ import annotations
 
-import math
 from typing import Annotated
 
 from edgefl.codec import MaxLen, Message, Range, message
 from edgefl.crypto import accumulator
 from edgefl.crypto.hashing import merkle_path, merkle_verify
 from edgefl.ledger.block import Header, decode_header
-from edgefl.ledger.errors import LedgerError, ProofError
+from edgefl.ledger.errors import LedgerError, ProofError, relabel
 from edgefl.ledger.tx import MAX_TX, TxInfo, decode_tx, txid
 
 
@@ -39,7 +38,7 @@ class TxProof(Message):
 
 def witness_for(prev_acc: int, later_elements: list[int]) -> int:
     """Witness of a block whose predecessor's accumulator is ``prev_acc``, against a later value."""
-    return accumulator.update(prev_acc, math.prod(later_elements)) if later_elements else prev_acc
+    return accumulator.update_witness(prev_acc, later_elements)
 
 
 def make_proof(chain: str, tx: bytes, header: bytes, index: int, block_txids: list[bytes], at: int,
@@ -58,7 +57,7 @@ def verify_proof(proof: TxProof, acc: int, *, chain: str | None = None, at: int 
         header = decode_header(proof.header, f"{what}.header")
         info = decode_tx(proof.tx, f"{what}.tx")
     except LedgerError as exc:
-        raise ProofError(str(exc), field=exc.field, reason=exc.reason) from None
+        raise relabel(exc, ProofError) from None
     if header.chain != proof.chain:
         raise ProofError(f"header of chain {header.chain!r}", field=f"{what}.header.chain")
     if header.height > proof.at:

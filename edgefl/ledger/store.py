@@ -181,7 +181,12 @@ class Store:
         if row is None:
             return None
         txs = [r[0] for r in self._all("SELECT data FROM txs WHERE height = ? ORDER BY idx", height)]
-        return encode_block(row[0], Seal.from_wire(codec.decode(row[1])), txs)
+        try:
+            seal = Seal.from_wire(codec.decode(row[1]))
+        except codec.CodecError as exc:
+            raise StoreError(f"{self.path}: block {height}: stored seal is unreadable ({exc})", field="seal",
+                             reason="corrupt") from None
+        return encode_block(row[0], seal, txs)
 
     def blocks(self, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         top = self.tip().height if end is None else end

@@ -26,7 +26,6 @@ rules that depend on the chain's state, in block order.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Iterable
@@ -39,7 +38,7 @@ from edgefl.crypto.hashing import tagged_hash
 from edgefl.crypto.keys import SigningKey
 from edgefl.ledger.block import Header, decode_header
 from edgefl.ledger.committee import Committee, Sig, sign_all
-from edgefl.ledger.errors import InvalidTx, LedgerError
+from edgefl.ledger.errors import InvalidTx, LedgerError, relabel
 from edgefl.transport.topics import TopicError, check_segment
 
 TX_TAG = b"edgefl/ledger/tx/v1/"
@@ -94,7 +93,7 @@ def decode_tx(raw: bytes, field: str = "tx") -> TxInfo:
             raise InvalidTx(f"unknown kind {tx.kind!r}", field=f"{field}.kind", reason="unknown_kind")
         body = kind.body_type.from_wire(codec.decode(tx.body, BODY_LIMITS, canonical=True), f"{field}.{kind.name}")
     except codec.CodecError as exc:
-        raise InvalidTx(str(exc), field=exc.field or field, reason=exc.reason) from None
+        raise relabel(exc, InvalidTx, field) from None
     if len(tx.body) > kind.body_type.MAX_SIZE:
         raise InvalidTx(f"{len(tx.body)} bytes exceeds {kind.body_type.MAX_SIZE}", field=f"{field}.body",
                         reason="too_large")
@@ -142,7 +141,7 @@ class Record(Message):
         try:
             return codec.lookup(self.type, self.v).from_wire(self.msg, f"record.{self.type}")
         except codec.CodecError as exc:
-            raise InvalidTx(str(exc).split(": ", 1)[-1], field=exc.field or "record.msg", reason=exc.reason) from None
+            raise relabel(exc, InvalidTx, "record.msg") from None
         except ValueError as exc:  # a message type's own invariants (__post_init__)
             raise InvalidTx(str(exc), field=f"record.{self.type}", reason="schema") from None
 
@@ -235,7 +234,7 @@ def _header(data: bytes, field: str) -> Header:
     try:
         return decode_header(data, field)
     except LedgerError as exc:
-        raise InvalidTx(str(exc).split(": ", 1)[-1], field=exc.field, reason=exc.reason) from None
+        raise relabel(exc, InvalidTx) from None
 
 
 def check_spec(spec: ChainSpec, field: str = "genesis") -> None:
@@ -258,7 +257,7 @@ def check_spec(spec: ChainSpec, field: str = "genesis") -> None:
     except TopicError as exc:
         raise InvalidTx(str(exc), field=f"{field}.chain", reason="schema") from None
     except LedgerError as exc:
-        raise InvalidTx(str(exc).split(": ", 1)[-1], field=exc.field, reason="schema") from None
+        raise InvalidTx(exc.detail, field=exc.field, reason="schema") from None
 
 
 @kind
@@ -345,8 +344,8 @@ class AnchorKind(TxKind):
             claimed = accumulator.from_bytes(head.acc)
         except ValueError as exc:
             raise InvalidTx(str(exc), field="anchor.header.acc", reason="schema") from None
-        exponent = math.prod(accumulator.representative(d, last_height + 1 + i) for i, d in enumerate(a.digests))
-        if accumulator.update(start, exponent) != claimed:
+        added = [accumulator.representative(d, last_height + 1 + i) for i, d in enumerate(a.digests)]
+        if accumulator.update_witness(start, added) != claimed:  # start ** (product of the added elements)
             raise InvalidTx(f"accumulator at {head.height} does not extend the history anchored at {last_height}",
                             field="anchor.header.acc", reason="anchor_history")
 

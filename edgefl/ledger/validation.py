@@ -115,7 +115,7 @@ def _tx(raw: bytes, i: int, state: State, registry, admitted=None, seen=None, id
         return info
     except InvalidTx as exc:
         field = exc.field if exc.field and exc.field.startswith(where) else f"{where} ({exc.field or 'tx'})"
-        raise InvalidBlock(str(exc).split(": ", 1)[-1], field=field, reason=exc.reason) from None
+        raise InvalidBlock(exc.detail, field=field, reason=exc.reason) from None
 
 
 def build_block(tip: Tip, chain: str, txs: list[TxInfo], sealer: Sealer, ts_ms: int) -> Verified:

@@ -110,6 +110,22 @@ class MlSection:
 
 
 @dataclass
+class LedgerSection:
+    chain: str = ""  # this node's chain id; empty: the main chain's id on the cloud, the node id on a fog
+    main: str = "main"  # the main chain's id
+    main_node: str = "cloud-1"  # the node serving the main chain
+    servers: list[str] = field(default_factory=list)  # "chain=node" where a chain's server is not named like it
+    db: str = "{data_dir}/ledger/{chain}.db"
+    blob_dir: str = "{data_dir}/blobs"
+    max_block_bytes: int = field(default=1 << 20, metadata=_range(4096, 64 << 20))
+    block_interval_s: float = field(default=1.0, metadata=_range(0.01))
+    anchor_interval_s: float = field(default=10.0, metadata=_range(0.01))  # fog: Type-II up to the main chain
+    beacon_interval_s: float = field(default=10.0, metadata=_range(0.01))  # cloud: Type-III out to sub-chains
+    max_blob_bytes: int = field(default=16 << 20, metadata=_range(1024, 1 << 30))
+    gc_grace_s: float = field(default=3600.0, metadata=_range(0))
+
+
+@dataclass
 class LogSection:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json: bool = False
@@ -122,6 +138,7 @@ class Config:
     mqtt: MqttSection = field(default_factory=MqttSection)
     security: SecuritySection = field(default_factory=SecuritySection)
     ml: MlSection = field(default_factory=MlSection)
+    ledger: LedgerSection = field(default_factory=LedgerSection)
     log: LogSection = field(default_factory=LogSection)
     profile: str = ""  # where the profile came from (set by the loader)
 

@@ -1,0 +1,21 @@
+"""Two-layer ledger: fog sub-chains and a cloud main chain, interlocked by RSA accumulators.
+
+    block.py       wire format of blocks; hashes, content digests, accumulator elements
+    tx.py          transactions and their kinds: genesis, Type-I record, Type-II anchor, Type-III beacon
+    committee.py   signatures, committees, quorums
+    sealer.py      who closes a block (single | quorum), chosen by the chain spec
+    validation.py  validate a block against its chain; build (mine) one
+    store.py       SQLite store (WAL, synchronous=FULL), append-only, indexed
+    chain.py       one chain on one node: mempool, mining, appends, verification, proofs
+    proofs.py      membership proofs against a trusted accumulator value
+    blobs.py       content-addressed blob store, fetch over MQTT
+    protocol.py    ledger messages on the wire
+    service.py     a node's ledger service (serve, anchor, beacon)
+    crosschain.py  Protocol 1: verify a transaction of another chain
+    audit.py       training tracking (Tracker) and audit (replay T)
+    records.py     the ledger's own Type-I record types
+"""
+
+# Record types other packages define register themselves with the codec on
+# import; a node must know them to validate records that carry them.
+from edgefl.ledger import records  # noqa: F401

@@ -1,0 +1,298 @@
+"""A node's ledger service: one chain, served over MQTT, interlocked with the other layer.
+
+* Accepts transactions (``Submit``) and answers with a ``Receipt`` once the
+  block holding them is durable; seals a block every ``block_interval_s`` (or
+  as soon as the mempool fills one).
+* Serves proofs, heads, indexed lookups and blobs (``edgefl.ledger.protocol``).
+* Fog (sub-chain): every ``anchor_interval_s`` asks the main chain's node for
+  its head (which carries a fresh Type-III beacon and the height last anchored
+  for this sub-chain), records the beacon, and submits a Type-II anchor for
+  the blocks since.  Beacons broadcast by the main chain's node are recorded
+  as they arrive, too.
+* Cloud (main chain): broadcasts a Type-III beacon on its ``beacon`` topic
+  every ``beacon_interval_s`` when the main chain has grown.
+
+The chain is touched only from one worker thread (SQLite commits fsync; the
+event loop keeps serving meanwhile).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from edgefl.crypto.envelope import DirectoryKeyRegistry, StaticKeyRegistry
+from edgefl.crypto.keys import SigningKey
+from edgefl.ledger import blobs as blobstore
+from edgefl.ledger.blobs import BlobStore
+from edgefl.ledger.block import decode_header
+from edgefl.ledger.chain import Chain
+from edgefl.ledger.errors import InvalidTx, LedgerError, ProofError
+from edgefl.ledger.protocol import (AnchorProof, AnchorQuery, BeaconTx, Find, Found, Head, HeadQuery, ProofQuery,
+                                    Receipt, Submit)
+from edgefl.ledger.sealer import Sealer, make_sealer
+from edgefl.ledger.tx import beacon_tx, decode_tx, make_tx
+from edgefl.runtime.config import Config
+from edgefl.runtime.metrics import METRICS, Metrics
+from edgefl.transport import topics
+from edgefl.transport.messages import Error
+from edgefl.transport.session import RemoteError, RequestTimeout, Session
+
+log = logging.getLogger("edgefl.ledger")
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def chain_id(cfg: Config) -> str:
+    return cfg.ledger.chain or (cfg.ledger.main if cfg.node.role == "cloud" else cfg.node.id)
+
+
+def db_path(cfg: Config, chain: str | None = None) -> Path:
+    return cfg.path(cfg.ledger.db.replace("{chain}", chain or chain_id(cfg)))
+
+
+def server_of(cfg: Config, chain: str) -> str:
+    """The node id serving ``chain``: from ``ledger.servers``, the main node, or the chain id itself."""
+    for item in cfg.ledger.servers:
+        name, _, node = item.partition("=")
+        if name == chain and node:
+            return node
+    return cfg.ledger.main_node if chain == cfg.ledger.main else chain
+
+
+def registry_for(cfg: Config) -> StaticKeyRegistry:
+    """Whose record signatures this node accepts: every key in the trust directory, and its own."""
+    trust = cfg.path(cfg.security.trust_dir)
+    registry = DirectoryKeyRegistry(trust) if trust.is_dir() else StaticKeyRegistry()
+    key_file = cfg.path(cfg.security.key_file)
+    if key_file.exists():
+        registry.add(cfg.node.id, SigningKey.load(key_file).public_key)
+    return registry
+
+
+# --------------------------------------------------------------------------- the service
+
+
+def _error(exc: LedgerError) -> Error:
+    return Error(exc.reason, str(exc)[:1000])
+
+
+class LedgerNode:
+    def __init__(self, chain: Chain, session: Session, blobs: BlobStore, sealer: Sealer, *,
+                 keys: dict[str, SigningKey], main_node: str, block_interval_s: float = 1.0,
+                 interlock_interval_s: float = 10.0, metrics: Metrics = METRICS):
+        self.chain = chain
+        self.session = session
+        self.blobs = blobs
+        self.sealer = sealer
+        self.keys = keys  # committee keys held here: sign anchors (fog) or beacons (cloud)
+        self.main_node = main_node
+        self.block_interval_s = block_interval_s
+        self.interlock_interval_s = interlock_interval_s
+        self.metrics = metrics
+        self.role = chain.spec.role
+        self.anchored = -1  # fog: the last of our heights the main chain has anchored
+        self._exec = ThreadPoolExecutor(1, thread_name_prefix=f"ledger-{chain.id}")
+        self._waiters: dict[bytes, list[asyncio.Future]] = {}
+        self._wake = asyncio.Event()
+        self._beacon_cache: tuple[int, bytes] | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Config, session: Session, *, metrics: Metrics = METRICS) -> "LedgerNode":
+        key = SigningKey.load(cfg.path(cfg.security.key_file))
+        chain = Chain.open(db_path(cfg), registry=registry_for(cfg), metrics=metrics)
+        keys = {cfg.node.id: key}
+        blobs = BlobStore(cfg.path(cfg.ledger.blob_dir), max_blob=cfg.ledger.max_blob_bytes)
+        sealer = make_sealer(chain.spec.sealer, cfg.node.id, keys)
+        interval = cfg.ledger.beacon_interval_s if chain.spec.role == "main" else cfg.ledger.anchor_interval_s
+        return cls(chain, session, blobs, sealer, keys=keys, main_node=cfg.ledger.main_node,
+                   block_interval_s=cfg.ledger.block_interval_s, interlock_interval_s=interval, metrics=metrics)
+
+    async def call(self, fn, *args):
+        """Run ``fn`` on the chain's worker thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._exec, fn, *args)
+
+    def close(self) -> None:
+        self._exec.shutdown(wait=True)
+        self.chain.close()
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self) -> None:
+        self._serve()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._produce(), name="ledger-blocks")
+            if self.role == "main":
+                tg.create_task(self._broadcast_beacons(), name="ledger-beacons")
+            else:
+                tg.create_task(self._anchor_loop(), name="ledger-anchors")
+                tg.create_task(self._listen_beacons(), name="ledger-beacon-listener")
+
+    def _serve(self) -> None:
+        s = self.session
+        s.serve(Submit, self._on_submit)
+        s.serve(ProofQuery, self._guard(lambda m: self.call(self.chain.proof, m.txid, m.at)))
+        s.serve(HeadQuery, self._guard(self._head))
+        s.serve(Find, self._guard(self._find))
+        if self.role == "main":
+            s.serve(AnchorQuery, self._guard(lambda m: self.call(self._anchor_proof, m.chain, m.at)))
+        blobstore.serve(s, self.blobs)
+
+    def _guard(self, fn):
+        async def handle(env):
+            try:
+                return await fn(env.message)
+            except LedgerError as exc:
+                return _error(exc)
+        return handle
+
+    # ------------------------------------------------------------------ transactions and blocks
+
+    async def submit(self, raw: bytes) -> Receipt:
+        """Admit ``raw`` to the mempool and wait until a durable block holds it."""
+        try:
+            info = await self.call(self.chain.submit, raw)
+        except InvalidTx as exc:
+            if exc.reason != "duplicate":
+                raise
+            committed = await self.call(self._receipt_for, decode_tx(raw).id)
+            if committed is not None:
+                return committed  # a retried submission: answer as the first time
+            info = decode_tx(raw)  # still in the mempool: wait for its block
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(info.id, []).append(fut)
+        if self.chain.pending_bytes >= self.chain.spec.max_block // 2:
+            self._wake.set()
+        return await fut
+
+    async def _on_submit(self, env):
+        try:
+            return await self.submit(env.message.tx)
+        except LedgerError as exc:
+            return _error(exc)
+
+    def _receipt_for(self, txid: bytes) -> Receipt | None:
+        found = self.chain.store.tx(txid)
+        if found is None:
+            return None
+        return Receipt(self.chain.id, txid, found[0], self.chain.store.block_row(found[0])[0])
+
+    async def _produce(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.block_interval_s):
+                    await self._wake.wait()
+            self._wake.clear()
+            while self.chain.pending:
+                try:
+                    block = await self.call(self.chain.mine, self.sealer)
+                except LedgerError as exc:  # e.g. the disk is full: keep the mempool, try again later
+                    log.error("%s: cannot commit a block: %s", self.chain.id, exc)
+                    self.metrics.inc("ledger_commit_failed", reason=exc.reason)
+                    break
+                if block is None:
+                    break
+                for t in block.txs:
+                    for fut in self._waiters.pop(t.id, ()):
+                        if not fut.done():
+                            fut.set_result(Receipt(self.chain.id, t.id, block.header.height, block.hash))
+
+    # ------------------------------------------------------------------ queries
+
+    async def _head(self, q: HeadQuery) -> Head:
+        return await self.call(self._head_sync, q.chain)
+
+    def _head_sync(self, other: str | None) -> Head:
+        tip = self.chain.tip
+        head = Head(self.chain.id, tip.height, self.chain.head_header())
+        if self.role == "main" and other:
+            found = self.chain.store.latest_anchor(other)
+            return Head(head.chain, head.height, head.header, found[0] if found else -1, self._beacon())
+        return head
+
+    def _beacon(self) -> bytes:
+        """A Type-III for the main chain's tip, signed by the committee keys held here (cached per height)."""
+        height = self.chain.tip.height
+        if self._beacon_cache is None or self._beacon_cache[0] != height:
+            self._beacon_cache = (height, beacon_tx(self.chain.head_header(), self.keys.items()))
+        return self._beacon_cache[1]
+
+    async def _find(self, q: Find) -> Found:
+        rows = await self.call(lambda: self.chain.store.find(device=q.device, model=q.model, rtype=q.type,
+                                                             kind=q.kind, limit=q.limit))
+        return Found([r[0] for r in rows], [r[1] for r in rows])
+
+    def _anchor_proof(self, chain: str, at: int | None) -> AnchorProof:
+        at = self.chain.tip.height if at is None else at
+        if chain not in (self.chain.spec.subchains or {}):
+            raise ProofError(f"{chain!r} is not a sub-chain of {self.chain.id!r}", field="chain",
+                             reason="unknown_chain")
+        found = self.chain.store.latest_anchor(chain, upto_block=at)
+        if found is None:
+            raise ProofError(f"no Type-II of {chain!r} on the main chain up to height {at} yet", field="chain",
+                             reason="not_anchored")
+        genesis = self.chain.store.txids(0)[0]
+        return AnchorProof(self.chain.proof(found[2], at), self.chain.proof(genesis, at))
+
+    # ------------------------------------------------------------------ interlock
+
+    async def _broadcast_beacons(self) -> None:
+        last = -1
+        while True:
+            await asyncio.sleep(self.interlock_interval_s)
+            if self.chain.tip.height > last:
+                tx = await self.call(self._beacon)
+                await self.session.publish("beacon", BeaconTx(tx))
+                last = self._beacon_cache[0]
+
+    async def _listen_beacons(self) -> None:
+        async with self.session.subscribe(topics.pattern(node=self.main_node, kind="beacon")) as sub:
+            async for rx in sub:
+                if isinstance(rx.message, BeaconTx):
+                    await self._record_beacon(rx.message.tx)
+
+    async def _record_beacon(self, raw: bytes | None) -> None:
+        """Record a Type-III unless it is not newer than the last one (push and pull both deliver them)."""
+        if not raw:
+            return
+        try:
+            height = decode_header(decode_tx(raw).body.header).height
+        except (LedgerError, AttributeError):
+            height = None  # malformed: let the chain reject and count it
+        last = self.chain.state.anchors.get(self.chain.spec.parent, (-1, b""))[0]
+        if height is not None and height <= last:
+            return
+        with contextlib.suppress(InvalidTx):  # counted and logged by the chain
+            await self.submit(raw)
+
+    async def _anchor_loop(self) -> None:
+        while True:
+            try:
+                await self.anchor_once()
+            except RemoteError as exc:
+                log.warning("%s: the main chain refused our Type-II (%s): %s", self.chain.id, exc.code, exc)
+                self.metrics.inc("ledger_anchor_refused", reason=exc.code)
+            except (RequestTimeout, ConnectionError) as exc:
+                log.info("%s: main chain not reachable: %s", self.chain.id, exc)
+            await asyncio.sleep(self.interlock_interval_s)
+
+    async def anchor_once(self) -> Receipt | None:
+        """Record the main chain's latest beacon, then anchor our blocks since the last anchor."""
+        head = (await self.session.request(self.main_node, HeadQuery(self.chain.id))).message
+        self.anchored = head.anchored
+        beacon = asyncio.create_task(self._record_beacon(head.beacon))
+        body = await self.call(self.chain.anchor_body, head.anchored)
+        if body is None:
+            await beacon
+            return None
+        tx = make_tx("anchor", body, self.keys.items())
+        receipt = (await self.session.request(self.main_node, Submit(tx))).message
+        self.anchored = body.prev_height + len(body.digests)
+        self.metrics.inc("ledger_anchored")
+        log.debug("%s: anchored height %d in main block %d", self.chain.id, self.anchored, receipt.height)
+        await beacon
+        return receipt
