@@ -183,6 +183,21 @@ def encode(obj: Any) -> bytes:
         raise SchemaError(f"cannot encode: {exc}") from None
 
 
+def head(major: int, n: int) -> bytes:
+    """The canonical (shortest) head of a CBOR item: major type 0-7 and its argument.
+
+    For splicing pre-encoded items into a larger canonical item without
+    decoding them again, e.g. byte strings already framed as they arrived.
+    """
+    if not 0 <= major <= 7 or not 0 <= n < 1 << 64:
+        raise ValueError(f"no CBOR head for major type {major} and argument {n}")
+    if n < 24:
+        return bytes([major << 5 | n])
+    for ai, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
+        if n < 1 << (8 * size):
+            return bytes([major << 5 | ai]) + n.to_bytes(size, "big")
+
+
 def _check_scan(data, limits: Limits, whole: bool) -> int:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise Malformed(f"expected bytes, got {type(data).__name__}")

@@ -6,65 +6,16 @@ import pytest
 
 from edgefl.ledger.audit import RemoteSource, audit
 from edgefl.ledger.blobs import BlobStore
-from edgefl.ledger.chain import Chain
 from edgefl.ledger.crosschain import ACCEPT, PENDING, REJECT, CrossChain, Verdict
 from edgefl.ledger.protocol import Find, HeadQuery, Receipt, Submit
 from edgefl.ledger.records import Note
-from edgefl.ledger.service import LedgerNode
+from edgefl.ledger.cluster import LocalCluster
 from edgefl.ledger.tx import record_tx
-from edgefl.runtime.metrics import Metrics
 from edgefl.transport.session import RemoteError
-from tests.conftest import Nodes
-from tests.ledger_helpers import KEYS, main_spec, new_chain, registry, sealer_for, sub_spec
+from tests.ledger_helpers import KEYS
 from tests.test_ledger_audit import CONFIG, LAYERS, batches, flip_weight
 
 pytestmark = pytest.mark.broker
-
-
-class Cluster:
-    """A cloud (main chain) and two fogs (sub-chains), each a LedgerNode on its own MQTT session."""
-
-    def __init__(self, broker, tmp_path):
-        names = ["cloud-1", "fog-a", "fog-b", "dev-1", "auditor"]
-        self.nodes = Nodes(broker.port, *names)
-        self.nodes.keys.update({n: KEYS[n] for n in names if n in KEYS})
-        self.nodes.registry = registry()
-        self.nodes.registry.add("auditor", self.nodes.keys["auditor"].public_key)
-        self.tmp = tmp_path
-        self.ledgers: dict[str, LedgerNode] = {}
-        self.sessions = {}
-        for node, spec in (("cloud-1", main_spec()), ("fog-a", sub_spec("fog-a")), ("fog-b", sub_spec("fog-b"))):
-            new_chain(tmp_path, spec).close()
-            session = self.nodes.session(node, role="cloud" if node == "cloud-1" else "fog")
-            chain = Chain.open(tmp_path / f"{spec.chain}.db", registry=registry(), metrics=Metrics())
-            self.ledgers[node] = LedgerNode(chain, session, BlobStore(tmp_path / f"blobs-{node}"),
-                                            sealer_for(spec.chain), keys={node: KEYS[node]}, main_node="cloud-1",
-                                            block_interval_s=0.05, interlock_interval_s=0.15,
-                                            metrics=chain.metrics)
-            self.sessions[node] = session
-        for extra in ("dev-1", "auditor"):
-            self.sessions[extra] = self.nodes.session(extra)
-
-    async def __aenter__(self):
-        for s in self.sessions.values():
-            await s.__aenter__()
-        await asyncio.gather(*(s.wait_connected(10) for s in self.sessions.values()))
-        self.tasks = [asyncio.create_task(n.run()) for n in self.ledgers.values()]
-        return self
-
-    async def __aexit__(self, *exc):
-        for t in self.tasks:
-            t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        for s in self.sessions.values():
-            await s.__aexit__(None, None, None)
-        for n in self.ledgers.values():
-            n.close()
-
-    def verifier(self, via: str = "fog-a") -> CrossChain:
-        local = Chain.open(self.tmp / f"{via}.db", readonly=True, registry=registry())
-        return CrossChain(self.sessions["auditor"], local, main_node="cloud-1", server_of=lambda c: c if c != "main"
-                          else "cloud-1", registry=registry(), timeout=10)
 
 
 async def until(predicate, timeout=20.0, every=0.05):
@@ -74,7 +25,7 @@ async def until(predicate, timeout=20.0, every=0.05):
 
 
 async def test_records_anchor_beacon_and_verify_across_chains(broker, tmp_path):
-    async with Cluster(broker, tmp_path) as c:
+    async with LocalCluster(tmp_path, broker.port, keys=KEYS) as c:
         dev = c.sessions["dev-1"]
         raw = record_tx(Note("reading", b"21.5 C"), "dev-1", KEYS["dev-1"], device="dev-1")
         receipt = (await dev.request("fog-b", Submit(raw))).message
@@ -88,7 +39,7 @@ async def test_records_anchor_beacon_and_verify_across_chains(broker, tmp_path):
         assert found.txids == [receipt.txid]
 
         async def verdict():
-            cc = c.verifier()
+            cc = c.verifier("fog-a", timeout=10)
             try:
                 v = await cc.verify_tx("fog-b", receipt.txid)
             finally:
@@ -115,7 +66,7 @@ async def test_records_anchor_beacon_and_verify_across_chains(broker, tmp_path):
         assert c.ledgers["cloud-1"].chain.state.anchors["fog-b"][0] >= receipt.height
 
         # a transaction fog-b never recorded, and one of the main chain itself
-        cc = c.verifier()
+        cc = c.verifier("fog-a", timeout=10)
         missing = await cc.verify_tx("fog-b", b"\x11" * 32)
         assert missing.verdict == REJECT and "step 5" in missing.reason
         beacon_tx = c.ledgers["cloud-1"].chain.store.find(kind="anchor")[0][0]
@@ -128,7 +79,7 @@ async def test_remote_audit_through_protocol_1_and_blob_fetch(broker, tmp_path):
     from edgefl.ledger.audit import Tracker
     from edgefl.ml.trainer import init_model, init_state
 
-    async with Cluster(broker, tmp_path) as c:
+    async with LocalCluster(tmp_path, broker.port, keys=KEYS) as c:
         fog = c.ledgers["fog-b"]
         tracker = Tracker(fog.blobs, task="mnist", device="dev-1", trainer_name="dense", config=CONFIG.to_bytes(),
                           signer="fog-b", key=KEYS["fog-b"])
@@ -140,7 +91,7 @@ async def test_remote_audit_through_protocol_1_and_blob_fetch(broker, tmp_path):
             last = await fog.submit(tx)
 
         async def anchored():
-            cc = c.verifier()
+            cc = c.verifier("fog-a", timeout=10)
             try:
                 trusted = await cc.anchor_of("fog-b", Verdict())
                 return trusted.height >= last.height
@@ -150,7 +101,7 @@ async def test_remote_audit_through_protocol_1_and_blob_fetch(broker, tmp_path):
                 cc.local.close()
 
         await until(anchored)
-        cc = c.verifier()
+        cc = c.verifier("fog-a", timeout=10)
         lines = []
         report = await audit(RemoteSource(cc, "fog-b", blobs=BlobStore(tmp_path / "auditor-blobs")), "dev-1",
                              report=lines.append)

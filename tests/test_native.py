@@ -164,3 +164,16 @@ def test_wheel_builds_and_runs_without_a_compiler(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "'hashing': 'pure'" in out.stdout and "'cborscan': 'pure'" in out.stdout
     assert "compiled module not built" in out.stderr
+
+
+@given(leaves_st)
+@settings(max_examples=100, deadline=None)
+def test_merkle_frontier_grows_to_the_same_root(leaves):
+    from edgefl.crypto.hashing import MerkleFrontier, merkle_root
+
+    frontier = MerkleFrontier()
+    assert frontier.root() == rfc6962_root([])
+    for i, leaf in enumerate(leaves):
+        frontier.append(leaf)
+        assert frontier.size == i + 1
+        assert frontier.root() == merkle_root(leaves[:i + 1]) == rfc6962_root(leaves[:i + 1])

@@ -12,6 +12,7 @@ BENCHMARKS = {
     "crypto": "edgefl.bench.crypto",
     "accumulator": "edgefl.bench.accumulator",
     "ml": "edgefl.bench.ml",
+    "ledger": "edgefl.bench.ledger",
 }
 
 

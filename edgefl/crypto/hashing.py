@@ -35,3 +35,38 @@ def merkle_verify(leaf: bytes, index: int, size: int, path: list[bytes], root: b
     except StopIteration:
         return False
     return next(steps, None) is None and hmac.compare_digest(node, root)
+
+
+class MerkleFrontier:
+    """The RFC 6962 Merkle tree hash of a sequence that grows one leaf at a time.
+
+    Keeps only the roots of the perfect subtrees the leaves so far decompose
+    into (at most log2(n) of them): ``append`` costs about two hashes per leaf,
+    ``root`` folds the subtrees right to left, which is exactly the RFC 6962
+    shape (the left subtree holds the largest power of two below n), so
+    ``root()`` equals ``merkle_root(leaves)``.
+    """
+
+    __slots__ = ("_peaks", "size")
+
+    def __init__(self, leaves=()):
+        self._peaks: list[tuple[int, bytes]] = []  # (height, subtree hash), largest subtree first
+        self.size = 0
+        for leaf in leaves:
+            self.append(leaf)
+
+    def append(self, leaf: bytes) -> None:
+        node, height = hashlib.sha256(b"\x00" + leaf).digest(), 0
+        while self._peaks and self._peaks[-1][0] == height:
+            node = hashlib.sha256(b"\x01" + self._peaks.pop()[1] + node).digest()
+            height += 1
+        self._peaks.append((height, node))
+        self.size += 1
+
+    def root(self) -> bytes:
+        if not self._peaks:
+            return sha256(b"")
+        node = self._peaks[-1][1]
+        for _, left in reversed(self._peaks[:-1]):
+            node = hashlib.sha256(b"\x01" + left + node).digest()
+        return node

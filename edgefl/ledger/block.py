@@ -96,8 +96,23 @@ def decode_block(data: bytes, max_block: int) -> Block:
         raise relabel(exc, InvalidBlock, "block") from None
 
 
-def encode_block(header: bytes, seal: Seal, txs: list[bytes]) -> bytes:
-    return codec.encode({"header": header, "seal": seal.to_wire(), "txs": txs})
+def frame_tx(raw: bytes) -> bytes:
+    """A transaction as it sits in a block's ``txs`` array: a CBOR byte string."""
+    return codec.head(2, len(raw)) + raw
+
+
+_TXS_KEY, _SEAL_KEY, _HEADER_KEY = codec.encode("txs"), codec.encode("seal"), codec.encode("header")
+
+
+def encode_block(header: bytes, seal: Seal, n: int, framed: bytes) -> bytes:
+    """The canonical block map from ``n`` framed transactions (``frame_tx``, concatenated).
+
+    Spliced rather than encoded as a whole: the transactions were framed as
+    they were admitted.  Keys in canonical order (shorter first); every
+    decode checks the result is canonical.
+    """
+    return b"".join((codec.head(5, 3), _TXS_KEY, codec.head(4, n), framed, _SEAL_KEY, codec.encode(seal.to_wire()),
+                     _HEADER_KEY, codec.head(2, len(header)), header))
 
 
 @dataclass(frozen=True, slots=True)

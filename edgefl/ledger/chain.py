@@ -14,13 +14,15 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
 
 from edgefl.crypto import accumulator
 from edgefl.crypto.envelope import KeyRegistry
+from edgefl.crypto.hashing import MerkleFrontier
 from edgefl.runtime.logging import RateLimited
 from edgefl.runtime.metrics import METRICS, Metrics
-from edgefl.ledger.block import Tip, decode_header
+from edgefl.ledger.block import Tip, decode_header, frame_tx
 from edgefl.ledger.errors import InvalidBlock, InvalidTx, LedgerError, ProofError
 from edgefl.ledger.proofs import TxProof, make_proof, witness_for
 from edgefl.ledger.sealer import Sealer
@@ -33,9 +35,26 @@ log = logging.getLogger("edgefl.ledger")
 BLOCK_OVERHEAD = 4096  # header, seal and framing; what a block keeps free beside its transactions
 
 
-def _framed(n: int) -> int:
-    """Bytes a transaction of ``n`` bytes takes inside a block's CBOR array."""
-    return n + (1 if n < 24 else 2 if n < 256 else 3 if n < 65536 else 5)
+@dataclass
+class _Pending:
+    """Admitted transactions that will make one block, in order, and their Merkle tree so far.
+
+    The mempool is cut into blocks as transactions arrive, so sealing a full
+    block hashes O(log n) nodes, not n leaves.
+    """
+
+    txs: list[TxInfo] = field(default_factory=list)
+    tree: MerkleFrontier = field(default_factory=MerkleFrontier)
+    framed: bytearray = field(default_factory=bytearray)  # the block's ``txs`` array body, built as they come
+
+    @property
+    def size(self) -> int:
+        return len(self.framed)
+
+    def add(self, info: TxInfo) -> None:
+        self.txs.append(info)
+        self.tree.append(info.id)
+        self.framed += frame_tx(info.raw)
 
 
 class Chain:
@@ -47,7 +66,8 @@ class Chain:
         self.max_pool_bytes = max_pool_bytes
         self.tip: Tip = store.tip()
         self.state: State = store.state()
-        self._pool: dict[bytes, TxInfo] = {}
+        self._pool: dict[bytes, TxInfo] = {}  # the mempool, by id
+        self._blocks: deque[_Pending] = deque()  # the same transactions, cut into blocks
         self._pool_bytes = 0
         self._pending = self.state.copy()
         self._admitted: OrderedDict[bytes, TxInfo] = OrderedDict()  # admit() verdicts, by tx id
@@ -124,10 +144,16 @@ class Chain:
             raise
         info.kind.apply(info, self._pending)
         self._remember(info)
-        self._pool[info.id] = info
-        self._pool_bytes += len(raw)
+        self._queue(info)
         self.metrics.inc("ledger_tx_accepted")
         return info
+
+    def _queue(self, info: TxInfo) -> None:
+        self._pool[info.id] = info
+        self._pool_bytes += len(info.raw)
+        if not self._blocks or self._blocks[-1].size + len(frame_tx(info.raw)) > self.spec.max_block - BLOCK_OVERHEAD:
+            self._blocks.append(_Pending())
+        self._blocks[-1].add(info)
 
     def _remember(self, info: TxInfo) -> None:
         self._admitted[info.id] = info
@@ -143,33 +169,37 @@ class Chain:
     def pending_bytes(self) -> int:
         return self._pool_bytes
 
-    def _take(self, budget: int) -> list[TxInfo]:
-        out, used = [], 0
-        for info in self._pool.values():
-            size = _framed(len(info.raw))
-            if used + size > budget:
-                break
-            out.append(info)
-            used += size
-        return out
+    @property
+    def full_blocks(self) -> int:
+        """How many blocks the mempool fills completely (all but the last pending block)."""
+        return max(0, len(self._blocks) - 1)
 
     # ------------------------------------------------------------------ blocks
 
-    def mine(self, sealer: Sealer, *, ts_ms: int | None = None, max_bytes: int | None = None,
-             allow_empty: bool = False) -> Verified | None:
-        """Build, seal and durably commit the next block from the mempool; None if there is nothing to do."""
-        limit = min(self.spec.max_block, max_bytes or self.spec.max_block)
-        txs = self._take(limit - BLOCK_OVERHEAD)
-        if not txs and not allow_empty:
+    def build(self, sealer: Sealer, *, ts_ms: int | None = None, allow_empty: bool = False) -> Verified | None:
+        """Build and seal the next block from the mempool, without committing it; None if there is nothing to do."""
+        if not self._blocks and not allow_empty:
             return None
-        block = build_block(self.tip, self.id, txs, sealer, time.time_ns() // 1_000_000 if ts_ms is None else ts_ms)
+        pending = self._blocks[0] if self._blocks else _Pending()
+        block = build_block(self.tip, self.id, pending.txs, sealer,
+                            time.time_ns() // 1_000_000 if ts_ms is None else ts_ms, root=pending.tree.root(),
+                            framed=pending.framed)
         if len(block.raw) > self.spec.max_block:  # the overhead reserve makes this unreachable; guard it anyway
             raise LedgerError(f"built a {len(block.raw)}-byte block over the limit", reason="too_large")
+        return block
+
+    def mine(self, sealer: Sealer, *, ts_ms: int | None = None, allow_empty: bool = False) -> Verified | None:
+        """Build, seal and durably commit the next block from the mempool; None if there is nothing to do."""
+        block = self.build(sealer, ts_ms=ts_ms, allow_empty=allow_empty)
+        if block is None:
+            return None
         state = self.state.copy()
-        for t in txs:
+        for t in block.txs:
             t.kind.apply(t, state)
-        self._commit(block, state)
-        for t in txs:
+        self._commit(block, state)  # raises, leaving the mempool as it was, if the store cannot commit
+        if self._blocks:
+            self._blocks.popleft()
+        for t in block.txs:
             del self._pool[t.id]
             self._pool_bytes -= len(t.raw)
         return block
@@ -194,7 +224,7 @@ class Chain:
         self.metrics.inc("ledger_tx_committed", len(block.txs))
 
     def _revalidate_pool(self, included: set[bytes]) -> None:
-        old, self._pool, self._pool_bytes = self._pool, {}, 0
+        old, self._pool, self._pool_bytes, self._blocks = self._pool, {}, 0, deque()
         self._pending = self.state.copy()
         for txid, info in old.items():
             if txid in included:
@@ -205,8 +235,7 @@ class Chain:
                 self._reject("tx", exc)
                 continue
             info.kind.apply(info, self._pending)
-            self._pool[txid] = info
-            self._pool_bytes += len(info.raw)
+            self._queue(info)
 
     # ------------------------------------------------------------------ verification
 

@@ -165,7 +165,7 @@ class LedgerNode:
             info = decode_tx(raw)  # still in the mempool: wait for its block
         fut = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(info.id, []).append(fut)
-        if self.chain.pending_bytes >= self.chain.spec.max_block // 2:
+        if self.chain.full_blocks:
             self._wake.set()
         return await fut
 

@@ -21,7 +21,7 @@ from typing import Iterator
 
 from edgefl import codec
 from edgefl.crypto import accumulator
-from edgefl.ledger.block import Seal, Tip, decode_header, encode_block
+from edgefl.ledger.block import Seal, Tip, decode_header, encode_block, frame_tx
 from edgefl.ledger.errors import StoreError
 from edgefl.ledger.tx import Index, State, decode_tx
 
@@ -186,7 +186,7 @@ class Store:
         except codec.CodecError as exc:
             raise StoreError(f"{self.path}: block {height}: stored seal is unreadable ({exc})", field="seal",
                              reason="corrupt") from None
-        return encode_block(row[0], seal, txs)
+        return encode_block(row[0], seal, len(txs), b"".join(map(frame_tx, txs)))
 
     def blocks(self, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         top = self.tip().height if end is None else end

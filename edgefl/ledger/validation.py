@@ -17,7 +17,7 @@ from edgefl.crypto import accumulator
 from edgefl.crypto.envelope import KeyRegistry
 from edgefl.crypto.hashing import merkle_root
 from edgefl.ledger.block import (MAX_BLOCK_LIMIT, Header, Seal, Tip, block_hash, decode_block, decode_header,
-                                 encode_block, encode_header)
+                                 encode_block, encode_header, frame_tx)
 from edgefl.ledger.errors import InvalidBlock, InvalidTx
 from edgefl.ledger.sealer import SEALERS, Sealer
 from edgefl.ledger.tx import State, TxInfo, decode_tx, txid
@@ -118,15 +118,22 @@ def _tx(raw: bytes, i: int, state: State, registry, admitted=None, seen=None, id
         raise InvalidBlock(exc.detail, field=field, reason=exc.reason) from None
 
 
-def build_block(tip: Tip, chain: str, txs: list[TxInfo], sealer: Sealer, ts_ms: int) -> Verified:
-    """Mine: the block after ``tip`` holding ``txs`` (already validated in this order), sealed."""
+def build_block(tip: Tip, chain: str, txs: list[TxInfo], sealer: Sealer, ts_ms: int, *,
+                root: bytes | None = None, framed: bytes | None = None) -> Verified:
+    """Mine: the block after ``tip`` holding ``txs`` (already validated in this order), sealed.
+
+    ``root`` and ``framed``: the Merkle root of the transaction ids and the
+    framed transactions, when the caller kept them up to date as they came.
+    """
     header = Header(chain=chain, height=tip.height + 1, prev=tip.hash, ts=max(ts_ms, tip.ts),
-                    root=merkle_root([t.id for t in txs]), n=len(txs), acc=b"", proposer=sealer.proposer)
+                    root=merkle_root([t.id for t in txs]) if root is None else root, n=len(txs), acc=b"",
+                    proposer=sealer.proposer)
     element = header.element()
     acc = accumulator.update(tip.acc, element)
     header = dataclasses.replace(header, acc=accumulator.to_bytes(acc))
     header_bytes = encode_header(header)
     h = block_hash(header_bytes)
     seal = sealer.seal(h)
-    raw = encode_block(header_bytes, seal, [t.raw for t in txs])
+    raw = encode_block(header_bytes, seal, len(txs), b"".join(frame_tx(t.raw) for t in txs) if framed is None
+                       else framed)
     return Verified(raw, header, header_bytes, h, seal, list(txs), element, acc)
