@@ -11,7 +11,9 @@
   twin) enforces size, nesting depth and item-count limits before cbor2
   allocates anything, and rejects indefinite lengths, unknown tags and
   unassigned simple values; cbor2 then runs without duplicate keys and with
-  only text/byte-string map keys.
+  only text/byte-string map keys.  ``decode(..., canonical=True)`` has the
+  same scan check canonical form on the way, so that exactly the bytes
+  ``encode`` would write for the decoded value pass, without re-encoding it.
 * Every message type is a frozen dataclass registered with ``@message``: it
   has a type name, a version and a size limit, and decoding checks each field
   against its annotation, naming the offending field in the error.
@@ -112,6 +114,7 @@ _SCAN_ERRORS = {
     7: (Malformed, "tag not allowed (only RFC 8746 typed arrays, tags 40 and 64..87)"),
     8: (Malformed, "simple value not allowed"),
 }
+_NOT_CANONICAL = 9
 
 
 # --------------------------------------------------------------------------- typed arrays
@@ -198,18 +201,21 @@ def head(major: int, n: int) -> bytes:
             return bytes([major << 5 | ai]) + n.to_bytes(size, "big")
 
 
-def _check_scan(data, limits: Limits, whole: bool) -> int:
+def _check_scan(data, limits: Limits, whole: bool, canonical: bool = False) -> tuple[int, int | None]:
+    """Enforce the limits; returns (end of the first item, offset of its first non-canonical part or None)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise Malformed(f"expected bytes, got {type(data).__name__}")
     if whole and len(data) > limits.max_size:
         raise TooLarge(f"{len(data)} bytes exceeds the limit of {limits.max_size}")
-    status, _items, where = _scan(data, limits.max_depth, limits.max_items, whole)
+    status, _items, where = _scan(data, limits.max_depth, limits.max_items, whole, canonical)
+    if status == _NOT_CANONICAL:  # well formed and within the limits (the scan went on to the end)
+        return len(data), where
     if status:
         cls, text = _SCAN_ERRORS[status]
         raise cls(text, offset=where)
     if where > limits.max_size:
         raise TooLarge(f"{where} bytes exceeds the limit of {limits.max_size}")
-    return where
+    return where, None
 
 
 def _loads(data) -> Any:
@@ -232,17 +238,21 @@ def _loads(data) -> Any:
 
 
 def decode(data: bytes, limits: Limits = DEFAULT_LIMITS, *, canonical: bool = False) -> Any:
-    """Strictly decode one CBOR item. ``canonical=True`` also rejects non-canonical bytes."""
-    _check_scan(data, limits, whole=True)
-    obj = _loads(data)
-    if canonical and encode(obj) != bytes(data):
-        raise NotCanonical("bytes are not the canonical encoding of their value")
+    """Strictly decode one CBOR item. ``canonical=True`` also rejects non-canonical bytes.
+
+    The scan checks canonical form on the way (no re-encoding): exactly the
+    bytes ``encode`` writes for the decoded value pass.
+    """
+    _, not_canonical = _check_scan(data, limits, whole=True, canonical=canonical)
+    obj = _loads(data)  # a malformed item reports that first
+    if not_canonical is not None:
+        raise NotCanonical("bytes are not the canonical encoding of their value", offset=not_canonical)
     return obj
 
 
 def decode_first(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[Any, int]:
     """Decode the first item of an RFC 8742 CBOR sequence; returns (item, offset where the rest starts)."""
-    end = _check_scan(data, limits, whole=False)
+    end, _ = _check_scan(data, limits, whole=False)
     return _loads(memoryview(data)[:end]), end
 
 

@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import cbor2
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -177,3 +178,138 @@ def test_merkle_frontier_grows_to_the_same_root(leaves):
         frontier.append(leaf)
         assert frontier.size == i + 1
         assert frontier.root() == merkle_root(leaves[:i + 1]) == rfc6962_root(leaves[:i + 1])
+
+
+# --------------------------------------------------------------------------- canonical form in the scan
+
+_keys = st.one_of(st.text(max_size=12), st.binary(max_size=40))
+_arrays = st.builds(
+    lambda dt, shape, seed: np.random.default_rng(seed).integers(0, 200, size=shape).astype(dt),
+    st.sampled_from(["u1", "<u2", ">u4", "<u8", "i1", "<i2", "<i4", ">i8", "<f2", "<f4", ">f8"]),
+    st.lists(st.integers(0, 3), max_size=3).map(tuple), st.integers(0, 99))
+_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**64) + 1, 2**64 - 1), st.floats(allow_nan=True),
+              st.text(max_size=20), st.binary(max_size=40), _arrays),
+    lambda inner: st.one_of(st.lists(inner, max_size=5), st.dictionaries(_keys, inner, max_size=5)),
+    max_leaves=20)
+
+
+def _reencodes_identically(data: bytes) -> bool | None:
+    """The reference meaning of canonical: decoding and encoding again gives the same bytes (None: undecodable)."""
+    from edgefl import codec
+    try:
+        return codec.encode(codec._loads(data)) == data
+    except codec.CodecError:
+        return None
+
+
+def _verdicts(data: bytes) -> set:
+    return {m.scan(data, 64, 100_000, True, True)[0] for m in twin_modules("cborscan").values()}
+
+
+def _check_canonical_verdict(data: bytes) -> None:
+    if any(m.scan(data, 64, 100_000, True, False)[0] for m in twin_modules("cborscan").values()):
+        return  # structurally rejected before canonical form matters
+    expected = _reencodes_identically(data)
+    verdicts = _verdicts(data)
+    assert len(verdicts) == 1, (data.hex(), verdicts)  # the twins agree
+    if expected is not None:
+        assert verdicts == {0 if expected else 9}, (data.hex(), verdicts)
+
+
+@given(_values)
+@settings(max_examples=400, deadline=None)
+def test_scan_canonical_verdict_matches_reencoding(value):
+    from edgefl import codec
+    for data in (codec.encode(value), cbor2.dumps(value, canonical=False, default=codec._encode_default)):
+        _check_canonical_verdict(data)
+
+
+def _loose(value, rnd) -> bytes:
+    """CBOR of ``value`` with randomly chosen head widths, float widths and key order (often not canonical)."""
+    import struct
+
+    def head(major, n):
+        widths = [w for w, lim in ((0, 24), (1, 1 << 8), (2, 1 << 16), (4, 1 << 32), (8, 1 << 64)) if n < lim]
+        w = rnd.choice(widths) if rnd.random() < 0.3 else widths[0]
+        return bytes([major << 5 | n]) if w == 0 else bytes([major << 5 | {1: 24, 2: 25, 4: 26, 8: 27}[w]]) + \
+            n.to_bytes(w, "big")
+
+    if isinstance(value, bool) or value is None:
+        return cbor2.dumps(value)
+    if isinstance(value, int):
+        return head(0, value) if value >= 0 else head(1, -1 - value)
+    if isinstance(value, float):
+        fits = [(fmt, b) for fmt, b in ((">e", 0xF9), (">f", 0xFA), (">d", 0xFB))
+                if _packs(value, fmt)]
+        fmt, b = rnd.choice(fits) if rnd.random() < 0.3 else fits[0]
+        return bytes([b]) + struct.pack(fmt, value)
+    if isinstance(value, str):
+        raw = value.encode()
+        return head(3, len(raw)) + raw
+    if isinstance(value, bytes):
+        return head(2, len(value)) + value
+    if isinstance(value, list):
+        return head(4, len(value)) + b"".join(_loose(v, rnd) for v in value)
+    if isinstance(value, dict):
+        items = list(value.items())
+        if rnd.random() < 0.5:
+            rnd.shuffle(items)
+        else:
+            items.sort(key=lambda kv: (len(cbor2.dumps(kv[0])), cbor2.dumps(kv[0])))
+        return head(5, len(items)) + b"".join(_loose(k, rnd) + _loose(v, rnd) for k, v in items)
+    from edgefl import codec
+    return codec.encode(value)  # arrays: as the encoder writes them
+
+
+def _packs(value, fmt) -> bool:
+    import math
+    import struct
+    try:
+        return math.isnan(value) or struct.unpack(fmt, struct.pack(fmt, value))[0] == value
+    except OverflowError:
+        return False
+
+
+@given(_values, st.randoms(use_true_random=False))
+@settings(max_examples=300, deadline=None)
+def test_scan_canonical_verdict_on_loosely_encoded_values(value, rnd):
+    _check_canonical_verdict(_loose(value, rnd))
+
+
+@given(st.binary(min_size=1, max_size=30))
+@settings(max_examples=400, deadline=None)
+def test_scan_canonical_verdict_on_arbitrary_bytes(data):
+    _check_canonical_verdict(data)
+
+
+def test_scan_canonical_verdict_on_every_float_width():
+    rng = np.random.default_rng(1)
+    samples = [b"\xf9" + h.to_bytes(2, "big") for h in range(1 << 16)]
+    samples += [b"\xfa" + int(b).to_bytes(4, "big") for b in rng.integers(0, 1 << 32, 3000, dtype=np.uint64)]
+    samples += [b"\xfa" + np.float32(np.float16(v)).tobytes()[::-1] for v in rng.standard_normal(500)]
+    samples += [b"\xfb" + np.float64(np.float32(v)).tobytes()[::-1] for v in rng.standard_normal(500) * 1e5]
+    samples += [b"\xfb" + int(b).to_bytes(8, "big") for b in rng.integers(0, 1 << 63, 3000, dtype=np.uint64)]
+    for data in samples:
+        _check_canonical_verdict(data)
+
+
+def test_scan_canonical_rules_by_example(impl_name):
+    s = load_twin("cborscan", impl_name)
+    cases = {
+        "1805": 9,  # 5 in a one-byte argument
+        "05": 0,
+        "a2626161026162" + "01": 9,  # keys "aa", "b": the shorter key must come first
+        "a2616201626161" + "02": 0,
+        "a2616101616102": 9,  # duplicate key
+        "fb3ff0000000000000": 9, "f93c00": 0,  # 1.0 fits in float16
+        "f97e01": 9, "f97e00": 0,  # NaN only as f97e00
+        "d84443010203": 9, "d84043010203": 0,  # uint8-clamped typed array decodes as uint8, written as tag 64
+        "d82882810343010203": 9,  # a 1-D array inside tag 40
+        "d82882820103d84043010203": 0,  # a 1 x 3 array
+    }
+    for hexdata, status in cases.items():
+        assert s.scan(bytes.fromhex(hexdata), 16, 100, True, True)[0] == status, hexdata
+    nested = bytes.fromhex("8118") + b"\x05" + bytes.fromhex("81" * 20 + "00")
+    assert s.scan(nested, 16, 100, False, True)[0] == 9  # limits still enforced past a non-canonical item...
+    assert s.scan(bytes.fromhex("82" + "1805" + "81" * 20 + "00"), 16, 100, True, True)[0] == 5  # ...so depth wins
