@@ -51,7 +51,7 @@ class Committee(Message):
         ms = sorted((Member(i, k.raw) for i, k in members), key=lambda m: m.id)
         return cls(ms, threshold if threshold is not None else len(ms) // 2 + 1)
 
-    def check(self, field: str) -> None:
+    def validate(self, field: str) -> None:
         ids = [m.id for m in self.members]
         if not ids or ids != sorted(set(ids)):
             raise LedgerError("members must be non-empty, unique and sorted by id", field=f"{field}.members")

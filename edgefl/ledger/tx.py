@@ -26,6 +26,7 @@ rules that depend on the chain's state, in block order.
 
 from __future__ import annotations
 
+import importlib
 import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Iterable
@@ -139,11 +140,33 @@ class Record(Message):
 
     def unwrap(self) -> Message:
         try:
-            return codec.lookup(self.type, self.v).from_wire(self.msg, f"record.{self.type}")
+            msg = record_type(self.type, self.v).from_wire(self.msg, f"record.{self.type}")
+            if callable(getattr(msg, "check", None)):  # invariants beyond the schema (e.g. the PKI's CRLs)
+                msg.check()
+            return msg
         except codec.CodecError as exc:
             raise relabel(exc, InvalidTx, "record.msg") from None
         except ValueError as exc:  # a message type's own invariants (__post_init__)
             raise InvalidTx(str(exc), field=f"record.{self.type}", reason="schema") from None
+
+
+# Modules whose @message types travel in Type-I records. They register their
+# types with the codec when imported; a node imports them the first time a
+# record names a type it does not know yet.
+RECORD_MODULES = (
+    "edgefl.ledger.records",  # tasks, model uploads, data collected, training steps, coins, notes
+    "edgefl.crypto.pki",  # Crl: certificate revocation lists
+    "edgefl.consensus.epoch",  # EpochSeed, ReputationPenalty
+)
+
+
+def record_type(type_name: str, version: int) -> type[Message]:
+    try:
+        return codec.lookup(type_name, version)
+    except (codec.UnknownType, codec.UnsupportedVersion):
+        for module in RECORD_MODULES:
+            importlib.import_module(module)
+        return codec.lookup(type_name, version)
 
 
 @message("ledger.anchor", max_size=(MAX_ANCHOR_BLOCKS + 64) * 40)
@@ -242,18 +265,18 @@ def check_spec(spec: ChainSpec, field: str = "genesis") -> None:
         check_segment(spec.chain, "chain id")
         if spec.role not in ("main", "sub"):
             raise LedgerError(f"role {spec.role!r} must be main or sub", field=f"{field}.role")
-        spec.committee.check(f"{field}.committee")
+        spec.committee.validate(f"{field}.committee")
         if spec.role == "sub":
             if spec.parent is None or spec.parent_committee is None:
                 raise LedgerError("a sub-chain names its parent and the parent's committee", field=f"{field}.parent")
-            spec.parent_committee.check(f"{field}.parent_committee")
+            spec.parent_committee.validate(f"{field}.parent_committee")
         elif spec.parent is not None or spec.parent_committee is not None:
             raise LedgerError("the main chain has no parent", field=f"{field}.parent")
         if spec.role == "sub" and spec.subchains:
             raise LedgerError("only the main chain lists sub-chains", field=f"{field}.subchains")
         for name, committee in (spec.subchains or {}).items():
             check_segment(name, "sub-chain id")
-            committee.check(f"{field}.subchains[{name!r}]")
+            committee.validate(f"{field}.subchains[{name!r}]")
     except TopicError as exc:
         raise InvalidTx(str(exc), field=f"{field}.chain", reason="schema") from None
     except LedgerError as exc:

@@ -1,0 +1,65 @@
+"""Type-I records carry any registered @message: the ledger's own and those of the PKI and consensus."""
+
+import dataclasses
+
+import pytest
+
+from edgefl import codec
+from edgefl.crypto.keys import SigningKey
+from edgefl.ledger.chain import Chain
+from edgefl.ledger.errors import InvalidTx
+from edgefl.ledger.records import CoinUpdate, DataCollected, ModelUpload, TaskAdvert, TrainingStep
+from edgefl.ledger.tx import decode_tx, record_tx
+from tests.ledger_helpers import KEYS, T0, new_chain, registry, sealer_for, sub_spec
+
+
+def _roundtrip(chain: Chain, msg, signer="fog-a", **kw):
+    info = chain.submit(record_tx(msg, signer, KEYS[signer], ts_ms=T0, **kw))
+    chain.mine(sealer_for(chain.id), ts_ms=T0 + chain.tip.height + 1)
+    stored = decode_tx(chain.store.tx(info.id)[2]).body
+    assert stored.type == msg.TYPE and stored.v == msg.VERSION
+    assert codec.encode(stored.msg) == codec.encode_message(msg)  # the message's canonical bytes, exactly
+    return stored.unwrap()
+
+
+def test_ledger_record_types_roundtrip(tmp_path):
+    c = new_chain(tmp_path, sub_spec())
+    cid = bytes(range(32))
+    for msg in (TaskAdvert("mnist", "digits", cid, "dense", cid, 10), ModelUpload("mnist", 3, cid, 9_700_000),
+                DataCollected("dev-1", cid, 1000, 8, KEYS["dev-1"].sign(cid)), CoinUpdate("dev-1", -5, "late"),
+                TrainingStep("mnist", "dev-1", 1, "dense", cid, cid, cid, cid, cid, cid)):
+        assert _roundtrip(c, msg, refs=[cid]) == msg
+    assert c.verify() == 6
+
+
+def test_revocation_lists_and_reputation_penalties_are_records(tmp_path):
+    from edgefl.consensus.epoch import ReputationPenalty
+    from edgefl.crypto import pki
+
+    c = new_chain(tmp_path, sub_spec())
+    ca = SigningKey()
+    crl = pki.sign_crl(ca, "cloud-1", 7, [pki.Revocation(serial=42, at=T0 // 1000, reason="key_compromise")],
+                       this_update=T0 // 1000, next_update=T0 // 1000 + 86400)
+    got = _roundtrip(c, crl)
+    assert got == crl and pki.Crl.from_bytes(codec.encode_message(got)).to_bytes() == crl.to_bytes()
+    penalty = ReputationPenalty(epoch=3, member="peer-1", amount=1, reason="withheld", record=b"\x07" * 32)
+    assert _roundtrip(c, penalty) == penalty
+    assert c.verify() == 3
+    # a record that breaks its type's own invariants is refused with the type's field name
+    body = codec.decode(decode_tx(record_tx(crl, "fog-a", KEYS["fog-a"])).body_bytes)
+    body["msg"]["revoked"] *= 2  # entries no longer sorted without repeats
+    from tests.test_ledger_chain import _signed
+    with pytest.raises(InvalidTx) as err:
+        c.submit(_signed("record", codec.encode(body), "fog-a"))
+    assert err.value.reason == "schema"
+
+
+def test_unknown_record_types_are_refused_by_name(tmp_path):
+    c = new_chain(tmp_path, sub_spec())
+    body = codec.decode(decode_tx(record_tx(CoinUpdate("a", 1, "x"), "fog-a", KEYS["fog-a"])).body_bytes)
+    from tests.test_ledger_chain import _signed
+    for change, reason in (({"type": "no-such-record"}, "unknown_type"), ({"v": 9}, "unsupported_version")):
+        with pytest.raises(InvalidTx) as err:
+            c.submit(_signed("record", codec.encode({**body, **change}), "fog-a"))
+        assert err.value.reason == reason
+    assert dataclasses.is_dataclass(CoinUpdate)
