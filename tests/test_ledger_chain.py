@@ -304,7 +304,6 @@ def _committee3():
 def test_beacons_are_quorum_signed_and_move_forward(tmp_path):
     main = new_chain(tmp_path, main_spec())
     sub = new_chain(tmp_path, sub_spec("fog-a"))
-    fill(main, blocks=0, per_block=0)
     main.submit(record_tx(Note("m", b"1"), "cloud-1", KEYS["cloud-1"], ts_ms=T0))
     main.mine(sealer_for("main"), ts_ms=T0 + 1)
     head1 = main.head_header()

@@ -10,7 +10,7 @@ from edgefl.ledger.chain import Chain
 from edgefl.ledger.errors import InvalidTx
 from edgefl.ledger.records import CoinUpdate, DataCollected, ModelUpload, TaskAdvert, TrainingStep
 from edgefl.ledger.tx import decode_tx, record_tx
-from tests.ledger_helpers import KEYS, T0, new_chain, registry, sealer_for, sub_spec
+from tests.ledger_helpers import KEYS, T0, new_chain, sealer_for, sub_spec
 
 
 def _roundtrip(chain: Chain, msg, signer="fog-a", **kw):

@@ -6,7 +6,7 @@ import pytest
 
 from edgefl.ledger.audit import RemoteSource, audit
 from edgefl.ledger.blobs import BlobStore
-from edgefl.ledger.crosschain import ACCEPT, PENDING, REJECT, CrossChain, Verdict
+from edgefl.ledger.crosschain import ACCEPT, PENDING, REJECT, Verdict
 from edgefl.ledger.protocol import Find, HeadQuery, Receipt, Submit
 from edgefl.ledger.records import Note
 from edgefl.ledger.cluster import LocalCluster

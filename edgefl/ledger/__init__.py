@@ -14,8 +14,6 @@
     crosschain.py  Protocol 1: verify a transaction of another chain
     audit.py       training tracking (Tracker) and audit (replay T)
     records.py     the ledger's own Type-I record types
+    cluster.py     a main chain and sub-chains in one process (benchmarks, tests, demos)
+    cli.py         `edgefl ledger …`
 """
-
-# Record types other packages define register themselves with the codec on
-# import; a node must know them to validate records that carry them.
-from edgefl.ledger import records  # noqa: F401

@@ -239,9 +239,9 @@ class Chain:
 
     # ------------------------------------------------------------------ verification
 
-    def verify(self, *, upto: int | None = None) -> int:
+    def verify(self) -> int:
         """Re-validate every stored block from genesis, and every derived column; returns blocks checked."""
-        return verify_blocks(self.store.blocks(0, upto), registry=self.registry, store=self.store)
+        return verify_blocks(self.store.blocks(), registry=self.registry, store=self.store)
 
     # ------------------------------------------------------------------ proofs and anchors
 
