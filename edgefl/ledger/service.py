@@ -284,15 +284,13 @@ class LedgerNode:
         """Record the main chain's latest beacon, then anchor our blocks since the last anchor."""
         head = (await self.session.request(self.main_node, HeadQuery(self.chain.id))).message
         self.anchored = head.anchored
-        beacon = asyncio.create_task(self._record_beacon(head.beacon))
+        await self._record_beacon(head.beacon)
         body = await self.call(self.chain.anchor_body, head.anchored)
         if body is None:
-            await beacon
             return None
         tx = make_tx("anchor", body, self.keys.items())
         receipt = (await self.session.request(self.main_node, Submit(tx))).message
         self.anchored = body.prev_height + len(body.digests)
         self.metrics.inc("ledger_anchored")
         log.debug("%s: anchored height %d in main block %d", self.chain.id, self.anchored, receipt.height)
-        await beacon
         return receipt
