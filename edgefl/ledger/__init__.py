@@ -14,6 +14,7 @@
     crosschain.py  Protocol 1: verify a transaction of another chain
     audit.py       training tracking (Tracker) and audit (replay T)
     records.py     the ledger's own Type-I record types
+    recorder.py    record messages from synchronous code (the ML accountant's privacy recorder)
     cluster.py     a main chain and sub-chains in one process (benchmarks, tests, demos)
     cli.py         `edgefl ledger …`
 """

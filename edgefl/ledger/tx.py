@@ -26,7 +26,9 @@ rules that depend on the chain's state, in block order.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Iterable
@@ -140,8 +142,9 @@ class Record(Message):
 
     def unwrap(self) -> Message:
         try:
-            msg = record_type(self.type, self.v).from_wire(self.msg, f"record.{self.type}")
-            if callable(getattr(msg, "check", None)):  # invariants beyond the schema (e.g. the PKI's CRLs)
+            cls = record_type(self.type, self.v)
+            msg = cls.from_wire(self.msg, f"record.{self.type}")
+            if _self_check(cls):  # invariants beyond the schema (e.g. the PKI's CRLs)
                 msg.check()
             return msg
         except codec.CodecError as exc:
@@ -157,7 +160,16 @@ RECORD_MODULES = (
     "edgefl.ledger.records",  # tasks, model uploads, data collected, training steps, coins, notes
     "edgefl.crypto.pki",  # Crl: certificate revocation lists
     "edgefl.consensus.epoch",  # EpochSeed, ReputationPenalty
+    "edgefl.ml.privacy",  # PrivacySpend: privacy budget spent by a device
+    "edgefl.ml.export",  # ModelRelease: the extractor model a device may run
 )
+
+
+@functools.cache
+def _self_check(cls: type[Message]) -> bool:
+    """Whether a message type states its own invariants as a ``check()`` taking no arguments."""
+    check = getattr(cls, "check", None)
+    return callable(check) and len(inspect.signature(check).parameters) == 1  # just ``self``
 
 
 def record_type(type_name: str, version: int) -> type[Message]:
