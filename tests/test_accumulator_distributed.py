@@ -2,7 +2,7 @@
 
 The unit tests use small moduli (192–256 bits) so each run takes well under a
 second; the 2048-bit run is what ``edgefl accumulator setup --distributed``
-and ``edgefl bench accumulator --setup-bits 2048`` do (timed in the README).
+and ``edgefl bench accumulator --setup-bits 2048`` do (timed in docs/accumulator.md).
 """
 
 import asyncio
