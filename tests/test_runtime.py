@@ -100,3 +100,21 @@ def test_rate_limited_log(caplog):
         for i in range(50):
             limiter.warning("bad", "bad message %d", i)
     assert len([r for r in caplog.records if r.name == "edgefl.flood"]) == 3
+
+
+def test_write_atomic_leaves_old_or_new_never_torn(tmp_path):
+    from edgefl.runtime.files import write_atomic
+
+    target = tmp_path / "state"
+    write_atomic(target, b"old contents")
+
+    def chunks():
+        yield b"new "
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        write_atomic(target, chunks())
+    assert target.read_bytes() == b"old contents"
+    assert [p.name for p in tmp_path.iterdir()] == ["state"]  # no temp file left behind
+    write_atomic(target, [b"new ", b"contents"], mode=0o600)
+    assert target.read_bytes() == b"new contents" and target.stat().st_mode & 0o777 == 0o600

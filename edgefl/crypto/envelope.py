@@ -29,6 +29,7 @@ from typing import Protocol
 from edgefl import codec
 from edgefl.crypto.hashing import tagged_hash
 from edgefl.crypto.keys import SigningKey, VerifyingKey, load_public
+from edgefl.runtime.files import write_atomic
 from edgefl.runtime.logging import RateLimited
 from edgefl.runtime.metrics import METRICS, Metrics
 
@@ -131,12 +132,7 @@ class SequenceCounter:
 
     def _claim(self) -> None:
         self._limit = self._next + self.reserve
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(str(self._limit))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_atomic(self.path, str(self._limit).encode())
 
     def next(self) -> int:
         with self._lock:

@@ -20,6 +20,8 @@ from coincurve._libsecp256k1 import lib as _secp
 from coincurve.context import GLOBAL_CONTEXT
 from coincurve.ecdsa import der_to_cdata, deserialize_compact, serialize_compact
 
+from edgefl.runtime.files import write_atomic
+
 
 class KeyFileError(ValueError):
     """A key file is missing, unreadable, too open or does not hold a key."""
@@ -113,23 +115,8 @@ class SigningKey:
 
 
 def write_private(path: str | os.PathLike, data: bytes) -> Path:
-    """Write a secret file with mode 0600, atomically (temp file, fsync, rename)."""
-    return write_atomic(path, data, 0o600)
-
-
-def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> Path:
-    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    return path
+    """Write a secret file with mode 0600, atomically."""
+    return write_atomic(path, data, mode=0o600)
 
 
 def read_private(path: str | os.PathLike) -> bytes:

@@ -24,6 +24,7 @@ from typing import Annotated, Iterable, Iterator
 
 from edgefl.codec import MaxLen, Message, message
 from edgefl.ledger.errors import BlobCorrupt, BlobError, BlobNotFound, BlobTooLarge
+from edgefl.runtime.files import write_atomic
 
 CID_BYTES = 32
 DEFAULT_MAX_BLOB = 16 << 20
@@ -41,14 +42,6 @@ def parse_cid(text: str) -> bytes:
     if len(cid) != CID_BYTES:
         raise BlobError(f"{text!r} is not a content id (64 hex digits)", field="cid", reason="schema")
     return cid
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class BlobStore:
@@ -74,18 +67,7 @@ class BlobStore:
         final = self.path(cid)
         if final.exists():
             return cid
-        final.parent.mkdir(exist_ok=True)
-        tmp = self.tmp / f"{cid.hex()}.{os.getpid()}.{time.monotonic_ns()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        write_atomic(final, data, tmp_dir=self.tmp)
         return cid
 
     def get(self, cid: bytes) -> bytes:

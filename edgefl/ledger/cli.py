@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from edgefl.runtime.files import write_atomic
 from edgefl.runtime.loop import run
 
 
@@ -265,16 +266,10 @@ def show_cmd(args) -> int:
 
 def export_cmd(args) -> int:
     out = Path(args.out)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    n = 0
-    with _open(args.config, args.chain) as c, open(tmp, "wb") as f:
-        for raw in c.store.blocks(args.start, args.end):
-            f.write(raw)
-            n += 1
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out)
-    print(f"exported {n} blocks of {c.id} to {out}")
+    with _open(args.config, args.chain) as c:
+        blocks = list(c.store.blocks(args.start, args.end))
+        write_atomic(out, blocks)
+    print(f"exported {len(blocks)} blocks of {c.id} to {out}")
     return 0
 
 

@@ -9,6 +9,7 @@ The same weights are exported as ONNX and as TFLite (``edgefl.ml.export``);
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import zipfile
@@ -18,6 +19,7 @@ import numpy as np
 
 from edgefl import codec
 from edgefl.crypto.hashing import tagged_hash
+from edgefl.runtime.files import write_atomic
 
 IMAGE_SHAPE = (28, 28, 1)
 FILTERS = (30, 80)
@@ -82,10 +84,9 @@ class ExtractorWeights:
         return cls(**arrays, version=version)
 
     def save(self, path: str | os.PathLike) -> None:
-        tmp = f"{os.fspath(path)}.tmp"
-        with open(tmp, "wb") as f:
-            np.savez(f, version=np.array(self.version, np.int64), **self.arrays())
-        os.replace(tmp, path)
+        buf = io.BytesIO()
+        np.savez(buf, version=np.array(self.version, np.int64), **self.arrays())
+        write_atomic(path, buf.getvalue())
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, max_bytes: int = MAX_NPZ_BYTES) -> "ExtractorWeights":
