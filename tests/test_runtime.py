@@ -5,6 +5,7 @@ import io
 import json
 import logging
 import os
+import platform
 import signal
 
 import pytest
@@ -73,10 +74,18 @@ def test_sigterm_stops_gracefully_and_resources_close_after_services():
     assert order == ["service cancelled", "resource closed"]
 
 
-def test_uvloop_is_used_when_installed():
+def test_uvloop_is_used_when_installed(monkeypatch):
     pytest.importorskip("uvloop")
     assert loop_factory() is not None
-    assert tune_allocator() in (True, False)
+    monkeypatch.setenv("EDGEFL_NO_UVLOOP", "1")
+    assert loop_factory() is None
+
+
+@pytest.mark.skipif(not platform.libc_ver()[0] == "glibc", reason="mallopt is glibc's")
+def test_allocator_tuning(monkeypatch):
+    assert tune_allocator() is True
+    monkeypatch.setenv("EDGEFL_NO_MALLOC_TUNING", "1")
+    assert tune_allocator() is False
 
 
 def test_json_lines_logging():
