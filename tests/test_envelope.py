@@ -98,6 +98,23 @@ def test_signed_sender_must_match_head():
     rejected(v, forged, "sender_mismatch")
 
 
+def test_a_message_breaking_its_own_invariants_is_rejected_not_raised():
+    """Signed, well-formed CBOR whose message fails its type's __post_init__ (3 labels for 2 rows)."""
+    import numpy as np
+
+    from edgefl.ml.device import FeatureBatch
+
+    s, v, m = setup()
+    batch = FeatureBatch(task="t", round=0, model=b"m" * 32, ids=np.arange(2), labels=np.zeros(2, np.uint8),
+                         features=np.zeros((2, 4), np.float32), grid=0.0, epsilon=1.0, unit="feature")
+    body = codec.decode(s.seal(batch)[codec.decode_first(s.seal(batch))[1]:])
+    body["msg"]["labels"] = np.zeros(3, np.uint8)
+    signed = codec.encode(body)
+    forged = codec.encode([1, "alice", ALICE.sign(envelope_digest(signed))]) + signed
+    err = rejected(v, forged, "schema")
+    assert "2 ids, 3 labels" in str(err) and m.get("envelope_rejected", reason="schema") == 1
+
+
 def test_replay_and_window():
     s, v, m = setup(window=64)
     first = s.seal(Ping(nonce=b"1"), seq=50)

@@ -297,6 +297,8 @@ class Verifier:
             env = _parse_header(header, wire, start, sig)
         except codec.CodecError as exc:
             raise Rejected(exc.reason, str(exc), sender) from None
+        except ValueError as exc:  # a message type's own invariants (__post_init__), e.g. rows that do not match
+            raise Rejected("schema", str(exc), sender) from None
         if env.sender != sender:
             raise Rejected("sender_mismatch", f"signed sender {env.sender!r} differs", sender)
         if expect_to is not None and env.to != expect_to:
