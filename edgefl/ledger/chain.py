@@ -27,7 +27,8 @@ from edgefl.ledger.errors import InvalidBlock, InvalidTx, LedgerError, ProofErro
 from edgefl.ledger.proofs import TxProof, make_proof, witness_for
 from edgefl.ledger.sealer import Sealer
 from edgefl.ledger.store import Store
-from edgefl.ledger.tx import MAX_ANCHOR_BLOCKS, MAX_TX, Anchor, ChainSpec, State, TxInfo, decode_tx, genesis_tx
+from edgefl.ledger.tx import (MAX_ANCHOR_BLOCKS, MAX_TX, Anchor, ChainSpec, Record, State, TxInfo, decode_tx,
+                              genesis_tx)
 from edgefl.ledger.validation import Verified, build_block, validate_block
 
 log = logging.getLogger("edgefl.ledger")
@@ -162,6 +163,11 @@ class Chain:
             self._admitted_bytes -= len(self._admitted.popitem(last=False)[1].raw)
 
     @property
+    def pending_state(self) -> State:
+        """The committed state with the mempool applied: what the next block will leave."""
+        return self._pending
+
+    @property
     def pending(self) -> int:
         return len(self._pool)
 
@@ -262,6 +268,12 @@ class Chain:
         header = self.store.block_row(height)[1]
         witness = witness_for(prev_acc, self.store.elements(height, at))
         return make_proof(self.id, raw, header, index, self.store.txids(height), at, witness)
+
+    def records(self, rtype: str, *, device: str | None = None, limit: int = 1000,
+                newest: bool = True) -> list[tuple[bytes, Record]]:
+        """Committed Type-I records of message type ``rtype`` (optionally of one device): (tx id, record)."""
+        rows = self.store.find(device=device, rtype=rtype, limit=limit, newest=newest)
+        return [(txid, decode_tx(self.store.tx(txid)[2]).body) for txid, _, _ in rows]
 
     def anchor_body(self, prev_height: int) -> Anchor | None:
         """Type-II body covering the blocks after ``prev_height`` (at most MAX_ANCHOR_BLOCKS of them)."""

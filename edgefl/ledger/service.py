@@ -263,7 +263,8 @@ class LedgerNode:
             height = decode_header(decode_tx(raw).body.header).height
         except (LedgerError, AttributeError):
             height = None  # malformed: let the chain reject and count it
-        last = self.chain.state.anchors.get(self.chain.spec.parent, (-1, b""))[0]
+        # pending, not committed: a beacon both pushed and pulled must not be submitted twice
+        last = self.chain.pending_state.anchors.get(self.chain.spec.parent, (-1, b""))[0]
         if height is not None and height <= last:
             return
         with contextlib.suppress(InvalidTx):  # counted and logged by the chain

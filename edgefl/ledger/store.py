@@ -207,15 +207,15 @@ class Store:
         return self._one("SELECT 1 FROM txs WHERE id = ?", txid) is not None
 
     def find(self, *, device: str | None = None, model: bytes | None = None, rtype: str | None = None,
-             kind: str | None = None, limit: int = 1000) -> list[tuple[bytes, int, int]]:
-        """(tx id, height, index) of transactions matching every given key, oldest first."""
+             kind: str | None = None, limit: int = 1000, newest: bool = False) -> list[tuple[bytes, int, int]]:
+        """(tx id, height, index) of transactions matching every given key, oldest (or ``newest``) first."""
         where, args = [], []
         for column, value in (("device", device), ("model", model), ("rtype", rtype), ("kind", kind)):
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value)
         sql = "SELECT id, height, idx FROM txs" + (" WHERE " + " AND ".join(where) if where else "")
-        return self._all(sql + " ORDER BY seq LIMIT ?", *args, limit)
+        return self._all(sql + f" ORDER BY seq {'DESC' if newest else 'ASC'} LIMIT ?", *args, limit)
 
     def elements(self, after: int, upto: int) -> list[int]:
         """Accumulator elements of blocks after+1 .. upto."""

@@ -162,6 +162,7 @@ RECORD_MODULES = (
     "edgefl.consensus.epoch",  # EpochSeed, ReputationPenalty
     "edgefl.ml.privacy",  # PrivacySpend: privacy budget spent by a device
     "edgefl.ml.export",  # ModelRelease: the extractor model a device may run
+    "edgefl.fl.protocol",  # Task, Aggregation, FogUpdate: a federated task and its rounds
 )
 
 

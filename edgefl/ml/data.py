@@ -173,6 +173,15 @@ def load_npz_dataset(path: str | os.PathLike, *, max_bytes: int = MAX_IDX_BYTES)
     return Dataset(images, labels.astype(np.int64))
 
 
+def load_dataset(source: str, items: int | None = None, *, seed: int = 0) -> Dataset:
+    """``"generated"`` (``items`` seven-segment digits from ``seed``), an .npz file or a folder of MNIST IDX
+    files; at most ``items`` of it."""
+    if source == "generated":
+        return synthetic_digits(items or 1000, seed=seed)
+    data = load_mnist(source) if Path(source).is_dir() else load_npz_dataset(source)
+    return data if items is None else data.subset(slice(0, items))
+
+
 def save_npz_dataset(path: str | os.PathLike, data: Dataset) -> None:
     np.savez_compressed(path, images=np.round(data.images[..., 0] * 255).astype(np.uint8), labels=data.labels.astype(np.uint8))
 

@@ -1,15 +1,19 @@
-"""A running node: one MQTT session under a supervisor, answering pings, watching liveness.
+"""A running node: one MQTT session under a supervisor, answering pings, watching liveness,
+and the services of its role (``node.role``):
 
-Role-specific behaviour (device extraction, fog training and sub-chain, cloud
-main chain) is added as services on the same skeleton.
+    device   edgefl.nodes.device.DeviceNode   extract, privatise, record the spend, send the batch to its fog
+    fog      edgefl.nodes.fog.FogNode         sub-chain; train every device's batch, record it, aggregate
+    cloud    edgefl.nodes.cloud.CloudNode     main chain; the task, the global model round by round
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 from pathlib import Path
+from typing import AsyncIterator
 
 from edgefl import codec
 from edgefl.crypto.pki import Crl, PkiError, PkiRegistry
@@ -72,14 +76,37 @@ async def report_metrics(every_s: float = 60.0) -> None:
         log.info("metrics", extra={"metrics": METRICS.snapshot()})
 
 
+ROLES = {"device": "edgefl.nodes.device:DeviceNode", "fog": "edgefl.nodes.fog:FogNode",
+         "cloud": "edgefl.nodes.cloud:CloudNode"}
+
+
+def role_class(role: str):
+    module, _, name = ROLES[role].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@contextlib.asynccontextmanager
+async def running(cfg: Config, *, handle_signals: bool = True) -> AsyncIterator[tuple[object, Supervisor]]:
+    """The node of ``cfg`` with its services running; yields (role node, supervisor). Leaving stops it."""
+    async with Session.from_config(cfg) as session:
+        node = role_class(cfg.node.role)(cfg, session)
+        try:
+            async with Supervisor(handle_signals=handle_signals) as sup:
+                sup.spawn("liveness", lambda: watch_liveness(session))
+                sup.spawn("metrics", report_metrics)
+                if isinstance(session.verifier.registry, PkiRegistry):
+                    own = cfg.path(cfg.security.crl_dir) / f"{cfg.node.id}.crl" if cfg.node.role != "device" else None
+                    sup.spawn("crl", lambda: crl_service(session, session.verifier.registry, own))
+                for name, service in node.services().items():
+                    sup.spawn(name, service)
+                yield node, sup
+        finally:
+            node.close()
+
+
 async def run_node(cfg: Config, *, stop_after: float | None = None) -> str:
     """Run until SIGINT/SIGTERM (or ``stop_after`` seconds); returns why it stopped."""
-    async with Session.from_config(cfg) as session, Supervisor() as sup:
-        sup.spawn("liveness", lambda: watch_liveness(session))
-        sup.spawn("metrics", report_metrics)
-        if isinstance(session.verifier.registry, PkiRegistry):
-            own = cfg.path(cfg.security.crl_dir) / f"{cfg.node.id}.crl" if cfg.node.role != "device" else None
-            sup.spawn("crl", lambda: crl_service(session, session.verifier.registry, own))
+    async with running(cfg) as (_, sup):
         if stop_after is not None:
             asyncio.get_running_loop().call_later(stop_after, sup.stop, "time limit")
         log.info("%s %s/%s running; broker %s:%d", cfg.node.role, cfg.node.site, cfg.node.id,

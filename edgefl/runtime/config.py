@@ -99,7 +99,10 @@ class MlSection:
     model_dir: str = "{data_dir}/models"
     batch_size: int = field(default=64, metadata=_range(2, 4096))  # N: features lie in [-sqrt(N-1), sqrt(N-1)]
     noise: Literal["discrete_laplace"] = "discrete_laplace"
-    epsilon: float = field(default=1.0, metadata=_range(1e-3, 1000))  # per release of an item
+    # ε per release of an item. A device refuses tasks asking for more; the
+    # cloud asks for this much per round (with its batch_size, privacy_unit,
+    # optimizer, lr and local_epochs) in the tasks it advertises.
+    epsilon: float = field(default=1.0, metadata=_range(1e-3, 1000))
     epsilon_budget: float = field(default=10.0, metadata=_range(1e-3))  # per item, across rounds
     privacy_unit: Literal["feature", "record"] = "feature"
     privacy_file: str = "{data_dir}/privacy.cbor"  # the accountant's record of ε spent per item
@@ -126,6 +129,26 @@ class LedgerSection:
 
 
 @dataclass
+class FlSection:
+    """Federated rounds over the network (edgefl.fl.protocol, edgefl.nodes)."""
+
+    task: str = "digits"  # cloud: the task it advertises
+    rounds: int = field(default=2, metadata=_range(1, 10000))  # cloud
+    hidden: list[int] = field(default_factory=lambda: [600, 100, 30, 20],  # cloud: dense widths between
+                              metadata=_range(1, 1 << 16))  # the 3,920 features and the 10 classes
+    seed: int = field(default=0, metadata=_range(0))  # cloud: initial weights and every device's batch order
+    weights: str = ""  # cloud: extractor weights (.npz); empty: a seeded random initialisation
+    # Device: its local data set; cloud: held-out data for the input transform and
+    # the test accuracy. "generated" (seven-segment digits seeded by the node id),
+    # an .npz (images, labels) or a folder of MNIST IDX files.
+    data: str = "generated"
+    items: int = field(default=200, metadata=_range(1, 1024))  # how many items of it; one batch holds ≤ 1024
+    devices: list[str] = field(default_factory=list)  # fog: the devices whose batches each round waits for
+    round_timeout_s: float = field(default=600.0, metadata=_range(0.1))  # fog, cloud: then go on without stragglers
+    state_file: str = "{data_dir}/fl/state.cbor"  # device, fog: what a restart must not lose
+
+
+@dataclass
 class LogSection:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json: bool = False
@@ -139,6 +162,7 @@ class Config:
     security: SecuritySection = field(default_factory=SecuritySection)
     ml: MlSection = field(default_factory=MlSection)
     ledger: LedgerSection = field(default_factory=LedgerSection)
+    fl: FlSection = field(default_factory=FlSection)
     log: LogSection = field(default_factory=LogSection)
     profile: str = ""  # where the profile came from (set by the loader)
 

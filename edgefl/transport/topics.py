@@ -6,10 +6,12 @@ kind        target      meaning
 ----------  ----------  ------------------------------------------------------------
 status      -           retained liveness: "online" on connect, last will "offline"
 crl         -           retained: the certificate revocation list a CA (fog, cloud) publishes
+task        -           retained: the cloud's current federated learning task
+model       -           retained: the cloud's latest global model of that task (which round is open)
 req         node id     a request addressed to ``target`` (correlation id inside)
 resp        node id     the response to ``target``, the node that asked
 msg         node id     a one-way message to ``target`` (e.g. device -> its fog)
-<event>     -           a broadcast from the node (model, crl, block, ...)
+<event>     -           a broadcast from the node (beacon, block, ...)
 
 Because the publisher's id is always the fifth segment, one Mosquitto ACL
 pattern (``pattern write edgefl/v1/+/+/%u/#``) confines each identity to its
@@ -26,8 +28,9 @@ from typing import NamedTuple
 PREFIX = "edgefl/v1"
 ROLES = ("device", "fog", "cloud")
 # Retained kinds: a subscriber gets the last one however old, so receivers skip
-# the freshness and replay checks (a CRL carries its own number; status its session).
-RETAINED = frozenset({"status", "crl"})
+# the freshness and replay checks (a CRL carries its own number, status its
+# session, a task its id and a global model its round: receivers ignore older ones).
+RETAINED = frozenset({"status", "crl", "task", "model"})
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 

@@ -1,0 +1,228 @@
+"""The federated round over MQTT: the messages and records of a task (see docs/round.md).
+
+    cloud  → all     task  (retained)   Task           what to train, from which extractor, at which ε
+    cloud  → all     model (retained)   GlobalModel    the global model after ``round`` rounds; round ``round`` is open
+    device → fog     req                FeatureBatch   (edgefl.ml.device) its privatised features for the open round
+    fog    → device  resp               BatchAck       the batch is stored durably and counted once
+    fog    → cloud   req                Submit(tx)     (edgefl.ledger.protocol) the fog's signed FogUpdate record
+    any    → parent  req                BlobGet        (edgefl.ledger.blobs) extractors and models by content id
+
+Models never travel inside these messages: they are blobs, named by content id
+(SHA-256), fetched from the node one level up (a device from its fog, a fog
+from the cloud, the cloud from each fog) and checked against the id before
+use.  The same ids are what the ledger records point at, so what was trained
+on, aggregated and published is exactly what an auditor fetches.
+
+Records (Type-I): ``Task`` and each extractor's ``ModelRelease`` on the main
+chain; ``PrivacySpend`` on the fog's chain, by the device, before its data
+leaves it; ``TrainingStep`` for every step and an ``Aggregation`` of its
+devices on the fog's chain; the fog's ``FogUpdate`` and the cloud's
+``Aggregation`` of the fogs on the main chain.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Callable
+
+import numpy as np
+
+from edgefl import codec
+from edgefl.codec import MaxLen, Message, Range, SchemaError, message
+from edgefl.ml.device import FeatureBatch
+from edgefl.ml.export import ModelRelease
+from edgefl.ml.extractor import FEATURES
+from edgefl.ml.privacy import MAX_EPSILON, UNITS
+from edgefl.ml.trainer import TrainConfig
+from edgefl.transport import topics
+
+Cid = Annotated[bytes, MaxLen(32)]
+Name = Annotated[str, MaxLen(128)]
+Round = Annotated[int, Range(0, 1 << 20)]
+MAX_PARTIES = 1024  # devices per fog, fogs per cloud, in one aggregation
+
+
+class ProtocolError(ValueError):
+    """A message that does not fit the task; ``reason`` is the short label counted and sent back."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@message("fl.extractor")
+class Extractor(Message):
+    """One exported extractor: its release (what a device checks) and its blob's content id (where to get it)."""
+
+    release: ModelRelease
+    cid: Cid
+
+
+@message("fl.task")
+class Task(Message):
+    """The cloud's task advertisement, recorded on the main chain and published (retained) on its ``task`` topic.
+
+    Devices normalise into [−√(N−1), √(N−1)] with N = ``config.batch_size``,
+    the fog's training batch size; every release of an item costs ``epsilon``.
+    """
+
+    task: Name
+    rounds: Annotated[int, Range(1, 10000)]
+    epsilon: Annotated[float, Range(1e-3, MAX_EPSILON)]
+    unit: Annotated[str, MaxLen(16)]
+    noise: Annotated[str, MaxLen(32)]
+    config: TrainConfig
+    epochs: Annotated[int, Range(1, 1000)]
+    trainer: Annotated[str, MaxLen(32)]
+    extractors: Annotated[list[Extractor], MaxLen(4)]
+    model: Cid  # M_0: the initial dense model (with its input transform)
+
+    def __post_init__(self):
+        if self.unit not in UNITS:
+            raise SchemaError(f"{self.unit!r} is not one of {', '.join(UNITS)}", field="fl.task.unit")
+        if not self.extractors:
+            raise SchemaError("a task names at least one extractor", field="fl.task.extractors")
+        if self.config.layers[0] != FEATURES:
+            raise SchemaError(f"the dense model takes {self.config.layers[0]} inputs, the extractor gives "
+                              f"{FEATURES}", field="fl.task.config.layers")
+
+    @property
+    def batch_size(self) -> int:
+        return self.config.batch_size
+
+    def extractor_for(self, fmt: str) -> Extractor | None:
+        return next((e for e in self.extractors if e.release.format == fmt), None)
+
+    def check_batch(self, batch: FeatureBatch) -> None:
+        """Refuse a device's batch that is not for this task, its model, its privacy terms or its shapes."""
+        if batch.task != self.task:
+            raise ProtocolError("unknown_task", f"batch for task {batch.task!r}, the task is {self.task!r}")
+        if batch.round >= self.rounds:
+            raise ProtocolError("bad_round", f"round {batch.round} of a {self.rounds}-round task")
+        if all(batch.model != e.release.hash for e in self.extractors):
+            raise ProtocolError("unknown_model", f"features from model {batch.model.hex()[:16]}…, not a released one")
+        if batch.epsilon != self.epsilon or batch.unit != self.unit:
+            raise ProtocolError("privacy_terms", f"released at ε={batch.epsilon:g} per {batch.unit}, "
+                                                 f"the task asks ε={self.epsilon:g} per {self.unit}")
+        if batch.features.shape[1] != FEATURES:
+            raise ProtocolError("shape", f"{batch.features.shape[1]} features per item, expected {FEATURES}")
+        if len(batch.labels) and int(batch.labels.max()) >= self.config.layers[-1]:
+            raise ProtocolError("labels", f"label {int(batch.labels.max())} outside [0, {self.config.layers[-1]})")
+        if len(np.unique(batch.ids)) != len(batch.ids):
+            raise ProtocolError("duplicate_items", "an item appears twice")
+        if not np.isfinite(batch.features).all():
+            raise ProtocolError("not_finite", "features contain NaN or infinity")
+
+
+@message("fl.model")
+class GlobalModel(Message):
+    """The global model after ``round`` rounds (``round`` = 0: the initial model): round ``round`` is open
+    until the next one is published; ``round == rounds`` is the final model.  ``accuracy`` is the cloud's
+    test accuracy on its own held-out data (None for the initial model)."""
+
+    task: Name
+    round: Round
+    rounds: Annotated[int, Range(1, 10000)]
+    model: Cid
+    accuracy: Annotated[float, Range(0.0, 1.0)] | None = None
+
+    @property
+    def open(self) -> bool:
+        return self.round < self.rounds
+
+
+@message("fl.batch-ack")
+class BatchAck(Message):
+    """The fog's answer to a FeatureBatch: stored durably (``batch`` is its content id); a resent batch is
+    acknowledged again with ``duplicate`` set and counted once."""
+
+    task: Name
+    round: Round
+    items: Annotated[int, Range(0, 1 << 20)]
+    batch: Cid
+    duplicate: bool = False
+
+
+@message("fl.aggregation")
+class Aggregation(Message):
+    """``model`` = aggregator(models weighted by weights, in this order): replayable from the blobs.
+
+    On a fog's chain the inputs are its devices' trained states (TrainState
+    blobs, the last step's output); on the main chain the fogs' models.
+    """
+
+    task: Name
+    round: Round
+    aggregator: Annotated[str, MaxLen(32)]
+    senders: Annotated[list[Name], MaxLen(MAX_PARTIES)]
+    models: Annotated[list[Cid], MaxLen(MAX_PARTIES)]
+    weights: Annotated[list[float], MaxLen(MAX_PARTIES)]
+    model: Cid
+
+    def __post_init__(self):
+        if not (len(self.senders) == len(self.models) == len(self.weights)):
+            raise SchemaError("senders, models and weights differ in length", field="fl.aggregation")
+
+
+@message("fl.update")
+class FogUpdate(Message):
+    """A fog's model for a round, signed by the fog and recorded on the main chain (the fog submits it).
+
+    ``aggregation`` is the id of the fog's ``Aggregation`` record on its own
+    chain, so anyone can follow the update down to every training step (Protocol 1).
+    """
+
+    task: Name
+    round: Round
+    fog: Name
+    model: Cid
+    examples: Annotated[int, Range(1, 1 << 40)]
+    devices: Annotated[list[Name], MaxLen(MAX_PARTIES)]
+    aggregation: Cid
+
+
+def run_id(task: str, round: int) -> str:
+    """What a fog's TrainingStep records name as their task: one device's steps form one chain per round."""
+    return f"{task}/round-{round}"
+
+
+def decode_batch(data: bytes) -> FeatureBatch:
+    """A FeatureBatch from its canonical bytes (as a device keeps it and a fog stores it)."""
+    return FeatureBatch.from_wire(codec.decode(data, codec.DEFAULT_LIMITS.scaled(FeatureBatch.MAX_SIZE)))
+
+
+class TaskView:
+    """The cloud's current task and latest global model as a device or fog follows them.
+
+    Both topics are retained, so a node that (re)subscribes learns them at
+    once; an older global model than the one held (a stale retained copy) is ignored.
+    """
+
+    def __init__(self, on_change: Callable[[], None]):
+        self.task: Task | None = None
+        self.model: GlobalModel | None = None
+        self.on_change = on_change
+
+    async def follow(self, session, cloud: str) -> None:
+        async with session.subscribe(topics.pattern(node=cloud)) as sub:
+            async for rx in sub:
+                msg = rx.message
+                if isinstance(msg, Task) and msg != self.task:
+                    self.task = msg
+                elif isinstance(msg, GlobalModel) and (self.model is None or msg.task != self.model.task
+                                                       or msg.round > self.model.round):
+                    self.model = msg
+                else:
+                    continue
+                self.on_change()
+
+    def open_round(self) -> tuple[Task, GlobalModel] | None:
+        """(task, the global model its open round starts from) while a round of the current task is open."""
+        t, m = self.task, self.model
+        if t is None or m is None or m.task != t.task or not m.open:
+            return None
+        return t, m
+
+    def is_open(self, task: Task, round: int) -> bool:
+        current = self.open_round()
+        return current is not None and current[0] == task and current[1].round == round

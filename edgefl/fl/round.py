@@ -1,0 +1,88 @@
+"""The work of a networked round that the fog and the cloud share: tracked local training, recorded aggregation.
+
+``train_device`` trains one device's copy of the round's model exactly as
+``edgefl.fl.simulation`` does (the same seeded mini-batches, the same
+deterministic step) but through the ledger's ``Tracker``: each step runs the
+recorded trainer T on canonical bytes — the function an auditor replays — and
+stores its inputs and output as blobs before the step is recorded.  It starts
+after the last step already recorded, so a fog that restarts mid-round neither
+repeats nor records a step twice.
+
+``aggregate`` combines models with the aggregator the node's configuration
+names, in a fixed order, and describes the result as an ``Aggregation`` record
+from which anyone holding the blobs can recompute it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Sequence
+
+import numpy as np
+
+from edgefl.fl.aggregate import Update, aggregator
+from edgefl.fl.protocol import Aggregation
+from edgefl.ledger.audit import Tracker, batch_bytes
+from edgefl.ledger.blobs import BlobStore
+from edgefl.ledger.records import TrainingStep
+from edgefl.ml.trainer import DenseModel, TrainConfig, batch_indices, init_state
+
+
+def steps_per_round(items: int, batch_size: int, epochs: int) -> int:
+    return epochs * -(-items // batch_size)
+
+
+def resume_point(recorded: dict[int, TrainingStep]) -> int:
+    """How many steps, 1, 2, … without a gap, are already recorded."""
+    done = 0
+    while done + 1 in recorded:
+        done += 1
+    return done
+
+
+async def train_device(tracker: Tracker, origin: bytes, x: np.ndarray, y: np.ndarray, config: TrainConfig,
+                       epochs: int, recorded: dict[int, TrainingStep],
+                       submit: Callable[[bytes], Awaitable]) -> tuple[bytes, int]:
+    """Train (and record, through ``submit``) the steps not yet recorded; returns (final TrainState bytes, steps).
+
+    ``origin`` is the round's global model (canonical DenseModel bytes, M_O);
+    every receipt has been awaited when this returns.
+    """
+    x = np.ascontiguousarray(x, np.float32)
+    y = np.ascontiguousarray(y, np.int64)
+    total = steps_per_round(len(y), config.batch_size, epochs)
+    done = min(resume_point(recorded), total)
+    if done:
+        state = tracker.blobs.get(recorded[done].model_out)
+    else:
+        state = init_state(DenseModel.from_bytes(origin), config).to_bytes()
+    receipts = []
+    try:
+        for i in range(done, total):
+            rows = batch_indices(len(y), config.batch_size, config.seed, i)
+            # T runs in a worker thread (numpy releases the GIL): the node keeps serving meanwhile
+            state, tx = await asyncio.to_thread(tracker.step, i + 1, state, origin, batch_bytes(x[rows], y[rows]))
+            receipts.append(asyncio.ensure_future(submit(tx)))
+    finally:
+        await asyncio.gather(*receipts)
+    return state, total
+
+
+@dataclass(frozen=True)
+class Contribution:
+    sender: str
+    cid: bytes  # the blob the parameters came from
+    weight: float  # examples behind it
+    params: Sequence[np.ndarray]
+
+
+def aggregate(name: str, base: DenseModel, contributions: Sequence[Contribution], blobs: BlobStore, *,
+              task: str, round: int) -> tuple[DenseModel, Aggregation]:
+    """Combine ``contributions`` (in the order given) into ``base``'s architecture; the result is stored as a blob."""
+    params = aggregator(name).aggregate([Update(c.params, c.weight, c.sender) for c in contributions])
+    model = base.with_params(params)
+    cid = blobs.put(model.to_bytes())
+    return model, Aggregation(task=task, round=round, aggregator=name, senders=[c.sender for c in contributions],
+                              models=[c.cid for c in contributions],
+                              weights=[float(c.weight) for c in contributions], model=cid)

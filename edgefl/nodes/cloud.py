@@ -1,0 +1,185 @@
+"""The cloud: the main chain, the task, and the global model round by round.
+
+Once: export the extractor (ONNX and TFLite from one set of weights), build
+the initial dense model and record the ``ModelRelease``s and the ``Task`` on
+the main chain.  Each round: wait for the ``FogUpdate`` records of every
+fog whose sub-chain the main chain registers (or ``fl.round_timeout_s``),
+fetch their models from the fogs (digest-checked), aggregate them
+(``ml.aggregator``), record the ``Aggregation`` and publish the next global
+model.  The chain is the cloud's whole round state: a restart finds the task,
+the updates and the aggregations there and carries on from them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import numpy as np
+
+from edgefl.fl.protocol import Aggregation, Extractor, FogUpdate, GlobalModel, Task
+from edgefl.fl.round import Contribution, aggregate
+from edgefl.ledger.blobs import fetch
+from edgefl.ledger.errors import LedgerError
+from edgefl.ledger.service import LedgerNode, server_of
+from edgefl.ledger.tx import record_tx
+from edgefl.ml import trainer as T
+from edgefl.ml.backends import backend_class, open_backend
+from edgefl.ml.data import load_dataset
+from edgefl.ml.export import FORMATS, ModelRelease, export
+from edgefl.ml.extractor import FEATURES, ExtractorWeights
+from edgefl.ml.privacy import Privatiser, mechanism, normalise
+from edgefl.nodes.device import node_seed
+from edgefl.runtime.config import Config, ConfigError
+from edgefl.runtime.metrics import METRICS
+from edgefl.transport.session import RemoteError, RequestTimeout, Session
+
+log = logging.getLogger("edgefl.cloud")
+CLASSES = 10
+
+
+class CloudNode:
+    def __init__(self, cfg: Config, session: Session):
+        self.cfg, self.session = cfg, session
+        self.id = cfg.node.id
+        self.ledger = LedgerNode.from_config(cfg, session)
+        spec = self.ledger.chain.spec
+        if spec.role != "main":
+            raise ConfigError("ledger.chain", f"a cloud keeps the main chain; {spec.chain!r} is a sub-chain")
+        self.fogs = sorted(server_of(cfg, chain) for chain in spec.subchains or {})
+        self.blobs = self.ledger.blobs
+        # held-out data: the first half fits the initial model's input transform, the second half tests
+        data = load_dataset(cfg.fl.data, cfg.fl.items, seed=node_seed(self.id))
+        self.reference, self.test = data.split(len(data) // 2)
+        self.accuracy: dict[int, float] = {}  # round -> test accuracy of the global model after it
+        self._test_features: np.ndarray | None = None
+
+    def services(self) -> dict:
+        return {"ledger": self.ledger.run, "fl-cloud": self.run}
+
+    def close(self) -> None:
+        self.ledger.close()
+
+    async def run(self) -> None:
+        task = await self._task()
+        done = await self.ledger.call(self._aggregations, task)
+        model = T.DenseModel.from_bytes(self.blobs.get(done[-1].model if done else task.model))
+        await self.session.publish("task", task, retain=True)
+        await self._publish(task, len(done), model, done[-1].model if done else task.model)
+        for round in range(len(done), task.rounds):
+            contributions = await self._collect(task, round, model)
+            model, agg = aggregate(self.cfg.ml.aggregator, model, contributions, self.blobs, task=task.task,
+                                   round=round)
+            receipt = await self.ledger.submit(record_tx(agg, self.id, self.session.signer.key, refs=[agg.model],
+                                                         model=agg.model))
+            log.info("%s: round %d aggregated from %s in main block %d", self.id, round, ", ".join(agg.senders),
+                     receipt.height)
+            await self._publish(task, round + 1, model, agg.model)
+        log.info("%s: task %s finished after %d rounds", self.id, task.task, task.rounds)
+
+    # ------------------------------------------------------------------ the task
+
+    async def _task(self) -> Task:
+        """The task ``fl.task`` as recorded on the main chain, or a new one, recorded now."""
+        def find():
+            for _, rec in self.ledger.chain.records(Task.TYPE, limit=100):
+                task = rec.unwrap()
+                if task.task == self.cfg.fl.task and rec.signer == self.id:
+                    return task
+            return None
+
+        task = await self.ledger.call(find)
+        if task is not None:
+            log.info("%s: resuming task %s", self.id, task.task)
+            return task
+        fl, ml = self.cfg.fl, self.cfg.ml
+        weights = ExtractorWeights.load(fl.weights) if fl.weights else ExtractorWeights.random(seed=fl.seed)
+        extractors = []
+        for fmt in FORMATS:
+            try:
+                model = export(weights, fmt)
+            except ImportError as exc:  # an exporter's library is missing here: release the other format
+                log.warning("%s: cannot export %s: %s", self.id, fmt, exc)
+                continue
+            extractors.append(Extractor(ModelRelease.of(model, weights, fmt), self.blobs.put(model)))
+        config = T.TrainConfig(layers=[FEATURES, *fl.hidden, CLASSES], optimizer=ml.optimizer, lr=ml.lr,
+                               batch_size=ml.batch_size, seed=fl.seed)
+        # The input transform (centre, scale) is fitted to this node's own data, privatised as devices do:
+        # post-processing of public data, free of any device's privacy.
+        noisy = Privatiser(mechanism(ml.noise), epsilon=ml.epsilon, batch_size=ml.batch_size,
+                           unit=ml.privacy_unit).release(np.arange(len(self.reference)),
+                                                         self._features(extractors, self.reference.images)).values
+        m0 = T.init_model(config.layers, seed=fl.seed).with_input_transform(noisy)
+        task = Task(task=fl.task, rounds=fl.rounds, epsilon=ml.epsilon, unit=ml.privacy_unit, noise=ml.noise,
+                    config=config, epochs=ml.local_epochs, trainer="dense", extractors=extractors,
+                    model=self.blobs.put(m0.to_bytes()))
+        key = self.session.signer.key
+        txs = [record_tx(e.release, self.id, key, refs=[e.cid], model=e.cid) for e in extractors]
+        txs.append(record_tx(task, self.id, key, refs=[*(e.cid for e in extractors), task.model], model=task.model))
+        receipts = await asyncio.gather(*(self.ledger.submit(tx) for tx in txs))
+        log.info("%s: task %s recorded (main block %d): %d rounds at ε=%g per %s, %s", self.id, task.task,
+                 receipts[-1].height, task.rounds, task.epsilon, task.unit, config.layers)
+        return task
+
+    def _features(self, extractors: list[Extractor], images: np.ndarray) -> np.ndarray:
+        kind = backend_class(self.cfg.ml.backend)
+        entry = next(e for e in extractors if e.release.format == kind.format)
+        with open_backend(self.cfg.ml.backend, self.blobs.get(entry.cid), threads=self.cfg.ml.threads) as b:
+            return np.concatenate([b.run(images[i:i + 256]) for i in range(0, len(images), 256)])
+
+    def _aggregations(self, task: Task) -> list[Aggregation]:
+        """This node's recorded aggregations of ``task``, round 0, 1, … (worker thread)."""
+        found = {}
+        for _, rec in self.ledger.chain.records(Aggregation.TYPE, limit=10000, newest=False):
+            agg = rec.unwrap()
+            if agg.task == task.task and rec.signer == self.id:
+                found.setdefault(agg.round, agg)
+        return [found[r] for r in range(len(found)) if r in found]
+
+    # ------------------------------------------------------------------ rounds
+
+    async def _publish(self, task: Task, round: int, model: T.DenseModel, cid: bytes) -> None:
+        if self._test_features is None:
+            self._test_features = normalise(self._features(task.extractors, self.test.images),
+                                            task.batch_size).astype(np.float32)
+        self.accuracy[round] = acc = T.accuracy(model, self._test_features, self.test.labels)
+        await self.session.publish("model", GlobalModel(task=task.task, round=round, rounds=task.rounds, model=cid,
+                                                        accuracy=acc), retain=True)
+        log.info("%s: global model after round %d published: test accuracy %.1f %%", self.id, round, 100 * acc)
+
+    async def _collect(self, task: Task, round: int, base: T.DenseModel) -> list[Contribution]:
+        """The fogs' models for ``round``: every registered fog's, or whoever sent one by the timeout."""
+        deadline = time.monotonic() + self.cfg.fl.round_timeout_s
+        while True:
+            updates = await self.ledger.call(self._updates, task, round)
+            if updates and (set(self.fogs) <= set(updates) or time.monotonic() >= deadline):
+                if set(self.fogs) - set(updates):
+                    log.warning("%s: round %d goes on without %s", self.id, round,
+                                ", ".join(sorted(set(self.fogs) - set(updates))))
+                contributions = [c for fog in sorted(updates) if (c := await self._model(fog, updates[fog], base))]
+                if contributions:
+                    return contributions
+            await asyncio.sleep(self.ledger.block_interval_s)
+
+    def _updates(self, task: Task, round: int) -> dict[str, FogUpdate]:
+        """The first recorded update of each registered fog for ``round`` (worker thread)."""
+        found = {}
+        for _, rec in reversed(self.ledger.chain.records(FogUpdate.TYPE, limit=16 * len(self.fogs) + 64)):
+            u = rec.unwrap()
+            if (u.task, u.round) == (task.task, round) and u.fog == rec.signer and u.fog in self.fogs:
+                found.setdefault(u.fog, u)
+        return found
+
+    async def _model(self, fog: str, update: FogUpdate, base: T.DenseModel) -> Contribution | None:
+        try:
+            model = T.DenseModel.from_bytes(await fetch(self.session, fog, update.model, self.blobs))
+            if model.layers != base.layers:
+                raise T.TrainError(f"layers {model.layers}, the task's are {base.layers}")
+            if not all(np.isfinite(p).all() for p in model.params):
+                raise T.TrainError("parameters contain NaN or infinity")
+        except (RemoteError, RequestTimeout, LedgerError, ValueError) as exc:  # codec and trainer errors too
+            METRICS.inc("fl_update_rejected", reason=type(exc).__name__)
+            log.warning("%s: cannot use %s's update for round %d: %s", self.id, fog, update.round, exc)
+            return None
+        return Contribution(fog, update.model, update.examples, model.params)

@@ -1,0 +1,177 @@
+"""The device: for each open round of the cloud's task, release its data's features privately to its fog.
+
+Per task: fetch the extractor for the profile's backend from the fog, refuse
+it unless it hashes to the released value, open the backend.  Per round:
+extract, normalise and noise the features; the persisted accountant records
+the ``PrivacySpend`` on the fog's chain (and charges ε) before anything is
+sent; keep the batch, then send it to the fog until it is acknowledged.  A
+restart resends the kept batch of the open round instead of releasing again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+
+import numpy as np
+
+from edgefl import codec
+from edgefl.fl.protocol import BatchAck, Task, TaskView, decode_batch
+from edgefl.ledger.blobs import BlobStore, fetch
+from edgefl.ledger.errors import LedgerError
+from edgefl.ledger.recorder import Recorder, via_session
+from edgefl.ml.backends import backend_class
+from edgefl.ml.data import load_dataset
+from edgefl.ml.device import FeatureExtractor
+from edgefl.ml.export import ModelError
+from edgefl.ml.privacy import PrivacyAccountant, Privatiser, mechanism
+from edgefl.runtime.config import Config, ConfigError
+from edgefl.runtime.metrics import METRICS
+from edgefl.runtime.state import StateFile
+from edgefl.transport.session import RemoteError, RequestTimeout, Session
+
+log = logging.getLogger("edgefl.device")
+RETRY_S = (0.5, 10.0)  # backoff between attempts to deliver a batch
+TRANSIENT = ("unknown_task", "not_ready", "internal")  # the fog is behind or busy: try again
+
+
+class Refused(Exception):
+    """This device will not take part in the task; ``reason`` is counted."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+def node_seed(node_id: str) -> int:
+    return zlib.crc32(node_id.encode())
+
+
+class DeviceNode:
+    def __init__(self, cfg: Config, session: Session):
+        if not cfg.node.fog:
+            raise ConfigError("node.fog", "a device needs the id of the fog it reports to")
+        self.cfg, self.session = cfg, session
+        self.id, self.fog, self.cloud = cfg.node.id, cfg.node.fog, cfg.ledger.main_node
+        self.data = load_dataset(cfg.fl.data, cfg.fl.items, seed=node_seed(self.id))
+        self.blobs = BlobStore(cfg.path(cfg.ledger.blob_dir), max_blob=cfg.ledger.max_blob_bytes)
+        self.state = StateFile(cfg.path(cfg.fl.state_file))
+        self.sent = self.state.load({"task": "", "rounds": {}})  # round -> {"batch": cid, "acked": bool}
+        self.changed = asyncio.Event()
+        self.view = TaskView(self.changed.set)  # the cloud's task and global model
+        self._extractor: tuple[Task, FeatureExtractor] | None = None
+        self._refused: str | None = None  # the task this device refused
+
+    def services(self) -> dict:
+        return {"fl-device": self.run}
+
+    def close(self) -> None:
+        if self._extractor:
+            self._extractor[1].backend.close()
+
+    async def run(self) -> None:
+        self.changed.set()  # after a restart of this service: look at what is already known
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.view.follow(self.session, self.cloud))
+            while True:
+                await self.changed.wait()
+                self.changed.clear()
+                current = self.view.open_round()
+                if current is None:
+                    continue
+                task, round = current[0], current[1].round
+                if task.task == self._refused or self._entry(task, round).get("acked"):
+                    continue
+                try:
+                    await self.take_part(task, round)
+                except Refused as exc:
+                    self._refused = task.task
+                    METRICS.inc("fl_task_refused", reason=exc.reason)
+                    log.warning("%s: refusing task %s: %s", self.id, task.task, exc)
+
+    # ------------------------------------------------------------------ one round
+
+    async def take_part(self, task: Task, round: int) -> None:
+        """Release (once) and deliver this device's batch for ``round``; returns when acknowledged or too late."""
+        fx = await self.extractor(task)
+        entry = self._entry(task, round)
+        delay = RETRY_S[0]
+        while self.view.is_open(task, round):
+            try:
+                if "batch" not in entry:
+                    ids = np.arange(len(self.data))
+                    # the accountant blocks until the fog's chain holds the spend: a worker thread
+                    batch = await asyncio.to_thread(fx.batch, ids, self.data.images, self.data.labels,
+                                                    task=task.task, round=round)
+                    entry["batch"] = await asyncio.to_thread(self.blobs.put, codec.encode_message(batch))
+                    self.state.save(self.sent)
+                    log.info("%s: released %d items for %s round %d at ε=%g (spend recorded on %s)", self.id,
+                             len(batch.ids), task.task, round, task.epsilon, self.fog)
+                else:
+                    batch = decode_batch(self.blobs.get(entry["batch"]))
+                ack = (await self.session.request(self.fog, batch)).message
+                if not isinstance(ack, BatchAck) or (ack.task, ack.round) != (task.task, round):
+                    raise RemoteError("unexpected", f"{type(ack).__name__} in answer to a batch")
+                entry["acked"] = True
+                self.state.save(self.sent)
+                METRICS.inc("fl_batch_delivered")
+                return
+            except RemoteError as exc:
+                if exc.code not in TRANSIENT:  # the batch (or the spend record) is not acceptable: give up the round
+                    METRICS.inc("fl_batch_refused", reason=exc.code)
+                    log.warning("%s: round %d refused by %s: %s", self.id, round, self.fog, exc)
+                    return
+                log.info("%s: %s is not ready for round %d (%s); retrying", self.id, self.fog, round, exc)
+            except (RequestTimeout, ConnectionError, TimeoutError, LedgerError) as exc:
+                log.info("%s: round %d: %s; retrying", self.id, round, exc)
+            await asyncio.sleep(delay)
+            delay = min(RETRY_S[1], 2 * delay)
+
+    def _entry(self, task: Task, round: int) -> dict:
+        if self.sent["task"] != task.task:
+            self.sent = {"task": task.task, "rounds": {}}
+        return self.sent["rounds"].setdefault(str(round), {})
+
+    # ------------------------------------------------------------------ the task's extractor
+
+    async def extractor(self, task: Task) -> FeatureExtractor:
+        """The verified extractor and privatiser for ``task`` (raises Refused)."""
+        if self._extractor and self._extractor[0] == task:
+            return self._extractor[1]
+        ml = self.cfg.ml
+        if task.epsilon > ml.epsilon:
+            raise Refused("epsilon", f"ε={task.epsilon:g} per release, this device allows at most {ml.epsilon:g}")
+        if task.unit != ml.privacy_unit or task.noise != ml.noise:
+            raise Refused("privacy_terms", f"{task.noise} per {task.unit}, this device uses {ml.noise} per "
+                                           f"{ml.privacy_unit}")
+        kind = backend_class(ml.backend)
+        entry = task.extractor_for(kind.format)
+        if entry is None:
+            raise Refused("format", f"no {kind.format} model released for backend {ml.backend}")
+        while True:  # from the fog: device traffic stays there; the fetch checks the content id
+            try:
+                model = await fetch(self.session, self.fog, entry.cid, self.blobs)
+                break
+            except (RemoteError, RequestTimeout, LedgerError) as exc:
+                log.info("%s: extractor not available from %s yet: %s", self.id, self.fog, exc)
+                await asyncio.sleep(RETRY_S[0])
+        privatiser = Privatiser(mechanism(task.noise), epsilon=task.epsilon, batch_size=task.batch_size,
+                                unit=task.unit, accountant=self._accountant())
+        try:
+            fx = FeatureExtractor.open(ml.backend, model, entry.release, privatiser, threads=ml.threads)
+        except ModelError as exc:  # ModelHashMismatch: not the model the cloud released
+            METRICS.inc("fl_model_refused")
+            raise Refused("model_hash", str(exc)) from None
+        self.close()
+        self._extractor = (task, fx)
+        log.info("%s: task %s: %s model %s… verified, %s opened", self.id, task.task, entry.release.format,
+                 entry.release.hash.hex()[:16], ml.backend)
+        return fx
+
+    def _accountant(self) -> PrivacyAccountant:
+        ml, loop = self.cfg.ml, asyncio.get_running_loop()
+        recorder = Recorder(via_session(self.session, self.fog, loop, timeout=self.cfg.mqtt.request_timeout_s),
+                            self.id, self.session.signer.key)
+        return PrivacyAccountant(ml.epsilon_budget, device=self.id, unit=ml.privacy_unit,
+                                 path=self.cfg.path(ml.privacy_file), recorder=recorder)

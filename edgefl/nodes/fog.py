@@ -1,0 +1,248 @@
+"""The fog: its sub-chain, its devices' batches, their training and the fog's update to the cloud.
+
+Each round: take the devices' signed batches (checked against the task and
+against the privacy spend the device recorded here; stored durably before the
+acknowledgement, counted once), wait for every device in ``fl.devices`` (or
+``fl.round_timeout_s``), train one copy of the round's global model per
+device with every step recorded, aggregate them (``ml.aggregator``), record
+the aggregation, and submit the signed ``FogUpdate`` record to the main chain.
+The ledger service anchors the sub-chain (Type-II) and records the main
+chain's beacons (Type-III) meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from edgefl import codec
+from edgefl.fl.protocol import (Aggregation, BatchAck, FogUpdate, ProtocolError, Task, TaskView, decode_batch,
+                                run_id)
+from edgefl.fl.round import Contribution, aggregate, steps_per_round, train_device
+from edgefl.ledger.audit import Tracker
+from edgefl.ledger.blobs import cid_of, fetch
+from edgefl.ledger.errors import LedgerError
+from edgefl.ledger.protocol import Submit
+from edgefl.ledger.records import TrainingStep
+from edgefl.ledger.service import LedgerNode
+from edgefl.ledger.tx import record_tx
+from edgefl.ml.device import FeatureBatch
+from edgefl.ml.privacy import PrivacySpend, items_root
+from edgefl.ml.trainer import DenseModel, TrainState
+from edgefl.runtime.config import Config
+from edgefl.runtime.metrics import METRICS
+from edgefl.runtime.state import StateFile
+from edgefl.transport.messages import Error
+from edgefl.transport.session import RemoteError, RequestTimeout, Session
+
+log = logging.getLogger("edgefl.fog")
+RETRY_S = (0.5, 10.0)
+
+
+class FogNode:
+    def __init__(self, cfg: Config, session: Session):
+        self.cfg, self.session = cfg, session
+        self.id, self.cloud = cfg.node.id, cfg.ledger.main_node
+        self.ledger = LedgerNode.from_config(cfg, session)
+        self.blobs = self.ledger.blobs
+        self.state = StateFile(cfg.path(cfg.fl.state_file))
+        self.doc = self.state.load({"task": "", "batches": {}})  # round -> {device: batch cid}
+        self.wake = asyncio.Event()  # the task, the global model or a batch arrived
+        self.view = TaskView(self.wake.set)
+        self.closed: set[int] = set()  # rounds that take no more batches
+        session.serve(FeatureBatch, self._on_batch)
+
+    def services(self) -> dict:
+        return {"ledger": self.ledger.run, "fl-fog": self.run}
+
+    def close(self) -> None:
+        self.ledger.close()
+
+    async def run(self) -> None:
+        self.wake.set()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.view.follow(self.session, self.cloud))
+            finished = None
+            while True:
+                await self.wake.wait()
+                self.wake.clear()
+                current = self.view.open_round()
+                if current is None or (current[0].task, current[1].round) == finished:
+                    continue
+                task, model = current
+                await self._adopt(task)
+                tx = await self._recorded_update(task, model.round)
+                if tx is None:
+                    batches = await self._collect(task, model.round)
+                    if batches is None:
+                        continue  # the cloud moved on
+                    tx = await self._train(task, model.round, model.model, batches)
+                if tx is None or await self._deliver(task, model.round, tx):
+                    finished = (task.task, model.round)
+
+    # ------------------------------------------------------------------ batches from devices
+
+    async def _on_batch(self, env) -> BatchAck | Error:
+        batch: FeatureBatch = env.message
+        device, task = env.sender, self.view.task
+        try:
+            if task is None:
+                raise ProtocolError("unknown_task", f"{self.id} has no task yet")
+            task.check_batch(batch)
+            if self.cfg.fl.devices and device not in self.cfg.fl.devices:
+                raise ProtocolError("unknown_device", f"{device} is not one of this fog's devices")
+            known = self._batches(batch.round).get(device)
+            if known is not None:
+                METRICS.inc("fl_batch_duplicate")
+                return BatchAck(batch.task, batch.round, len(batch.ids), known, duplicate=True)
+            self._check_open(batch.round)
+            if len(batch.ids):
+                await self.ledger.call(self._check_spend, device, batch)
+            cid = await asyncio.to_thread(self.blobs.put, codec.encode_message(batch))
+            self._check_open(batch.round)  # again: the round may have closed while the blob was written
+            if self._batches(batch.round).setdefault(device, cid) != cid:
+                return BatchAck(batch.task, batch.round, len(batch.ids), cid, duplicate=True)
+            self.state.save(self.doc)  # durable before the device hears it was taken
+        except ProtocolError as exc:
+            METRICS.inc("fl_batch_rejected", reason=exc.reason)
+            log.warning("%s: rejected the batch of %s for round %d: %s", self.id, device, batch.round, exc)
+            return Error(exc.reason, exc.detail)
+        METRICS.inc("fl_batch_accepted")
+        log.info("%s: batch of %s for round %d: %d items", self.id, device, batch.round, len(batch.ids))
+        self.wake.set()
+        return BatchAck(batch.task, batch.round, len(batch.ids), cid)
+
+    def _check_open(self, round: int) -> None:
+        model = self.view.model
+        if round in self.closed or (model is not None and round < model.round):
+            raise ProtocolError("late", f"round {round} takes no more batches")
+
+    def _check_spend(self, device: str, batch: FeatureBatch) -> None:
+        """The device recorded this release's privacy spend on this chain before sending it (worker thread)."""
+        root = items_root(batch.ids)
+        for _, rec in self.ledger.chain.records(PrivacySpend.TYPE, device=device, limit=64):
+            s = rec.unwrap()
+            if (s.task, s.round, s.items_root, s.epsilon) == (batch.task, batch.round, root, batch.epsilon):
+                return
+        raise ProtocolError("unrecorded_release", f"no privacy spend of {device} on {self.id} for these items")
+
+    def _batches(self, round: int) -> dict[str, bytes]:
+        return self.doc["batches"].setdefault(str(round), {})
+
+    async def _adopt(self, task: Task) -> None:
+        """Start keeping state for a new task; mirror its extractors, which the devices fetch from here."""
+        if self.doc["task"] != task.task:
+            self.doc = {"task": task.task, "batches": {}}
+            self.state.save(self.doc)
+            self.closed.clear()
+        for e in task.extractors:
+            await self._fetch(e.cid)
+
+    async def _fetch(self, cid: bytes) -> bytes:
+        delay = RETRY_S[0]
+        while True:
+            try:
+                return await fetch(self.session, self.cloud, cid, self.blobs)
+            except (RemoteError, RequestTimeout, LedgerError) as exc:
+                log.info("%s: blob %s… not available from %s yet: %s", self.id, cid.hex()[:16], self.cloud, exc)
+            await asyncio.sleep(delay)
+            delay = min(RETRY_S[1], 2 * delay)
+
+    async def _collect(self, task: Task, round: int) -> dict[str, bytes] | None:
+        """The round's batches once every expected device sent one, or at the timeout (if any came)."""
+        expected = set(self.cfg.fl.devices)
+        deadline = time.monotonic() + self.cfg.fl.round_timeout_s
+        while self.view.is_open(task, round):
+            have = self._batches(round)
+            missing = expected - set(have)
+            left = deadline - time.monotonic()
+            if (expected and not missing) or (left <= 0 and have):
+                if missing:
+                    log.warning("%s: round %d goes on without %s", self.id, round, ", ".join(sorted(missing)))
+                self.closed.add(round)
+                return dict(have)
+            if left <= 0:
+                deadline = time.monotonic() + self.cfg.fl.round_timeout_s  # nobody came: wait on
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(left, 0.01)):
+                    await self.wake.wait()
+        return None
+
+    # ------------------------------------------------------------------ training and the update
+
+    async def _train(self, task: Task, round: int, model: bytes, batches: dict[str, bytes]) -> bytes | None:
+        origin = await self._fetch(model)  # M_O, the global model (kept here: the step records point at it)
+        rid, contributions, steps = run_id(task.task, round), [], 0
+        for device, cid in sorted(batches.items()):
+            batch = decode_batch(self.blobs.get(cid))
+            if not len(batch.ids):
+                continue
+            tracker = Tracker(self.blobs, task=rid, device=device, trainer_name=task.trainer,
+                              config=task.config.to_bytes(), signer=self.id, key=self.session.signer.key)
+            total = steps_per_round(len(batch.ids), task.batch_size, task.epochs)
+            recorded = await self.ledger.call(self._recorded_steps, device, rid, total)
+            state, n = await train_device(tracker, origin, batch.features, batch.labels, task.config, task.epochs,
+                                          recorded, self.ledger.submit)
+            contributions.append(Contribution(device, cid_of(state), len(batch.ids),
+                                              TrainState.from_bytes(state).model.params))
+            steps += n
+        if not contributions:
+            log.warning("%s: round %d: no device sent any items", self.id, round)
+            return None
+        _, agg = aggregate(self.cfg.ml.aggregator, DenseModel.from_bytes(origin), contributions, self.blobs,
+                           task=task.task, round=round)
+        ts = time.time_ns() // 1_000_000
+        receipt = await self.ledger.submit(record_tx(agg, self.id, self.session.signer.key, refs=[agg.model],
+                                                     model=agg.model, ts_ms=ts))
+        log.info("%s: round %d: %d steps recorded for %d devices, aggregated (%s) in block %d", self.id, round,
+                 steps, len(contributions), agg.aggregator, receipt.height)
+        return self._update_tx(agg, receipt.txid, ts)
+
+    def _recorded_steps(self, device: str, rid: str, total: int) -> dict[int, TrainingStep]:
+        out = {}
+        for _, rec in self.ledger.chain.records(TrainingStep.TYPE, device=device, limit=min(10000, total + 64)):
+            step = rec.unwrap()
+            if step.task == rid and rec.signer == self.id:
+                out[step.step] = step
+        return out
+
+    async def _recorded_update(self, task: Task, round: int) -> bytes | None:
+        """The update for a round this fog already aggregated (before a restart), rebuilt byte for byte."""
+        def find():
+            for txid, rec in self.ledger.chain.records(Aggregation.TYPE, limit=64):
+                agg = rec.unwrap()
+                if (agg.task, agg.round) == (task.task, round) and rec.signer == self.id:
+                    return self._update_tx(agg, txid, rec.ts)
+            return None
+
+        tx = await self.ledger.call(find)
+        if tx is not None:
+            self.closed.add(round)
+        return tx
+
+    def _update_tx(self, agg: Aggregation, agg_txid: bytes, ts_ms: int) -> bytes:
+        """Deterministic (the aggregation's time, RFC 6979 signatures): a resubmission is the same transaction."""
+        update = FogUpdate(task=agg.task, round=agg.round, fog=self.id, model=agg.model,
+                           examples=int(sum(agg.weights)), devices=list(agg.senders), aggregation=agg_txid)
+        return record_tx(update, self.id, self.session.signer.key, refs=[agg.model], model=agg.model, ts_ms=ts_ms)
+
+    async def _deliver(self, task: Task, round: int, tx: bytes) -> bool:
+        """Submit the update to the main chain until it is recorded (True) or the round is over (False)."""
+        delay = RETRY_S[0]
+        while self.view.is_open(task, round):
+            try:
+                receipt = (await self.session.request(self.cloud, Submit(tx))).message
+                METRICS.inc("fl_update_recorded")
+                log.info("%s: update for round %d recorded in main block %d", self.id, round, receipt.height)
+                return True
+            except RemoteError as exc:
+                METRICS.inc("fl_update_refused", reason=exc.code)
+                log.warning("%s: the main chain refused the update for round %d: %s", self.id, round, exc)
+            except (RequestTimeout, ConnectionError) as exc:
+                log.info("%s: main chain not reachable: %s", self.id, exc)
+            await asyncio.sleep(delay)
+            delay = min(RETRY_S[1], 2 * delay)
+        return False
