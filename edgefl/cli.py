@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args) or 0
     except KeyboardInterrupt:
         return 130
+    except ConfigError as exc:  # a setting that only the command itself could judge (e.g. a device without a fog)
+        print(f"edgefl: configuration error: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:  # a clean one-line error for expected failures; tracebacks under DEBUG
         if logging.getLogger().isEnabledFor(logging.DEBUG):
             raise

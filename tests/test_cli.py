@@ -31,6 +31,9 @@ def test_config_errors_are_one_clear_line():
     out = edgefl("--set", "mqtt.port=0", "run")
     assert out.returncode == 2
     assert out.stderr.strip() == "edgefl: configuration error: mqtt.port: 0 is outside [1, 65535] (from --set)"
+    out = edgefl("--set", "node.role=device", "run")
+    assert out.returncode == 2
+    assert out.stderr.strip() == "edgefl: configuration error: node.fog: a device needs the id of the fog it reports to"
 
 
 def test_keygen(tmp_path):
@@ -87,15 +90,19 @@ def test_run_and_ping_between_processes(tmp_path):
     need_mosquitto()
     with LocalMosquitto(tmp_path / "broker") as broker:
         common = ["--set", "node.site=s", "--set", f"mqtt.port={broker.port}"]
-        for node in ("fog-1", "dev-1"):
+        for node in ("fog-1", "dev-1", "cloud-1"):
             d = tmp_path / node
             assert edgefl("--set", f"node.data_dir={d}", "keygen", "--id", node).returncode == 0
-        for node in ("fog-1", "dev-1"):  # each trusts both
-            for peer in ("fog-1", "dev-1"):
+        for node in ("fog-1", "dev-1"):  # each trusts both; the fog knows the cloud, whose main chain is its parent
+            for peer in ("fog-1", "dev-1", "cloud-1"):
                 (tmp_path / node / "trust").mkdir(exist_ok=True)
                 (tmp_path / node / "trust" / f"{peer}.pub").write_text((tmp_path / peer / "keys" / f"{peer}.pub").read_text())
-        fog = subprocess.Popen([sys.executable, "-m", "edgefl", *common, "--set", "node.id=fog-1", "--set",
-                                "node.role=fog", "--set", f"node.data_dir={tmp_path / 'fog-1'}", "run"],
+        fog_args = [*common, "--set", "node.id=fog-1", "--set", "node.role=fog", "--set",
+                    f"node.data_dir={tmp_path / 'fog-1'}"]
+        out = edgefl(*fog_args, "run", "--for", "1")  # a fog runs its sub-chain: it must exist
+        assert out.returncode == 1 and "no genesis block (create the chain with `edgefl ledger init`)" in out.stderr
+        assert edgefl(*fog_args, "ledger", "init").returncode == 0
+        fog = subprocess.Popen([sys.executable, "-m", "edgefl", *fog_args, "run"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             deadline = time.time() + 30
