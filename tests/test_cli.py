@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -34,6 +35,9 @@ def test_config_errors_are_one_clear_line():
     out = edgefl("--set", "node.role=device", "run")
     assert out.returncode == 2
     assert out.stderr.strip() == "edgefl: configuration error: node.fog: a device needs the id of the fog it reports to"
+    out = edgefl("--set", "node.role=cloud", "--set", "fl.hidden=[600, 100, 30, 20]", "run")
+    assert out.returncode == 2 and out.stderr.startswith("edgefl: configuration error: fl.hidden: a "
+                                                         "3920-600-100-30-20-10 model's training state takes 27.7 MiB")
 
 
 def test_keygen(tmp_path):
@@ -122,11 +126,18 @@ def test_run_and_ping_between_processes(tmp_path):
 
 def test_demo_runs_end_to_end():
     need_mosquitto()
-    out = edgefl("demo", "--pings", "10", timeout=180)
+    out = edgefl("demo", timeout=180)
     assert out.returncode == 0, out.stderr
-    assert "[3] 10 signed round trips" in out.stdout
-    assert "[5] fog-1 accepted the genuine message" in out.stdout
-    assert "envelope_rejected{reason=replay}" in out.stdout
+    text = out.stdout
+    assert "[3] task 'digits' on the main chain: 2 rounds at ε=10 per feature per round" in text
+    for fog, devices in (("fog-a", ("dev-a1", "dev-a2")), ("fog-b", ("dev-b1", "dev-b2"))):
+        assert text.count(f"20 training steps recorded ({devices[0]} 10, {devices[1]} 10)") == 2
+    assert text.count("≠") == 0 and text.count("= main's") == 4  # every interlock shown holds
+    final = re.search(r"\[5\] round 1 done .* test accuracy ([\d.]+) %", text)
+    assert final and float(final.group(1)) > 40, text  # chance is 10 %
+    assert "verdict: ACCEPT" in text and "T replayed: ok" in text
+    assert "fog-a rejected it (envelope_rejected{reason=bad_signature}: 1)" in text
+    assert "acknowledged as a duplicate, counted once (2 batches for round 1 at fog-a)" in text
 
 
 def test_bench_transport_quick_writes_table_and_json(tmp_path):

@@ -35,6 +35,9 @@ def test_precedence_defaults_profile_env_cli():
     (dict(overrides=["log.json=yes"]), "log.json", "--set", "expected true or false"),
     (dict(overrides=["mqtt.port"]), "mqtt.port", "--set", "expected section.key=value"),
     (dict(env={"EDGEFL_MQTT__QOS": "2"}), "mqtt.qos", "EDGEFL_MQTT__QOS", "outside [0, 1]"),
+    (dict(overrides=["fl.items=2000"]), "fl.items", "--set", "outside [1, 1024]"),
+    (dict(overrides=["fl.hidden=[16, 0]"]), "fl.hidden[1]", "--set", "0 is outside [1, 65536]"),
+    (dict(overrides=["fl.devices=dev-1"]), "fl.devices", "--set", "expected a list"),
 ])
 def test_errors_name_key_and_source(kwargs, key, source, text):
     kwargs.setdefault("env", {})

@@ -39,6 +39,12 @@ log = logging.getLogger("edgefl.cloud")
 CLASSES = 10
 
 
+def train_config(cfg: Config) -> T.TrainConfig:
+    """The training terms of the tasks this cloud advertises."""
+    return T.TrainConfig(layers=[FEATURES, *cfg.fl.hidden, CLASSES], optimizer=cfg.ml.optimizer, lr=cfg.ml.lr,
+                         batch_size=cfg.ml.batch_size, seed=cfg.fl.seed)
+
+
 class CloudNode:
     def __init__(self, cfg: Config, session: Session):
         self.cfg, self.session = cfg, session
@@ -54,6 +60,15 @@ class CloudNode:
         self.reference, self.test = data.split(len(data) // 2)
         self.accuracy: dict[int, float] = {}  # round -> test accuracy of the global model after it
         self._test_features: np.ndarray | None = None
+
+    @staticmethod
+    def check(cfg: Config) -> None:
+        config = train_config(cfg)
+        state = len(T.init_state(T.init_model(config.layers), config).to_bytes())
+        if state > cfg.ledger.max_blob_bytes:  # every recorded step stores one as a blob
+            raise ConfigError("fl.hidden", f"a {'-'.join(map(str, config.layers))} model's training state takes "
+                                           f"{state / 2**20:.1f} MiB with {config.optimizer}, more than a blob may "
+                                           f"hold (ledger.max_blob_bytes = {cfg.ledger.max_blob_bytes / 2**20:.1f} MiB)")
 
     def services(self) -> dict:
         return {"ledger": self.ledger.run, "fl-cloud": self.run}
@@ -103,8 +118,7 @@ class CloudNode:
                 log.warning("%s: cannot export %s: %s", self.id, fmt, exc)
                 continue
             extractors.append(Extractor(ModelRelease.of(model, weights, fmt), self.blobs.put(model)))
-        config = T.TrainConfig(layers=[FEATURES, *fl.hidden, CLASSES], optimizer=ml.optimizer, lr=ml.lr,
-                               batch_size=ml.batch_size, seed=fl.seed)
+        config = train_config(self.cfg)
         # The input transform (centre, scale) is fitted to this node's own data, privatised as devices do:
         # post-processing of public data, free of any device's privacy.
         noisy = Privatiser(mechanism(ml.noise), epsilon=ml.epsilon, batch_size=ml.batch_size,

@@ -26,7 +26,7 @@ from edgefl.ml.data import load_dataset
 from edgefl.ml.device import FeatureExtractor
 from edgefl.ml.export import ModelError
 from edgefl.ml.privacy import PrivacyAccountant, Privatiser, mechanism
-from edgefl.runtime.config import Config
+from edgefl.runtime.config import Config, ConfigError
 from edgefl.runtime.metrics import METRICS
 from edgefl.runtime.state import StateFile
 from edgefl.transport.session import RemoteError, RequestTimeout, Session
@@ -60,6 +60,11 @@ class DeviceNode:
         self.view = TaskView(self.changed.set)  # the cloud's task and global model
         self._extractor: tuple[Task, FeatureExtractor] | None = None
         self._refused: str | None = None  # the task this device refused
+
+    @staticmethod
+    def check(cfg: Config) -> None:
+        if not cfg.node.fog:
+            raise ConfigError("node.fog", "a device needs the id of the fog it reports to")
 
     def services(self) -> dict:
         return {"fl-device": self.run}

@@ -54,6 +54,10 @@ class FogNode:
         self.closed: set[int] = set()  # rounds that take no more batches
         session.serve(FeatureBatch, self._on_batch)
 
+    @staticmethod
+    def check(cfg: Config) -> None:
+        pass
+
     def services(self) -> dict:
         return {"ledger": self.ledger.run, "fl-fog": self.run}
 

@@ -17,7 +17,7 @@ from typing import AsyncIterator
 
 from edgefl import codec
 from edgefl.crypto.pki import Crl, PkiError, PkiRegistry
-from edgefl.runtime.config import Config, ConfigError
+from edgefl.runtime.config import Config
 from edgefl.runtime.loop import Supervisor
 from edgefl.runtime.metrics import METRICS
 from edgefl.transport import topics
@@ -88,10 +88,10 @@ def role_class(role: str):
 @contextlib.asynccontextmanager
 async def running(cfg: Config, *, handle_signals: bool = True) -> AsyncIterator[tuple[object, Supervisor]]:
     """The node of ``cfg`` with its services running; yields (role node, supervisor). Leaving stops it."""
-    if cfg.node.role == "device" and not cfg.node.fog:
-        raise ConfigError("node.fog", "a device needs the id of the fog it reports to")
+    cls = role_class(cfg.node.role)
+    cls.check(cfg)  # settings only the role can judge: fail before connecting
     async with Session.from_config(cfg) as session:
-        node = role_class(cfg.node.role)(cfg, session)
+        node = cls(cfg, session)
         try:
             async with Supervisor(handle_signals=handle_signals) as sup:
                 sup.spawn("liveness", lambda: watch_liveness(session))
