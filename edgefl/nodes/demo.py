@@ -177,7 +177,7 @@ async def _tamper(site: LocalSite, task: Task, out, n: int) -> dict:
     """dev-a1's last batch with one bit flipped on the wire, then the genuine copy again."""
     device, fog = site.nodes["dev-a1"], site.nodes["fog-a"]
     round = task.rounds - 1
-    batch = decode_batch(device.blobs.get(device.sent["rounds"][str(round)]["batch"]))
+    batch = decode_batch(fog.blobs.get(fog.doc["batches"][str(round)]["dev-a1"]))  # as fog-a stored it
     before = METRICS.get("envelope_rejected", reason="bad_signature")
     wire = bytearray(device.session.signer.seal(batch, to="fog-a", corr=b"demo-tamper1"))
     wire[-1000] ^= 0x01  # one bit of one feature value

@@ -118,6 +118,7 @@ class DeviceNode:
                     raise RemoteError("unexpected", f"{type(ack).__name__} in answer to a batch")
                 entry["acked"] = True
                 self.state.save(self.sent)
+                self.blobs.path(entry["batch"]).unlink(missing_ok=True)  # the fog has it: never sent again
                 METRICS.inc("fl_batch_delivered")
                 return
             except RemoteError as exc:
