@@ -172,7 +172,8 @@ async def test_last_will_reports_a_killed_peer(broker, tmp_path):
     for name, key in nodes.keys.items():
         save_public(key.public_key, data / "trust" / f"{name}.pub")
     proc = subprocess.Popen([sys.executable, "-m", "edgefl", "--set", "node.id=dev-x", "--set", "node.site=t",
-                             "--set", f"node.data_dir={data}", "--set", f"mqtt.port={broker.port}", "run"],
+                             "--set", "node.fog=fog-1", "--set", f"node.data_dir={data}", "--set",
+                             f"mqtt.port={broker.port}", "run"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         fog = nodes.session("fog-1", role="fog")
