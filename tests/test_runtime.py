@@ -127,3 +127,15 @@ def test_write_atomic_leaves_old_or_new_never_torn(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["state"]  # no temp file left behind
     write_atomic(target, [b"new ", b"contents"], mode=0o600)
     assert target.read_bytes() == b"new contents" and target.stat().st_mode & 0o777 == 0o600
+
+
+def test_state_file_roundtrip_missing_and_corrupt(tmp_path):
+    from edgefl.runtime.state import StateError, StateFile
+
+    f = StateFile(tmp_path / "fl" / "state.cbor")
+    assert f.load({"task": ""}) == {"task": ""}  # nothing saved yet: the default
+    f.save({"task": "digits", "batches": {"0": {"dev-1": b"\x01" * 32}}})
+    assert StateFile(f.path).load(None) == {"task": "digits", "batches": {"0": {"dev-1": b"\x01" * 32}}}
+    f.path.write_bytes(f.path.read_bytes()[:-3])
+    with pytest.raises(StateError, match="corrupt state"):  # never silently empty: that could count twice
+        f.load({})

@@ -1,9 +1,8 @@
-"""A node's small durable state: one canonical CBOR document, replaced atomically.
+"""A node's small durable state: one canonical CBOR document, replaced atomically (``files.write_atomic``).
 
-Written to a temporary file, fsynced, renamed over the old one and the
-directory fsynced, so a crash leaves the old document or the new one, never a
-mix.  A document that cannot be read is an error, not an empty state: a node
-that forgot what it acknowledged could count something twice.
+A crash leaves the old document or the new one, never a mix.  A document that
+cannot be read is an error, not an empty state: a node that forgot what it
+acknowledged could count something twice.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefl import codec
+from edgefl.runtime.files import write_atomic
 
 LIMITS = codec.Limits(max_size=16 << 20, max_depth=8, max_items=1 << 20)
 
@@ -38,16 +38,4 @@ class StateFile:
             raise StateError(f"{self.path}: corrupt state: {exc}") from None
 
     def save(self, value: Any) -> None:
-        data = codec.encode(value)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_atomic(self.path, codec.encode(value))
