@@ -26,11 +26,10 @@ from edgefl.ledger.service import LedgerNode, server_of
 from edgefl.ledger.tx import record_tx
 from edgefl.ml import trainer as T
 from edgefl.ml.backends import backend_class, open_backend
-from edgefl.ml.data import load_dataset
 from edgefl.ml.export import FORMATS, ModelRelease, export
 from edgefl.ml.extractor import FEATURES, ExtractorWeights
 from edgefl.ml.privacy import Privatiser, mechanism, normalise
-from edgefl.nodes.device import node_seed
+from edgefl.nodes.node import local_data
 from edgefl.runtime.config import Config, ConfigError
 from edgefl.runtime.metrics import METRICS
 from edgefl.transport.session import RemoteError, RequestTimeout, Session
@@ -56,7 +55,7 @@ class CloudNode:
         self.fogs = sorted(server_of(cfg, chain) for chain in spec.subchains or {})
         self.blobs = self.ledger.blobs
         # held-out data: the first half fits the initial model's input transform, the second half tests
-        data = load_dataset(cfg.fl.data, cfg.fl.items, seed=node_seed(self.id))
+        data = local_data(cfg)
         self.reference, self.test = data.split(len(data) // 2)
         self.accuracy: dict[int, float] = {}  # round -> test accuracy of the global model after it
         self._test_features: np.ndarray | None = None

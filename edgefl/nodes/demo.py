@@ -102,9 +102,9 @@ async def demo(*, port: int | None = None, out=print) -> dict:
             out(f"[1] using the Mosquitto on 127.0.0.1:{port}")
         site = LocalSite(workdir, port, FOGS, clients=("auditor",), settings=SETTINGS, per_node=PER_NODE)
         chains = _Chains(site)
-        out(f"[2] cloud-1 (main chain), " + ", ".join(f"{f} (sub-chain; devices {', '.join(d)})" for f, d in FOGS.items())
+        out("[2] cloud-1 (main chain), " + ", ".join(f"{f} (sub-chain; devices {', '.join(d)})" for f, d in FOGS.items())
             + f": each with its own key, MQTT session, SQLite file and data directory under {workdir}; "
-              f"dev-a2 runs the TFLite export on LiteRT, the others ONNX Runtime")
+              "dev-a2 runs the TFLite export on LiteRT, the others ONNX Runtime")
         async with site:
             auditor = site.session("auditor")
             async with auditor, auditor.subscribe(topics.pattern(node=site.cloud, kind="model")) as models:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import zlib
 
 import numpy as np
 
@@ -21,11 +20,11 @@ from edgefl.fl.protocol import BatchAck, Task, TaskView, decode_batch
 from edgefl.ledger.blobs import BlobStore, fetch
 from edgefl.ledger.errors import LedgerError
 from edgefl.ledger.recorder import Recorder, via_session
-from edgefl.ml.backends import backend_class
-from edgefl.ml.data import load_dataset
+from edgefl.ml.backends import BackendUnavailable, backend_class
 from edgefl.ml.device import FeatureExtractor
 from edgefl.ml.export import ModelError
 from edgefl.ml.privacy import PrivacyAccountant, Privatiser, mechanism
+from edgefl.nodes.node import local_data
 from edgefl.runtime.config import Config, ConfigError
 from edgefl.runtime.metrics import METRICS
 from edgefl.runtime.state import StateFile
@@ -33,7 +32,7 @@ from edgefl.transport.session import RemoteError, RequestTimeout, Session
 
 log = logging.getLogger("edgefl.device")
 RETRY_S = (0.5, 10.0)  # backoff between attempts to deliver a batch
-TRANSIENT = ("unknown_task", "not_ready", "internal")  # the fog is behind or busy: try again
+TRANSIENT = ("unknown_task", "internal")  # the fog has not seen the task yet, or failed: try again
 
 
 class Refused(Exception):
@@ -44,15 +43,11 @@ class Refused(Exception):
         self.reason = reason
 
 
-def node_seed(node_id: str) -> int:
-    return zlib.crc32(node_id.encode())
-
-
 class DeviceNode:
     def __init__(self, cfg: Config, session: Session):
         self.cfg, self.session = cfg, session
         self.id, self.fog, self.cloud = cfg.node.id, cfg.node.fog, cfg.ledger.main_node
-        self.data = load_dataset(cfg.fl.data, cfg.fl.items, seed=node_seed(self.id))
+        self.data = local_data(cfg)
         self.blobs = BlobStore(cfg.path(cfg.ledger.blob_dir), max_blob=cfg.ledger.max_blob_bytes)
         self.state = StateFile(cfg.path(cfg.fl.state_file))
         self.sent = self.state.load({"task": "", "rounds": {}})  # round -> {"batch": cid, "acked": bool}
@@ -167,6 +162,8 @@ class DeviceNode:
         except ModelError as exc:  # ModelHashMismatch: not the model the cloud released
             METRICS.inc("fl_model_refused")
             raise Refused("model_hash", str(exc)) from None
+        except BackendUnavailable as exc:
+            raise Refused("backend", str(exc)) from None
         self.close()
         self._extractor = (task, fx)
         log.info("%s: task %s: %s model %s… verified, %s opened", self.id, task.task, entry.release.format,

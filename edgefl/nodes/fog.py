@@ -95,6 +95,7 @@ class FogNode:
             if task is None:
                 raise ProtocolError("unknown_task", f"{self.id} has no task yet")
             task.check_batch(batch)
+            self._keep_state_for(task)
             if self.cfg.fl.devices and device not in self.cfg.fl.devices:
                 raise ProtocolError("unknown_device", f"{device} is not one of this fog's devices")
             known = self._batches(batch.round).get(device)
@@ -106,8 +107,9 @@ class FogNode:
                 await self.ledger.call(self._check_spend, device, batch)
             cid = await asyncio.to_thread(self.blobs.put, codec.encode_message(batch))
             self._check_open(batch.round)  # again: the round may have closed while the blob was written
-            if self._batches(batch.round).setdefault(device, cid) != cid:
-                return BatchAck(batch.task, batch.round, len(batch.ids), cid, duplicate=True)
+            stored = self._batches(batch.round).setdefault(device, cid)
+            if stored != cid:  # another copy of this device's batch got here first
+                return BatchAck(batch.task, batch.round, len(batch.ids), stored, duplicate=True)
             self.state.save(self.doc)  # durable before the device hears it was taken
         except ProtocolError as exc:
             METRICS.inc("fl_batch_rejected", reason=exc.reason)
@@ -135,12 +137,15 @@ class FogNode:
     def _batches(self, round: int) -> dict[str, bytes]:
         return self.doc["batches"].setdefault(str(round), {})
 
-    async def _adopt(self, task: Task) -> None:
-        """Start keeping state for a new task; mirror its extractors, which the devices fetch from here."""
-        if self.doc["task"] != task.task:
+    def _keep_state_for(self, task: Task) -> None:
+        if self.doc["task"] != task.task:  # a new task: the old one's batches are of no further use
             self.doc = {"task": task.task, "batches": {}}
             self.state.save(self.doc)
             self.closed.clear()
+
+    async def _adopt(self, task: Task) -> None:
+        """Keep state for ``task``; mirror its extractors, which the devices fetch from here."""
+        self._keep_state_for(task)
         for e in task.extractors:
             await self._fetch(e.cid)
 

@@ -12,11 +12,13 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import zlib
 from pathlib import Path
 from typing import AsyncIterator
 
 from edgefl import codec
 from edgefl.crypto.pki import Crl, PkiError, PkiRegistry
+from edgefl.ml.data import Dataset, load_dataset
 from edgefl.runtime.config import Config
 from edgefl.runtime.loop import Supervisor
 from edgefl.runtime.metrics import METRICS
@@ -74,6 +76,11 @@ async def report_metrics(every_s: float = 60.0) -> None:
     while True:
         await asyncio.sleep(every_s)
         log.info("metrics", extra={"metrics": METRICS.snapshot()})
+
+
+def local_data(cfg: Config) -> Dataset:
+    """``fl.data`` of this node (at most ``fl.items``); generated digits are seeded by the node id: each differs."""
+    return load_dataset(cfg.fl.data, cfg.fl.items, seed=zlib.crc32(cfg.node.id.encode()))
 
 
 ROLES = {"device": "edgefl.nodes.device:DeviceNode", "fog": "edgefl.nodes.fog:FogNode",
