@@ -14,7 +14,7 @@ import importlib
 import logging
 import zlib
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable, Protocol
 
 from edgefl import codec
 from edgefl.crypto.pki import Crl, PkiError, PkiRegistry
@@ -83,17 +83,31 @@ def local_data(cfg: Config) -> Dataset:
     return load_dataset(cfg.fl.data, cfg.fl.items, seed=zlib.crc32(cfg.node.id.encode()))
 
 
+class Role(Protocol):
+    """What ``node.role`` names: built on the node's session, it hands its services to the supervisor."""
+
+    def __init__(self, cfg: Config, session: Session): ...
+
+    @staticmethod
+    def check(cfg: Config) -> None:
+        """Refuse settings only this role can judge (raise ConfigError), before anything connects."""
+
+    def services(self) -> dict[str, Callable[[], Awaitable]]: ...
+
+    def close(self) -> None: ...
+
+
 ROLES = {"device": "edgefl.nodes.device:DeviceNode", "fog": "edgefl.nodes.fog:FogNode",
          "cloud": "edgefl.nodes.cloud:CloudNode"}
 
 
-def role_class(role: str):
+def role_class(role: str) -> type[Role]:
     module, _, name = ROLES[role].partition(":")
     return getattr(importlib.import_module(module), name)
 
 
 @contextlib.asynccontextmanager
-async def running(cfg: Config, *, handle_signals: bool = True) -> AsyncIterator[tuple[object, Supervisor]]:
+async def running(cfg: Config, *, handle_signals: bool = True) -> AsyncIterator[tuple[Role, Supervisor]]:
     """The node of ``cfg`` with its services running; yields (role node, supervisor). Leaving stops it."""
     cls = role_class(cfg.node.role)
     cls.check(cfg)  # settings only the role can judge: fail before connecting
