@@ -48,6 +48,8 @@ def _extensions():
         # name, sources, build arguments
         ("hashing", ["ext/hashing.pyx"], {"libraries": ["crypto"]}),  # OpenSSL libcrypto SHA-256
         ("cborscan", ["ext/cborscan.pyx"], {}),
+        # bit-identical to its numpy twin only if no multiply-add is fused (aarch64 compilers fuse by default)
+        ("noise", ["ext/noise.pyx"], {"extra_compile_args": ["-ffp-contract=off"]}),
     ]
     gmp = _gmp()
     if gmp is not None:  # without GMP headers the accumulator runs on its pure-Python twin
@@ -57,9 +59,8 @@ def _extensions():
         Extension(
             f"edgefl._ext.{name}",
             sources,
-            extra_compile_args=compile_args,
             optional=True,
-            **args,
+            **{**args, "extra_compile_args": compile_args + args.get("extra_compile_args", [])},
         )
         for name, sources, args in specs
     ]

@@ -15,7 +15,7 @@ from types import ModuleType
 
 log = logging.getLogger("edgefl.native")
 
-MODULES = ("hashing", "cborscan", "accumulator")
+MODULES = ("hashing", "cborscan", "accumulator", "noise")
 _chosen: dict[str, str] = {}
 
 

@@ -2,6 +2,8 @@
 
 import hashlib
 import math
+import os
+import typing
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from hypothesis.extra import numpy as hnp
 from edgefl import codec
 from edgefl.crypto.hashing import merkle_root
 from edgefl.ml import privacy as P
+from tests.conftest import twin_modules
 
 finite = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False, width=32)
 
@@ -104,6 +107,70 @@ def test_the_sampler_is_a_function_of_its_entropy_only():
         P.two_sided_geometric((3,), 0.0)
     with pytest.raises(P.PrivacyError, match="ε"):
         P.DiscreteLaplace().perturb(np.zeros((1, 2)), bound=1.0, coordinates=1, epsilon=0.0)
+
+
+def test_entropy_sources_by_name():
+    a, b = P.chacha20_bytes(4096), P.chacha20_bytes(4096)
+    assert len(a) == 4096 and a != b  # a fresh key per call
+    assert P.DiscreteLaplace("urandom").randbytes is os.urandom
+    assert P.DiscreteLaplace().randbytes is P.chacha20_bytes
+    with pytest.raises(P.PrivacyError, match="unknown noise source"):
+        P.DiscreteLaplace("mersenne")
+    from edgefl.runtime.config import MlSection
+    assert set(typing.get_args(typing.get_type_hints(MlSection)["noise_source"])) == set(P.SOURCES)
+    ml = MlSection(noise_source="urandom")
+    assert P.mechanism(ml.noise, randbytes=ml.noise_source).randbytes is os.urandom
+    k = P.two_sided_geometric((200_000,), 5.0, randbytes="urandom")
+    a5 = math.exp(-1 / 5.0)
+    assert k.var() == pytest.approx(2 * a5 / (1 - a5) ** 2, rel=0.02)
+    with pytest.raises(P.PrivacyError, match="scale"):
+        P.two_sided_geometric((3,), 2.0 ** 41)
+
+
+# --------------------------------------------------------------------------- compiled kernel and twin
+
+words_st = st.binary(min_size=0, max_size=8 * 300).map(lambda b: b[:len(b) // 8 * 8])
+
+
+@given(words_st, st.floats(1e-3, 2.0 ** 40))
+@settings(max_examples=200, deadline=None)
+def test_noise_twins_draw_identical_integers(raw, scale):
+    words = np.frombuffer(raw, "<u8").astype(np.uint64)
+    words[:len(words) // 3] &= np.uint64(~0xFFF & (2**64 - 1))  # some U = 1 exactly: ln U = 0
+    draws = {name: m.two_sided(words, scale) for name, m in twin_modules("noise").items()}
+    k, redo = draws["pure"]
+    for other, other_redo in draws.values():
+        assert other.dtype == np.int64 and np.array_equal(other, k) and np.array_equal(other_redo, redo)
+    assert ((words[redo] & np.uint64(1)) == 1).all() and (k[redo] == 0).all()
+
+
+@given(hnp.arrays(st.sampled_from([np.float32, np.float64]), st.tuples(st.integers(0, 5), st.integers(1, 50)),
+                  elements=finite | st.sampled_from([0.0, 1.0])),
+       st.floats(0.5, 64.0))
+@settings(max_examples=200, deadline=None)
+def test_normalise_twins_agree_bit_for_bit(x, b):
+    outs = [m.normalise(x, b) for m in twin_modules("noise").values()]
+    assert all(o.dtype == np.float64 and o.tobytes() == outs[0].tobytes() for o in outs)
+
+
+@given(hnp.arrays(np.float64, st.integers(0, 200),
+                  elements=st.floats(allow_nan=False) | st.floats(-40, 40) | st.sampled_from([0.5, -2.5, 1.5])),
+       st.integers(-12, 0), st.integers(0, 9000), st.sampled_from([np.float32, np.float64]), st.data())
+@settings(max_examples=200, deadline=None)
+def test_on_grid_twins_agree_bit_for_bit(values, log_grid, limit, dtype, data):
+    k = np.array(data.draw(st.lists(st.integers(-(2**40), 2**40), min_size=len(values), max_size=len(values))),
+                 np.int64)
+    outs = []
+    for m in twin_modules("noise").values():
+        out = np.empty(len(values), dtype)
+        m.on_grid(values, k, 2.0 ** log_grid, limit, out)
+        outs.append(out)
+    assert all(o.tobytes() == outs[0].tobytes() for o in outs)
+    if values.size:
+        values[0] = np.nan
+        for m in twin_modules("noise").values():
+            with pytest.raises(ValueError, match="NaN"):
+                m.on_grid(values, k, 2.0 ** log_grid, limit, np.empty(len(values), dtype))
 
 
 def _charge(acct, items, eps=1.0, rnd=0):

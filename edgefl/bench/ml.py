@@ -7,8 +7,10 @@
   (goal ≤ 1.5).  tflite_runtime cannot run beside numpy 2: when it is not
   importable here its bare call is timed in ``--tflite-python`` (a numpy<2
   environment such as ``.venv-tflite``) and only that is reported.
-* ``laplace_per_batch`` — discrete Laplace on 64 × 3920 values, ms; ratio to
-  the bare ONNX extraction of the same batch.
+* ``laplace_per_batch`` — discrete Laplace on 64 × 3920 values, ms, words from
+  ChaCha20 keyed by os.urandom (``_urandom``: every word from os.urandom);
+  ``normalise_b64``, ``seal_feature_batch_b64`` — the pipeline's other parts;
+  each with its ratio to the bare ONNX extraction of the batch, interleaved.
 * ``dense_step_b64`` — one deterministic Adam step of the dense part, ms.
 * ``accuracy_eps{1,2,5,10,inf}_round{1,2}`` — test accuracy (%) after each of
   two federated rounds, 10 devices with equal IID shares, batch 64, mean of
@@ -31,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefl.bench.harness import Report, Row, Samples, ab, measure, ratio_row
+from edgefl.bench.harness import Report, Row, Samples, ab, interleave, measure, ratio_row
 from edgefl.crypto.envelope import Signer
 from edgefl.crypto.keys import SigningKey
 from edgefl.fl.simulation import SimDevice, run_rounds
@@ -39,9 +41,9 @@ from edgefl.ml import export as E
 from edgefl.ml import trainer as T
 from edgefl.ml.backends import BackendUnavailable, open_backend, tflite_runtime_problem
 from edgefl.ml.data import Dataset, load_mnist, synthetic_digits
-from edgefl.ml.device import FeatureExtractor
+from edgefl.ml.device import FeatureBatch, FeatureExtractor
 from edgefl.ml.extractor import ExtractorWeights
-from edgefl.ml.privacy import DiscreteLaplace, NoNoise, PrivacyAccountant, Privatiser, bound
+from edgefl.ml.privacy import SOURCES, DiscreteLaplace, NoNoise, PrivacyAccountant, Privatiser, bound, normalise
 
 REPO = Path(__file__).resolve().parents[2]
 # ../shared/data/mnist beside the checkout (or beside the folder of worktrees)
@@ -154,17 +156,36 @@ def _tflite_in_subprocess(report, short, model, dataset, quick, threads, python,
 
 
 def _laplace_and_step(report, models, dataset: Dataset, *, quick, threads) -> None:
+    """The pipeline's parts at batch 64, interleaved with the bare extraction they are compared to."""
     backend = open_backend("onnxruntime", models["onnx"], threads=threads)
-    images = dataset.images[:64]
-    values = np.clip(np.random.default_rng(0).normal(0, 3, (64, 3920)), -bound(64), bound(64))
-    noise = DiscreteLaplace()
-    n = 5 if quick else 40
-    lap = measure(lambda: noise.perturb(values, bound=bound(64), coordinates=1, epsilon=1.0), iterations=n)
-    ext = measure(lambda: backend.run(images), iterations=n)
-    r_lap = lap.row("laplace_per_batch", note="discrete Laplace, 64 x 3920 values from os.urandom; "
-                                              "ratio to bare onnxruntime extraction of the batch")
-    r_lap.ratio = r_lap.median / ext.row("x").median
-    report.add(r_lap)
+    images, labels = dataset.images[:64], dataset.labels[:64]
+    features = backend.run(images)
+    values = normalise(features, 64)
+    b = bound(64)
+    noise = {name: DiscreteLaplace(name) for name in SOURCES}
+    noised = noise["chacha20"].perturb(values, bound=b, coordinates=1, epsilon=1.0)
+    batch = FeatureBatch(task="bench", round=0, model=bytes(32), ids=np.arange(64), labels=labels.astype(np.uint8),
+                         features=noised.values, grid=noised.grid, epsilon=1.0, unit="feature")
+    signer = Signer("bench-device", SigningKey())
+    fns = {"extract": lambda: backend.run(images), "normalise": lambda: normalise(features, 64),
+           "seal": lambda: signer.seal(batch)}
+    fns.update({f"laplace_{name}": (lambda m=m: m.perturb(values, bound=b, coordinates=1, epsilon=1.0))
+                for name, m in noise.items()})
+    s = interleave(fns, rounds=5 if quick else 40)
+    ext = s.pop("extract").row("x").median
+    notes = {
+        "laplace_per_batch": "discrete Laplace on 64 x 3920 values, words from ChaCha20 keyed by os.urandom "
+                             "(the default); ratio to the bare onnxruntime extraction of the batch",
+        "laplace_per_batch_urandom": "the same with every word read from os.urandom",
+        "normalise_b64": "64 x 3920 extractor outputs onto [-sqrt(63), sqrt(63)]",
+        "seal_feature_batch_b64": f"encode + sign the {len(signer.seal(batch)) >> 10} KiB FeatureBatch envelope",
+    }
+    names = {"laplace_chacha20": "laplace_per_batch", "laplace_urandom": "laplace_per_batch_urandom",
+             "normalise": "normalise_b64", "seal": "seal_feature_batch_b64"}
+    for key, name in names.items():
+        row = s[key].row(name, note=notes[name])
+        row.ratio = row.median / ext
+        report.add(row)
 
     cfg = T.TrainConfig(optimizer="adam", lr=1e-3)
     state = T.init_state(T.init_model(seed=0), cfg)

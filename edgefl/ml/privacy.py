@@ -21,12 +21,36 @@ a power-of-two grid g, and the noise is an integer K from the two-sided
 geometric (discrete Laplace) distribution P(K=k) ∝ α^|k|, α = exp(−ε/Δ_g),
 where Δ_g is the sensitivity in grid steps: the output g·(round(x/g) + K) lies
 on the grid whatever x was, as in Google's and OpenDP's libraries.  K is
-sampled vectorised from the OS CSPRNG (``os.urandom``): per coordinate one
-64-bit word gives a sign bit and a 52-bit uniform U, G = ⌊−ln(U)·s⌋ is
-geometric (s = Δ_g/ε), and (negative, 0) draws are redrawn so zero is not
-counted twice.  G's probabilities carry float64 rounding (relative error about
-2^-50, far below anything measurable) and its tail is cut at 36.0 scale units
-(probability 2^-52); neither depends on the data.
+sampled vectorised: per coordinate one 64-bit random word gives a sign bit
+and a 52-bit uniform U, G = ⌊−ln(U)·s⌋ is geometric (s = Δ_g/ε), and
+(negative, 0) draws are redrawn so zero is not counted twice.  G's
+probabilities carry float64 rounding (relative error about 2^-50, far below
+anything measurable) and its tail is cut at 36.04 scale units (probability
+2^-52); neither depends on the data.  The loops are fused in a compiled
+kernel (``ext/noise.pyx``) with a bit-identical numpy twin.
+
+The random words
+----------------
+``randbytes`` names the source of the words (``ml.noise_source``):
+
+* ``"chacha20"`` (default): for every call, a fresh 256-bit key from the OS
+  CSPRNG (``os.urandom``, i.e. getrandom) and the ChaCha20 keystream under
+  that key (RFC 8439, zero nonce and counter; each key is used for one
+  stream only, at most a few tens of MB).  Security argument: if ChaCha20's
+  block function is a pseudorandom function — the assumption behind Linux's
+  own getrandom, whose output is a ChaCha20 keystream as well, and behind
+  OpenBSD's arc4random — no efficient observer can tell the words from
+  uniform ones except with negligible advantage, so the release is ε-DP
+  against computationally bounded observers (computational DP, Mironov,
+  Pandey, Reingold and Vadhan, CRYPTO 2009), up to that negligible
+  advantage.  No generator state outlives a call, so a forked process or a
+  restart cannot repeat a stream.  The key lives in process memory during
+  the call (beside the noiseless features, which matter more) and is not
+  stored, logged or sent; Python cannot promise to wipe it.  Against an
+  unbounded adversary neither source is information-theoretically ε-DP.
+* ``"urandom"``: every word read from ``os.urandom`` (the same assumption, on
+  Linux, one system call per batch; about 8× slower here).
+* a callable ``randbytes(n) -> bytes`` (tests replay a fixed stream).
 
 The accountant
 --------------
@@ -43,19 +67,22 @@ import math
 import os
 import threading
 from pathlib import Path
-from typing import Annotated, ClassVar, Iterable, Protocol, Sequence
+from typing import Annotated, Callable, ClassVar, Iterable, Protocol, Sequence
 
 import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
-from edgefl import codec
+from edgefl import codec, native
 from edgefl.codec import Array, MaxLen, Message, Range, message
 from edgefl.crypto.hashing import merkle_root
 
 log = logging.getLogger("edgefl.ml.privacy")
+_kernel = native.load("noise")
 
 UNITS = ("feature", "record")
 GRID_BITS = 12  # grid step = 2^-12 of the smaller of the bound and the noise scale (rounded to a power of two)
 MAX_EPSILON = 1000.0
+MAX_SCALE = 2.0 ** 40  # geometric scale in grid steps: every draw (< 37 scales) stays an exact float64 integer
 
 
 class PrivacyError(ValueError):
@@ -80,47 +107,57 @@ def bound(batch_size: int) -> float:
 
 def normalise(features: np.ndarray, batch_size: int) -> np.ndarray:
     """Scale each row linearly onto [−B, B] (min → −B, max → B; a constant row → 0), float64."""
-    x = np.asarray(features, np.float64)
-    if x.ndim != 2:
-        raise PrivacyError(f"features must be (n, d), got shape {x.shape}")
+    x = np.asarray(features)
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise PrivacyError(f"features must be (n, d) with d ≥ 1, got shape {x.shape}")
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float64)
     if not np.isfinite(x).all():
         raise PrivacyError("features contain NaN or infinity")
-    b = bound(batch_size)
-    lo = x.min(axis=1, keepdims=True)
-    span = x.max(axis=1, keepdims=True) - lo
-    scale = np.divide(2 * b, span, out=np.zeros_like(span), where=span > 0)
-    out = (x - lo) * scale - b
-    out[(span == 0).ravel()] = 0.0
-    np.clip(out, -b, b, out=out)  # rounding may overshoot by an ulp
-    return out
+    return _kernel.normalise(np.ascontiguousarray(x), bound(batch_size))
 
 
 # --------------------------------------------------------------------------- sampling
 
 
-def two_sided_geometric(shape, scale: float, *, randbytes=os.urandom) -> np.ndarray:
+def chacha20_bytes(n: int) -> bytes:
+    """``n`` bytes of ChaCha20 keystream under a fresh key from the OS CSPRNG (see the module notes)."""
+    return Cipher(algorithms.ChaCha20(os.urandom(32), bytes(16)), mode=None).encryptor().update(bytes(n))
+
+
+SOURCES: dict[str, Callable[[int], bytes]] = {"chacha20": chacha20_bytes, "urandom": os.urandom}
+DEFAULT_SOURCE = "chacha20"
+
+
+def entropy_source(source: str | Callable[[int], bytes]) -> Callable[[int], bytes]:
+    """A source of random bytes by name (``SOURCES``), or the callable itself."""
+    if callable(source):
+        return source
+    try:
+        return SOURCES[source]
+    except KeyError:
+        raise PrivacyError(f"unknown noise source {source!r}; known: {', '.join(SOURCES)}") from None
+
+
+def two_sided_geometric(shape, scale: float, *, randbytes: str | Callable[[int], bytes] = DEFAULT_SOURCE
+                        ) -> np.ndarray:
     """Integers with P(K=k) = (1−α)/(1+α)·α^|k|, α = exp(−1/scale): the discrete Laplace.
 
-    ``randbytes(n)`` is the entropy source (the OS CSPRNG by default).
+    ``randbytes`` is the entropy source: a name in ``SOURCES`` or ``randbytes(n) -> bytes``.
     """
-    if not (scale > 0 and math.isfinite(scale)):
-        raise PrivacyError(f"scale must be positive and finite, got {scale}")
-    n = int(np.prod(shape))
-    out = np.empty(n, np.int64)
-    todo = np.arange(n)
-    while todo.size:
-        words = np.frombuffer(randbytes(8 * todo.size), dtype="<u8")
-        # bits 12..63 become a float in [1, 2); 2 − it is uniform on (0, 1] in steps of 2^-52
-        u = 2.0 - ((words >> np.uint64(12)) | np.uint64(0x3FF0000000000000)).view(np.float64)
-        g = np.log(u)
-        g *= -scale
-        k = np.floor(g, out=g).astype(np.int64)
-        negative = (words & np.uint64(1)).astype(bool)  # bit 0: the sign
-        again = negative & (k == 0)  # (−, 0) would count zero twice: redraw
-        np.negative(k, out=k, where=negative)
-        keep = ~again
-        out[todo[keep]] = k[keep]
-        todo = todo[again]
+    if not (0 < scale <= MAX_SCALE):
+        raise PrivacyError(f"scale must lie in (0, 2^40], got {scale}")
+    read = entropy_source(randbytes)
+
+    def draw(count: int) -> tuple[np.ndarray, np.ndarray]:
+        words = np.frombuffer(read(8 * count), "<u8").astype(np.uint64, copy=False)
+        return _kernel.two_sided(words, float(scale))
+
+    out, todo = draw(int(np.prod(shape)))
+    while todo.size:  # the rare (−, 0) draws, drawn again from fresh words
+        k, redo = draw(todo.size)
+        out[todo] = k
+        todo = todo[redo]
     return out.reshape(shape)
 
 
@@ -151,21 +188,22 @@ class DiscreteLaplace:
 
     name: ClassVar[str] = "discrete_laplace"
 
-    def __init__(self, randbytes=os.urandom):
-        self.randbytes = randbytes
+    def __init__(self, randbytes: str | Callable[[int], bytes] = DEFAULT_SOURCE):
+        self.randbytes = entropy_source(randbytes)
 
     def perturb(self, values: np.ndarray, *, bound: float, coordinates: int, epsilon: float) -> Noised:
         check_epsilon(epsilon)
         g = grid_step(bound, coordinates * 2 * bound / epsilon)
         limit = math.ceil(bound / g)
-        q = np.clip(np.rint(np.asarray(values, np.float64) / g), -limit, limit).astype(np.int64)
         # L1 sensitivity in grid steps: each rounded coordinate lies in [−limit, limit]
         steps = coordinates * 2 * limit
         s = steps / epsilon
-        k = two_sided_geometric(q.shape, s, randbytes=self.randbytes)
+        x = np.ascontiguousarray(values, np.float64)
+        k = two_sided_geometric(x.size, s, randbytes=self.randbytes)
         top = limit + 37 * s  # the largest |q + K| possible (the geometric's tail ends at 36.04 s)
-        dtype = np.float32 if top < 2 ** 24 else np.float64  # the grid stays exact in either
-        return Noised(((q + k) * g).astype(dtype), g, s * g, steps * g)
+        out = np.empty(x.shape, np.float32 if top < 2 ** 24 else np.float64)  # the grid stays exact in either
+        _kernel.on_grid(x.reshape(-1), k, g, limit, out.reshape(-1))  # g·(clip(round(x/g)) + K)
+        return Noised(out, g, s * g, steps * g)
 
 
 class NoNoise:

@@ -99,6 +99,7 @@ class MlSection:
     model_dir: str = "{data_dir}/models"
     batch_size: int = field(default=64, metadata=_range(2, 4096))  # N: features lie in [-sqrt(N-1), sqrt(N-1)]
     noise: Literal["discrete_laplace"] = "discrete_laplace"
+    noise_source: Literal["chacha20", "urandom"] = "chacha20"  # random words: edgefl.ml.privacy.SOURCES
     # ε per release of an item. A device refuses tasks asking for more; the
     # cloud asks for this much per round (with its batch_size, privacy_unit,
     # optimizer, lr and local_epochs) in the tasks it advertises.
