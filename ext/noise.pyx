@@ -10,9 +10,10 @@ IEEE operation, and the build turns floating-point contraction off
 """
 cimport cython
 from libc.stdint cimport int64_t, uint64_t
-from libc.string cimport memcpy
 
 import numpy as np
+
+cdef double TWO_M63 = 2.0 ** -63
 
 ctypedef fused real:
     float
@@ -46,19 +47,16 @@ def normalise(const real[:, ::1] x, double b):
 
 def two_sided(const uint64_t[::1] words not None, double scale):
     cdef Py_ssize_t n = words.shape[0], i, r = 0
-    cdef uint64_t bits
     cdef int64_t k, negative
-    cdef double u, minus = -scale
+    cdef double minus = -scale
     g_arr = np.empty(n, np.float64)
     k_arr = np.empty(n, np.int64)
     redo_arr = np.empty(n, np.int64)  # only the first few entries are ever written
     cdef double[::1] g = g_arr
     cdef int64_t[::1] ks = k_arr, redo = redo_arr
     with nogil:
-        for i in range(n):  # bits 12..63 become a float in [1, 2); 2 − it is uniform on (0, 1]
-            bits = (words[i] >> 12) | 0x3FF0000000000000ULL
-            memcpy(&u, &bits, 8)
-            g[i] = 2.0 - u
+        for i in range(n):  # bits 1..63: U = (j + 1/2)·2^-63, rounded to the nearest double
+            g[i] = (<double>(<int64_t>(words[i] >> 1)) + 0.5) * TWO_M63
     np.log(g_arr, out=g_arr)
     with nogil:
         for i in range(n):  # branch-free: the sign bit is a coin flip, a branch on it mispredicts half the time

@@ -154,7 +154,8 @@ def test_the_device_sends_signed_noisy_features_from_a_verified_model(digits):
         FeatureExtractor.open("onnxruntime", E.export(w, "onnx"), release, fx.privatiser)
 
 
-def test_federated_rounds_learn_the_generated_digits(digits):
+@pytest.mark.parametrize("warm", [False, True])
+def test_federated_rounds_learn_the_generated_digits(digits, warm):
     w = ExtractorWeights.random(seed=0)
     backend_model = E.export(w, "onnx")
     from edgefl.ml.backends import open_backend
@@ -163,5 +164,6 @@ def test_federated_rounds_learn_the_generated_digits(digits):
     cfg = T.TrainConfig(layers=[3920, 32, 10], optimizer="adam", lr=1e-3, batch_size=16, seed=0)
     devices = [SimDevice(f"d{i}", feats[i * 50:(i + 1) * 50], digits.labels[i * 50:(i + 1) * 50],
                          Privatiser(NoNoise(), epsilon=1.0, batch_size=16)) for i in range(4)]
-    acc = run_rounds(devices, config=cfg, rounds=2, epochs=3, test_features=feats[200:], test_labels=digits.labels[200:])
+    acc = run_rounds(devices, config=cfg, rounds=2, epochs=3, test_features=feats[200:], test_labels=digits.labels[200:],
+                     warm_start=warm, average_releases=warm)
     assert len(acc) == 2 and acc[1] > 0.5  # chance is 0.1

@@ -109,6 +109,21 @@ def test_the_sampler_is_a_function_of_its_entropy_only():
         P.DiscreteLaplace().perturb(np.zeros((1, 2)), bound=1.0, coordinates=1, epsilon=0.0)
 
 
+def test_the_sampler_as_implemented_is_epsilon_dp_up_to_a_negligible_delta():
+    s, steps = 300.0, 600  # scale and sensitivity in grid steps: ε = 2
+    pmf = P.sampler_pmf(s)
+    k = np.arange(len(pmf)) - len(pmf) // 2
+    assert len(pmf) % 2 and np.array_equal(pmf, pmf[::-1]) and pmf.sum() == pytest.approx(1.0, abs=1e-12)
+    assert k[-1] == math.floor(64 * math.log(2) * s)  # the tail ends where U = 2^-64
+    ideal = np.exp(-np.abs(k) / s)
+    ideal /= ideal.sum()
+    assert np.abs(pmf / ideal - 1)[np.abs(k) <= 20 * s].max() < 1e-7
+    assert P.sampler_delta(pmf, steps, steps / s) < 1e-13
+    assert P.sampler_delta(pmf, steps, 0.9 * steps / s) > 0.05  # at a smaller ε the same noise is not enough
+    draws = P.two_sided_geometric((200_000,), s)  # and the sampler draws from these probabilities
+    assert abs(draws.var() / (pmf * k.astype(float) ** 2).sum() - 1) < 0.02
+
+
 def test_entropy_sources_by_name():
     a, b = P.chacha20_bytes(4096), P.chacha20_bytes(4096)
     assert len(a) == 4096 and a != b  # a fresh key per call
@@ -136,7 +151,8 @@ words_st = st.binary(min_size=0, max_size=8 * 300).map(lambda b: b[:len(b) // 8 
 @settings(max_examples=200, deadline=None)
 def test_noise_twins_draw_identical_integers(raw, scale):
     words = np.frombuffer(raw, "<u8").astype(np.uint64)
-    words[:len(words) // 3] &= np.uint64(~0xFFF & (2**64 - 1))  # some U = 1 exactly: ln U = 0
+    words[:len(words) // 4] |= np.uint64(2**64 - 2)  # the extremes: U rounds to 1 (ln U = 0) ...
+    words[len(words) // 4:len(words) // 3] &= np.uint64(1)  # ... and U = 2^-64, the largest draw
     draws = {name: m.two_sided(words, scale) for name, m in twin_modules("noise").items()}
     k, redo = draws["pure"]
     for other, other_redo in draws.values():

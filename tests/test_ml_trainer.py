@@ -157,3 +157,34 @@ def test_fedavg_is_the_weighted_mean_in_a_fixed_order():
         FedAvg().aggregate([Update(ups[0].params, weight=0)])
     with pytest.raises(ValueError, match="unknown aggregator"):
         aggregator("krum2")
+
+
+def test_warm_start_embeds_exactly_the_ridge_classifier():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 3920)).astype(np.float32)
+    y = rng.integers(0, 10, 300)
+    x[np.arange(300), y] += 5.0
+    model = T.init_model([3920, 32, 24, 20, 10], seed=1).with_input_transform(x)
+    warm = model.with_warm_start(x, y, ridge=0.01, temperature=10.0)
+    t = (x.astype(np.float64) - model.input_shift) * model.input_scale
+    onehot = np.eye(10)[y]
+    tc = t - t.mean(axis=0)
+    gram = tc.T @ tc
+    w = np.linalg.solve(gram + 0.01 * np.trace(gram) / 3920 * np.eye(3920), tc.T @ (onehot - onehot.mean(axis=0)))
+    expected = 10.0 * (t @ w + onehot.mean(axis=0))
+    logits = T.forward(warm.params, x, warm.input_scale, warm.input_shift)[-1]
+    assert np.abs(logits - expected).max() < 1e-4 * np.abs(expected).max()
+    assert T.accuracy(warm, x, y) == 1.0  # separable training data: the ridge fit already classifies it
+    state = T.Trainer(T.TrainConfig(layers=[3920, 32, 24, 20, 10], optimizer="adam", lr=1e-3, batch_size=50)).fit(
+        warm, x, y, epochs=1)
+    assert T.accuracy(state.model, x, y) == 1.0  # training goes on from there
+    with pytest.raises(T.TrainError, match="at least 20 wide"):
+        T.init_model([3920, 32, 12, 10]).with_warm_start(x, y)
+
+
+def test_release_mean_averages_each_items_releases():
+    mean = T.ReleaseMean()
+    first = mean.add(np.array([7, 3]), np.array([[1.0, 2.0], [3.0, 4.0]], np.float32))
+    assert np.array_equal(first, [[1.0, 2.0], [3.0, 4.0]])
+    second = mean.add(np.array([3, 9, 7]), np.array([[5.0, 0.0], [1.0, 1.0], [2.0, 2.0]], np.float32))
+    assert second.dtype == np.float32 and np.array_equal(second, [[4.0, 2.0], [1.0, 1.0], [1.5, 2.0]])

@@ -7,9 +7,10 @@ normalise(x, b) -> float64 (n, d)
     each row of a finite, C-contiguous float32/float64 (n, d) array scaled
     linearly onto [−b, b] (min → −b, max → b, a constant row → 0).
 two_sided(words, scale) -> (k int64, redo int64)
-    one discrete Laplace draw per 64-bit word: bit 0 is the sign, bits 12..63
-    a uniform U on (0, 1] in steps of 2^-52, G = ⌊−ln(U)·scale⌋; ``redo``
-    lists the positions drawn as (−, 0), which must be drawn again.
+    one discrete Laplace draw per 64-bit word: bit 0 is the sign, bits 1..63
+    an integer j and U = (j + ½)·2^-63 rounded to float64, uniform on (0, 1],
+    G = ⌊−ln(U)·scale⌋; ``redo`` lists the positions drawn as (−, 0), which
+    must be drawn again.
 on_grid(values, k, grid, limit, out) -> None
     1-D arrays of one length; out ← (clip(rint(values / grid), −limit, limit) + k) · grid, cast to out's
     dtype (float32 or float64).
@@ -23,9 +24,6 @@ from __future__ import annotations
 
 import numpy as np
 
-_ONE = np.uint64(0x3FF0000000000000)  # the exponent bits of 1.0
-
-
 def normalise(x: np.ndarray, b: float) -> np.ndarray:
     x = np.asarray(x, np.float64)
     lo = x.min(axis=1, keepdims=True)
@@ -38,8 +36,9 @@ def normalise(x: np.ndarray, b: float) -> np.ndarray:
 
 
 def two_sided(words: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    # bits 12..63 become a float in [1, 2); 2 − it is uniform on (0, 1] in steps of 2^-52
-    g = 2.0 - ((words >> np.uint64(12)) | _ONE).view(np.float64)
+    g = (words >> np.uint64(1)).astype(np.float64)  # rounds to nearest, as C's conversion does
+    g += 0.5
+    g *= 2.0 ** -63
     np.log(g, out=g)
     g *= -scale
     k = np.floor(g, out=g).astype(np.int64)

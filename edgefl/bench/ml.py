@@ -10,12 +10,18 @@
 * ``laplace_per_batch`` — discrete Laplace on 64 × 3920 values, ms, words from
   ChaCha20 keyed by os.urandom (``_urandom``: every word from os.urandom);
   ``normalise_b64``, ``seal_feature_batch_b64`` — the pipeline's other parts;
-  each with its ratio to the bare ONNX extraction of the batch, interleaved.
+  each with its ratio to the bare ONNX extraction of the batch, interleaved;
+  ``laplace_delta_eps{1,10}`` — the δ for which the sampler as implemented is
+  (ε, δ)-DP (feature unit, N = 64), computed from its exact probabilities.
 * ``dense_step_b64`` — one deterministic Adam step of the dense part, ms.
 * ``accuracy_eps{1,2,5,10,inf}_round{1,2}`` — test accuracy (%) after each of
   two federated rounds, 10 devices with equal IID shares, batch 64, mean of
-  ``--seeds`` seeds (``p99`` column: the worst seed); ``accuracy_eps*_b*_round2``
-  repeat it for batch sizes 32/64/96/128.  MNIST (``--data``): 8,000
+  ``--seeds`` seeds (``p99`` column: the worst seed), with the fog's method
+  (``METHODS["warm"]``); ``accuracy_eps*_b*_round2`` repeat it for batch sizes
+  32/64/96/128; ``accuracy_eps*_cold_round*`` run the dense trainer alone
+  (``METHODS["cold"]``) for comparison; ``nearest_mean_eps*`` and
+  ``linear_eps*`` are what a nearest-class-mean and a ridge classifier reach on
+  one pooled release of the same features.  MNIST (``--data``): 8,000
   training images across the devices, 2,000 held out.  ``--plots DIR`` writes
   accuracy_vs_epsilon.png and accuracy_vs_batch.png.
 """
@@ -23,6 +29,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -43,7 +50,8 @@ from edgefl.ml.backends import BackendUnavailable, open_backend, tflite_runtime_
 from edgefl.ml.data import Dataset, load_mnist, synthetic_digits
 from edgefl.ml.device import FeatureBatch, FeatureExtractor
 from edgefl.ml.extractor import ExtractorWeights
-from edgefl.ml.privacy import SOURCES, DiscreteLaplace, NoNoise, PrivacyAccountant, Privatiser, bound, normalise
+from edgefl.ml.privacy import (SOURCES, DiscreteLaplace, NoNoise, PrivacyAccountant, Privatiser, bound, grid_step,
+                               normalise, sampler_delta, sampler_pmf)
 
 REPO = Path(__file__).resolve().parents[2]
 # ../shared/data/mnist beside the checkout (or beside the folder of worktrees)
@@ -63,6 +71,7 @@ def add_arguments(p) -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=3, help="local epochs per round")
     p.add_argument("--no-accuracy", action="store_true", help="skip the federated accuracy experiment")
+    p.add_argument("--no-cold", action="store_true", help="skip the comparison runs of the dense trainer alone")
     p.add_argument("--batches", type=lambda t: [int(v) for v in t.split(",")], default=BATCHES,
                    help="batch sizes of the accuracy experiment (default 32,64,96,128)")
     p.add_argument("--plots", metavar="DIR", help="write the accuracy PNGs here")
@@ -74,7 +83,8 @@ def add_arguments(p) -> None:
 
 async def run(*, quick: bool = False, data: str | None = None, weights: str | None = None, seeds: int = 3,
               epochs: int = 3, no_accuracy: bool = False, plots: str | None = None, grid: str | None = None,
-              threads: int = 1, tflite_python: str | None = None, batches: list[int] = BATCHES, **_) -> Report:
+              threads: int = 1, tflite_python: str | None = None, batches: list[int] = BATCHES, no_cold: bool = False,
+              **_) -> Report:
     report = Report("edgefl bench ml")
     w = ExtractorWeights.load(weights) if weights else ExtractorWeights.random(seed=0)
     models = {fmt: E.export(w, fmt) for fmt in E.FORMATS}
@@ -84,7 +94,7 @@ async def run(*, quick: bool = False, data: str | None = None, weights: str | No
     if not no_accuracy:
         _accuracy(report, models["onnx"], dataset, quick=quick, seeds=1 if quick else seeds, epochs=epochs,
                   batches=[64] if quick else batches,
-                  plots=plots, grid=grid, source=f"MNIST {data}" if data else "generated digits")
+                  plots=plots, grid=grid, source="MNIST test set" if data else "generated digits", cold=not no_cold)
     return report
 
 
@@ -186,6 +196,13 @@ def _laplace_and_step(report, models, dataset: Dataset, *, quick, threads) -> No
         row = s[key].row(name, note=notes[name])
         row.ratio = row.median / ext
         report.add(row)
+    for eps in (1.0, 10.0):  # the sampler's exact (ε, δ), feature unit, N = 64
+        g = grid_step(b, 2 * b / eps)
+        steps = 2 * math.ceil(b / g)
+        delta = sampler_delta(sampler_pmf(steps / eps), steps, eps)
+        report.add(Row(f"laplace_delta_eps{eps:g}", "delta", delta, delta,
+                       note=f"(ε={eps:g}, δ)-DP of the sampler as implemented, per coordinate and release "
+                            "(exact, from every probability it can produce)"))
 
     cfg = T.TrainConfig(optimizer="adam", lr=1e-3)
     state = T.init_state(T.init_model(seed=0), cfg)
@@ -195,8 +212,16 @@ def _laplace_and_step(report, models, dataset: Dataset, *, quick, threads) -> No
     report.add(step.row("dense_step_b64", note="Adam, 3920-600-100-30-20-10, BLAS on one thread (recorded steps)"))
 
 
+METHODS = {
+    # the fog's method: ridge warm start, FedProx, training on the mean of each item's releases so far
+    "warm": dict(warm_start=True, average_releases=True, prox_mu=1.0),
+    # the dense trainer alone: He initialisation, plain FedAvg on each round's release
+    "cold": dict(warm_start=False, average_releases=False, prox_mu=0.0),
+}
+
+
 def _accuracy(report, onnx_model: bytes, dataset: Dataset, *, quick, seeds, epochs, batches, plots, grid,
-              source) -> None:
+              source, cold=True) -> None:
     n_train = 1600 if quick else 8000
     n_test = 400 if quick else 2000
     train, rest = dataset.split(n_train)
@@ -207,12 +232,14 @@ def _accuracy(report, onnx_model: bytes, dataset: Dataset, *, quick, seeds, epoc
     devices = 10
     share = len(train) // devices
     epsilons = [1.0, None] if quick else EPSILONS
+    plan = [("warm", batch) for batch in batches] + ([("cold", 64)] if cold and 64 in batches else [])
     runs = []
     t0 = time.perf_counter()
-    for batch in batches:
+    for method, batch in plan:
+        opts = METHODS[method]
         for eps in epsilons:
             for seed in range(seeds):
-                cfg = T.TrainConfig(optimizer="adam", lr=1e-3, batch_size=batch, seed=seed)
+                cfg = T.TrainConfig(optimizer="adam", lr=1e-3, batch_size=batch, seed=seed, prox_mu=opts["prox_mu"])
                 sims = []
                 for d in range(devices):
                     rows = slice(d * share, (d + 1) * share)
@@ -221,25 +248,30 @@ def _accuracy(report, onnx_model: bytes, dataset: Dataset, *, quick, seeds, epoc
                     sims.append(SimDevice(f"device-{d}", features[rows], train.labels[rows],
                                           Privatiser(noise, epsilon=eps or 1.0, batch_size=batch, accountant=acct)))
                 acc = run_rounds(sims, config=cfg, rounds=2, epochs=epochs, test_features=test_features,
-                                 test_labels=test.labels)
-                runs.append({"epsilon": eps, "batch": batch, "seed": seed, "accuracy": acc})
-                print(f"  accuracy eps={eps} batch={batch} seed={seed}: {[round(100 * a, 2) for a in acc]} "
+                                 test_labels=test.labels, warm_start=opts["warm_start"],
+                                 average_releases=opts["average_releases"])
+                runs.append({"method": method, "epsilon": eps, "batch": batch, "seed": seed, "accuracy": acc})
+                print(f"  accuracy {method} eps={eps} batch={batch} seed={seed}: {[round(100 * a, 2) for a in acc]} "
                       f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
-    note = (f"{source}: {len(train)} train over {devices} devices, {len(test)} test; Adam lr 1e-3, "
-            f"{epochs} local epoch(s)/round; ε per round (2 rounds spend 2ε)")
+    note = (f"{source}: {len(train)} train over {devices} devices, {len(test)} test; ridge warm start, "
+            f"Adam lr 1e-3, FedProx 1, {epochs} local epochs/round on the mean of the releases; ε per round")
 
-    def pick(eps, batch, r):
-        return [100 * x["accuracy"][r] for x in runs if x["epsilon"] == eps and x["batch"] == batch]
+    def pick(eps, batch, r, method="warm"):
+        return [100 * x["accuracy"][r] for x in runs
+                if x["epsilon"] == eps and x["batch"] == batch and x["method"] == method]
 
-    for eps in epsilons:
-        tag = "inf" if eps is None else f"{eps:g}"
-        for r in (0, 1):
-            vals = pick(eps, 64, r)
-            if not vals:
-                continue
-            goal = f">= {GOALS[eps]:g}" if r == 1 and eps in GOALS else None
-            report.add(Row(f"accuracy_eps{tag}_round{r + 1}", "%", statistics.mean(vals), min(vals), goal=goal,
-                           note=note if r == 1 and eps == 1.0 else f"batch 64, mean of {len(vals)} seed(s)"))
+    for method, suffix in (("warm", ""), ("cold", "_cold")):
+        for eps in epsilons:
+            tag = "inf" if eps is None else f"{eps:g}"
+            for r in (0, 1):
+                vals = pick(eps, 64, r, method)
+                if not vals:
+                    continue
+                goal = f">= {GOALS[eps]:g}" if r == 1 and eps in GOALS and method == "warm" else None
+                what = ("the dense trainer alone: He init, plain FedAvg, Adam lr 1e-3; "
+                        if method == "cold" else note if r == 1 and eps == 1.0 else "")
+                report.add(Row(f"accuracy_eps{tag}{suffix}_round{r + 1}", "%", statistics.mean(vals), min(vals),
+                               goal=goal, note=f"{what}batch 64, mean of {len(vals)} seed(s)"))
     for batch in batches:
         if batch == 64:
             continue
@@ -248,10 +280,28 @@ def _accuracy(report, onnx_model: bytes, dataset: Dataset, *, quick, seeds, epoc
             vals = pick(eps, batch, 1)
             report.add(Row(f"accuracy_eps{tag}_b{batch}_round2", "%", statistics.mean(vals), min(vals),
                            note=f"batch {batch}, mean of {len(vals)} seed(s)"))
+    _reference_models(report, features, train.labels, test_features, test.labels, epsilons)
     if grid:
         Path(grid).write_text(json.dumps(runs, indent=1) + "\n")
     if plots:
         plot_accuracy(runs, Path(plots), note)
+
+
+def _reference_models(report, features, labels, test_features, test_labels, epsilons, batch=64) -> None:
+    """What simpler models reach on one release of the same noisy features, pooled (what bounds the MLP)."""
+    test = normalise(test_features, batch)
+    for eps in epsilons:
+        tag = "inf" if eps is None else f"{eps:g}"
+        noise = NoNoise() if eps is None else DiscreteLaplace()
+        x = Privatiser(noise, epsilon=eps or 1.0, batch_size=batch).release(np.arange(len(labels)), features).values
+        means = np.stack([x[labels == c].mean(axis=0, dtype=np.float64) for c in range(10)])
+        nearest = ((means ** 2).sum(axis=1) - 2 * test @ means.T).argmin(axis=1)
+        acc = 100 * float((nearest == test_labels).mean())
+        report.add(Row(f"nearest_mean_eps{tag}", "%", acc, acc, note="nearest class mean of one pooled release"))
+        linear = T.init_model(seed=0).with_input_transform(x).with_warm_start(x, labels)
+        acc = 100 * T.accuracy(linear, test.astype(np.float32), test_labels)
+        report.add(Row(f"linear_eps{tag}", "%", acc, acc,
+                       note="the warm start alone: ridge classifier on one pooled release"))
 
 
 def plot_accuracy(runs: list[dict], folder: Path, note: str = "") -> list[Path]:
@@ -264,32 +314,40 @@ def plot_accuracy(runs: list[dict], folder: Path, note: str = "") -> list[Path]:
     mean = lambda vals: statistics.mean(vals) if vals else float("nan")  # noqa: E731
     epsilons = sorted({r["epsilon"] for r in runs if r["epsilon"] is not None})
     has_inf = any(r["epsilon"] is None for r in runs)
-    batches = sorted({r["batch"] for r in runs})
-    out = []
+    methods = [m for m in METHODS if any(r.get("method", "cold") == m for r in runs)]
+    label = {"warm": "", "cold": "dense trainer alone, "}
 
+    def acc(method, eps, batch, rnd):
+        return mean([100 * r["accuracy"][rnd] for r in runs
+                     if r.get("method", "cold") == method and r["epsilon"] == eps and r["batch"] == batch])
+
+    out = []
     fig, ax = plt.subplots(figsize=(6, 4))
-    for rnd in (0, 1):
-        ys = [mean([100 * r["accuracy"][rnd] for r in runs if r["epsilon"] == e and r["batch"] == 64])
-              for e in epsilons]
-        line, = ax.plot(epsilons, ys, marker="o", label=f"round {rnd + 1}")
-        if has_inf:
-            ax.axhline(mean([100 * r["accuracy"][rnd] for r in runs if r["epsilon"] is None and r["batch"] == 64]),
-                       color=line.get_color(), linestyle=":", label=f"round {rnd + 1}, no DP")
+    for method in methods:
+        for rnd in (0, 1) if method == "warm" else (1,):
+            style = "-" if method == "warm" else "--"
+            line, = ax.plot(epsilons, [acc(method, e, 64, rnd) for e in epsilons], style, marker="o",
+                            label=f"{label[method]}round {rnd + 1}")
+            if has_inf:
+                ax.axhline(acc(method, None, 64, rnd), color=line.get_color(), linestyle=":",
+                           label=f"{label[method]}round {rnd + 1}, no DP")
     ax.set_xlabel("ε per round")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Accuracy vs ε (10 devices, batch 64)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.text(0.01, 0.01, note, fontsize=6)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     out.append(folder / "accuracy_vs_epsilon.png")
     fig.savefig(out[-1], dpi=110)
     plt.close(fig)
 
+    method = methods[0]
+    batches = sorted({r["batch"] for r in runs if r.get("method", "cold") == method})
     fig, ax = plt.subplots(figsize=(6, 4))
     for e in epsilons + ([None] if has_inf else []):
-        ys = [mean([100 * r["accuracy"][1] for r in runs if r["epsilon"] == e and r["batch"] == b]) for b in batches]
-        ax.plot(batches, ys, marker="o", label="no DP" if e is None else f"ε = {e:g}")
+        ax.plot(batches, [acc(method, e, b, 1) for b in batches], marker="o",
+                label="no DP" if e is None else f"ε = {e:g}")
     ax.set_xlabel("batch size N")
     ax.set_ylabel("test accuracy after round 2 (%)")
     ax.set_title("Accuracy vs batch size (10 devices)")

@@ -5,7 +5,11 @@ releases its items afresh (ε charged again: sequential composition), the fog
 trains one copy of the round's global model per device with the deterministic
 trainer, and the aggregator combines them weighted by examples.  In the first
 round the fog fits the model's input transform to the released (noisy)
-features — post-processing, so it costs no privacy.
+features and, with ``warm_start``, embeds a ridge classifier fitted to them in
+the model (``DenseModel.with_warm_start``); with ``average_releases`` it
+trains each round on the mean of every release of an item so far
+(``ReleaseMean``).  All of it is post-processing of what the devices
+released, so it costs no privacy beyond the ε charged per release.
 """
 
 from __future__ import annotations
@@ -29,19 +33,25 @@ class SimDevice:
 
 def run_rounds(devices: list[SimDevice], *, config: T.TrainConfig, rounds: int, epochs: int,
                test_features: np.ndarray, test_labels: np.ndarray, aggregator: Aggregator | None = None,
-               task: str = "sim", model: T.DenseModel | None = None) -> list[float]:
+               task: str = "sim", model: T.DenseModel | None = None, warm_start: bool = False,
+               average_releases: bool = False) -> list[float]:
     """Test accuracy of the global model after each round (test features normalised, no noise)."""
     aggregator = aggregator or FedAvg()
     model = model or T.init_model(config.layers, seed=config.seed)
     test = normalise(test_features, config.batch_size).astype(np.float32)
+    means = {d.name: T.ReleaseMean() for d in devices}
     accuracies = []
     for r in range(rounds):
         released = []
         for d in devices:
             rel = d.privatiser.release(np.arange(len(d.labels)), d.features, task=task, round=r)
-            released.append((d, np.asarray(rel.values, np.float32), d.labels[rel.ids]))
+            x = means[d.name].add(rel.ids, rel.values) if average_releases else np.asarray(rel.values, np.float32)
+            released.append((d, x, d.labels[rel.ids]))
         if r == 0:
             model = model.with_input_transform(np.concatenate([x for _, x, _ in released]))
+            if warm_start:
+                model = model.with_warm_start(np.concatenate([x for _, x, _ in released]),
+                                              np.concatenate([y for _, _, y in released]))
         updates = []
         for d, x, y in released:
             if len(y):

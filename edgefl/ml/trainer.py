@@ -37,6 +37,8 @@ from edgefl.ml import blas
 LAYERS = (3920, 600, 100, 30, 20, 10)
 OPTIMIZERS = ("sgd", "adam")
 INPUT_NORM = 10.0  # mean L2 norm of a centred input vector, about that of a raw MNIST image
+WARM_RIDGE = 1e-2  # the warm start's ridge penalty, relative to the inputs' mean variance per coordinate
+WARM_TEMPERATURE = 10.0  # the warm start's logits are its ridge outputs (about 0…1) times this
 STATE_TAG = b"edgefl/train-state/v1"
 BATCH_TAG = b"edgefl/train-batch/v1"
 MODEL_TAG = b"edgefl/dense-model/v1"
@@ -116,6 +118,54 @@ class DenseModel(Message):
         scale = norm / rms if rms > 0 else 1.0
         return DenseModel(layers=list(self.layers), params=list(self.params),
                           input_scale=float(np.float32(scale)), input_shift=shift.astype(np.float32))
+
+    def with_warm_start(self, x: np.ndarray, y: np.ndarray, *, ridge: float = WARM_RIDGE,
+                        temperature: float = WARM_TEMPERATURE) -> "DenseModel":
+        """Embed a ridge-regression classifier fitted to (x, y) in the layers, so training starts from it.
+
+        The fog's linear warm start, like the input transform post-processing
+        of the released features and labels.  In the transformed inputs t,
+        W = (tᵀt + λI)⁻¹ tᵀ(Y − Ȳ) regresses the one-hot labels Y, with
+        λ = ``ridge`` × trace(tᵀt)/d (on noisy features the trace, hence λ,
+        grows with the noise).  The first layer's units 0 … 2C−1 compute
+        ±t·W (each column rescaled to the He norm √2), the hidden layers pass
+        them on through identity blocks (ReLU(z) − ReLU(−z) = z), and the last
+        layer turns them back into ``temperature`` × (tW + Ȳ): the model
+        starts as exactly that linear classifier, its other units keep their
+        random weights (cut off from the path and, at first, from the
+        logits), and training refines it.  Needs every hidden layer at least 2C wide.
+        """
+        t = (np.asarray(x, np.float64) - (0.0 if self.input_shift is None else self.input_shift)) * self.input_scale
+        y = np.asarray(y)
+        c = self.layers[-1]
+        if len(t) != len(y) or t.ndim != 2 or t.shape[1] != self.layers[0] or not len(y):
+            raise TrainError(f"warm start: {t.shape} features for {len(y)} labels, expected (n, {self.layers[0]})")
+        if any(width < 2 * c for width in self.layers[1:-1]):
+            raise TrainError(f"warm start: hidden layers {self.layers[1:-1]} must be at least {2 * c} wide")
+        onehot = np.eye(c)[y]
+        mean = onehot.mean(axis=0)
+        t -= t.mean(axis=0)  # the transform centred on the same data: this only removes rounding
+        with blas.single_threaded():
+            gram = t.T @ t
+            lam = ridge * np.trace(gram) / t.shape[1]
+            w = np.linalg.solve(gram + lam * np.eye(t.shape[1]), t.T @ (onehot - mean))
+        norms = np.linalg.norm(w, axis=0)
+        gain = np.sqrt(2.0) / np.where(norms > 0, norms, 1.0)
+        params = [np.array(p, np.float64) for p in self.params]
+        path = slice(0, 2 * c)
+        if len(params) == 2:
+            params = [w * temperature, mean * temperature]
+        else:
+            params[0][:, path] = np.concatenate([w * gain, -w * gain], axis=1)
+            params[1][path] = 0.0
+            for i in range(2, len(params) - 2, 2):
+                params[i][:, path] = params[i][path, :] = 0.0
+                params[i][path, path] = np.eye(2 * c)
+                params[i + 1][path] = 0.0
+            params[-2][:] = 0.0
+            params[-2][path] = np.concatenate([np.diag(temperature / gain), -np.diag(temperature / gain)])
+            params[-1][:] = mean * temperature
+        return self.with_params([p.astype(np.float32) for p in params])
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "DenseModel":
@@ -310,6 +360,36 @@ def predict(model: DenseModel, x: np.ndarray, chunk: int = 1024) -> np.ndarray:
 
 def accuracy(model: DenseModel, x: np.ndarray, y: np.ndarray) -> float:
     return float((predict(model, x) == y).mean())
+
+
+class ReleaseMean:
+    """The fog's running mean of each item's released features, across rounds.
+
+    Every round a device releases its items with fresh noise, each release
+    charged ε again (sequential composition); the mean of k releases has 1/k
+    of the noise variance, and taking it is post-processing: no further
+    privacy cost.
+    """
+
+    def __init__(self):
+        self._rows: dict[int, int] = {}
+        self._sums = np.zeros((0, 0), np.float64)
+        self._counts = np.zeros(0, np.int64)
+
+    def add(self, ids: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Take in one release; return the mean of every release so far of these items (float32)."""
+        values = np.asarray(values, np.float64)
+        new = [int(i) for i in ids if int(i) not in self._rows]
+        if new:
+            first = len(self._rows)
+            self._rows.update((i, first + j) for j, i in enumerate(new))
+            width = values.shape[1] if self._sums.size == 0 else self._sums.shape[1]
+            self._sums = np.concatenate([self._sums.reshape(-1, width), np.zeros((len(new), width))])
+            self._counts = np.concatenate([self._counts, np.zeros(len(new), np.int64)])
+        rows = np.array([self._rows[int(i)] for i in ids], np.int64)
+        self._sums[rows] += values  # exact: released values are float32 on a power-of-two grid
+        self._counts[rows] += 1
+        return (self._sums[rows] / self._counts[rows, None]).astype(np.float32)
 
 
 class Trainer:
