@@ -247,6 +247,18 @@ def test_spent_budget_survives_a_restart_and_a_corrupt_file_refuses_to_start(tmp
         P.PrivacyAccountant(3, device="d", path=path)
 
 
+def test_a_crash_while_saving_the_privacy_ledger_keeps_the_previous_one(tmp_path, monkeypatch):
+    path = tmp_path / "privacy.cbor"
+    _charge(P.PrivacyAccountant(3, device="d", path=path), [1], eps=1.0)
+    assert path.stat().st_mode & 0o777 == 0o600
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError("power cut")))
+    with pytest.raises(OSError, match="power cut"):
+        _charge(P.PrivacyAccountant(3, device="d", path=path), [1, 2], eps=1.0)
+    monkeypatch.undo()
+    again = P.PrivacyAccountant(3, device="d", path=path)
+    assert (again.spent(1), again.spent(2)) == (1.0, 0.0)
+
+
 def test_a_device_stops_sharing_an_item_once_its_budget_is_spent():
     acct = P.PrivacyAccountant(2.0, device="d")
     priv = P.Privatiser(P.DiscreteLaplace(), epsilon=1.0, batch_size=64, accountant=acct)

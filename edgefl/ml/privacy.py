@@ -85,6 +85,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from edgefl import codec, native
 from edgefl.codec import Array, MaxLen, Message, Range, message
 from edgefl.crypto.hashing import merkle_root
+from edgefl.runtime.files import write_atomic
 
 log = logging.getLogger("edgefl.ml.privacy")
 _kernel = native.load("noise")
@@ -384,14 +385,8 @@ class PrivacyAccountant:
     def _save(self) -> None:
         ids = np.array(sorted(self._spent), np.int64)
         eps = np.array([self._spent[int(i)] for i in ids], np.float64)
-        data = codec.encode({"device": self.device, "unit": self.unit, "ids": ids, "spent": eps})
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_atomic(self.path, codec.encode({"device": self.device, "unit": self.unit, "ids": ids, "spent": eps}),
+                     mode=0o600)
 
     def _load(self) -> None:
         try:
