@@ -176,3 +176,21 @@ def test_harness_statistics_and_output(tmp_path):
     data = json.loads((tmp_path / "x.json").read_text())
     assert data[1]["ratio"] == pytest.approx(2.0) and "anchor" not in data[0]
     assert rep.table().splitlines()[1].split()[:4] == ["name", "unit", "median", "p99"]
+
+
+def test_bench_ml_quick_writes_rows_grid_and_plots(tmp_path):
+    out = edgefl("--log-level", "ERROR", "bench", "ml", "--quick", "--no-cold", "--json", str(tmp_path / "m.json"),
+                 "--grid", str(tmp_path / "grid.json"), "--plots", str(tmp_path / "plots"), timeout=900)
+    assert out.returncode == 0, out.stderr
+    rows = {r["name"]: r for r in json.loads((tmp_path / "m.json").read_text())}
+    full, bare = rows["extract_onnx_b64"], rows["extract_onnx_b64_bare"]
+    assert full["ratio"] == pytest.approx(full["median"] / bare["median"])
+    assert rows["extract_overhead_ratio"]["goal"] == "<= 1.5"
+    assert 0 < rows["laplace_delta_eps1"]["median"] < rows["laplace_delta_eps10"]["median"] < 1e-6
+    for r in ("accuracy_eps1_round2", "accuracy_epsinf_round2"):
+        assert 10 < rows[r]["median"] <= 100  # generated digits: better than chance (10 %)
+    runs = json.loads((tmp_path / "grid.json").read_text())
+    assert {(r["method"], r["epsilon"], r["batch"]) for r in runs} == {("warm", 1.0, 64), ("warm", None, 64)}
+    assert all(len(r["accuracy"]) == 2 for r in runs)
+    for png in ("accuracy_vs_epsilon.png", "accuracy_vs_batch.png"):
+        assert (tmp_path / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

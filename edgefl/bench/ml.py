@@ -35,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -254,7 +255,7 @@ def _accuracy(report, onnx_model: bytes, dataset: Dataset, *, quick, seeds, epoc
                 print(f"  accuracy {method} eps={eps} batch={batch} seed={seed}: {[round(100 * a, 2) for a in acc]} "
                       f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
     note = (f"{source}: {len(train)} train over {devices} devices, {len(test)} test; ridge warm start, "
-            f"Adam lr 1e-3, FedProx 1, {epochs} local epochs/round on the mean of the releases; ε per round")
+            f"Adam lr 1e-3, FedProx 1, {epochs} local epochs/round on the mean of the releases; ε per round; ")
 
     def pick(eps, batch, r, method="warm"):
         return [100 * x["accuracy"][r] for x in runs
@@ -336,8 +337,8 @@ def plot_accuracy(runs: list[dict], folder: Path, note: str = "") -> list[Path]:
     ax.set_title("Accuracy vs ε (10 devices, batch 64)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.text(0.01, 0.01, note, fontsize=6)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.text(0.01, 0.01, textwrap.fill(note.rstrip("; "), 130), fontsize=6)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     out.append(folder / "accuracy_vs_epsilon.png")
     fig.savefig(out[-1], dpi=110)
     plt.close(fig)
@@ -354,8 +355,8 @@ def plot_accuracy(runs: list[dict], folder: Path, note: str = "") -> list[Path]:
     ax.set_xticks(batches)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.text(0.01, 0.01, note, fontsize=6)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.text(0.01, 0.01, textwrap.fill(note.rstrip("; "), 130), fontsize=6)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     out.append(folder / "accuracy_vs_batch.png")
     fig.savefig(out[-1], dpi=110)
     plt.close(fig)
