@@ -182,6 +182,23 @@ def test_warm_start_embeds_exactly_the_ridge_classifier():
         T.init_model([3920, 32, 12, 10]).with_warm_start(x, y)
 
 
+@pytest.mark.parametrize("items", [30, 300])  # fewer items than inputs: the dual form; more: the primal
+def test_warm_start_solves_the_same_ridge_in_either_form(items):
+    rng = np.random.default_rng(items)
+    x = rng.standard_normal((items, 50))
+    y = rng.integers(0, 10, items)
+    model = T.init_model([50, 24, 20, 10], seed=0).with_input_transform(x)
+    warm = model.with_warm_start(x, y, ridge=0.1, temperature=1.0)
+    t = (x - model.input_shift) * model.input_scale
+    tc = t - t.mean(axis=0)
+    onehot = np.eye(10)[y]
+    gram = tc.T @ tc
+    w = np.linalg.solve(gram + 0.1 * np.trace(gram) / 50 * np.eye(50), tc.T @ (onehot - onehot.mean(axis=0)))
+    logits = T.forward(warm.params, x.astype(np.float32), warm.input_scale, warm.input_shift)[-1]
+    expected = t @ w + onehot.mean(axis=0)
+    assert np.abs(logits - expected).max() < 1e-4 * np.abs(expected).max()
+
+
 def test_release_mean_averages_each_items_releases():
     mean = T.ReleaseMean()
     first = mean.add(np.array([7, 3]), np.array([[1.0, 2.0], [3.0, 4.0]], np.float32))

@@ -134,6 +134,7 @@ class DenseModel(Message):
         starts as exactly that linear classifier, its other units keep their
         random weights (cut off from the path and, at first, from the
         logits), and training refines it.  Needs every hidden layer at least 2C wide.
+        With fewer items than inputs W is solved in its dual form (same W, less work).
         """
         t = (np.asarray(x, np.float64) - (0.0 if self.input_shift is None else self.input_shift)) * self.input_scale
         y = np.asarray(y)
@@ -145,10 +146,16 @@ class DenseModel(Message):
         onehot = np.eye(c)[y]
         mean = onehot.mean(axis=0)
         t -= t.mean(axis=0)  # the transform centred on the same data: this only removes rounding
+        n, d = t.shape
         with blas.single_threaded():
-            gram = t.T @ t
-            lam = ridge * np.trace(gram) / t.shape[1]
-            w = np.linalg.solve(gram + lam * np.eye(t.shape[1]), t.T @ (onehot - mean))
+            if n >= d:
+                gram = t.T @ t
+                lam = ridge * np.trace(gram) / d
+                w = np.linalg.solve(gram + lam * np.eye(d), t.T @ (onehot - mean))
+            else:  # the same W in its dual form, tᵀ(ttᵀ + λI)⁻¹(Y − Ȳ): n²d instead of d³ (a fog with few items)
+                kernel = t @ t.T
+                lam = ridge * np.trace(kernel) / d
+                w = t.T @ np.linalg.solve(kernel + lam * np.eye(n), onehot - mean)
         norms = np.linalg.norm(w, axis=0)
         gain = np.sqrt(2.0) / np.where(norms > 0, norms, 1.0)
         params = [np.array(p, np.float64) for p in self.params]
