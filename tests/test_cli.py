@@ -38,6 +38,12 @@ def test_config_errors_are_one_clear_line():
     out = edgefl("--set", "node.role=cloud", "--set", "fl.hidden=[600, 100, 30, 20]", "run")
     assert out.returncode == 2 and out.stderr.startswith("edgefl: configuration error: fl.hidden: a "
                                                          "3920-600-100-30-20-10 model's training state takes 27.7 MiB")
+    out = edgefl("--set", "node.role=cloud", "--set", "fl.hidden=[16]", "run")
+    assert out.returncode == 2 and out.stderr.startswith("edgefl: configuration error: fl.warm_start: a warm start "
+                                                         "needs every hidden layer at least 20 wide (fl.hidden = [16])")
+    out = edgefl("--set", "node.role=cloud", "--set", "fl.hidden=[16]", "--set", "fl.warm_start=false",
+                 "--set", "ledger.chain=x", "run")
+    assert "fl.warm_start" not in out.stderr
 
 
 def test_keygen(tmp_path):

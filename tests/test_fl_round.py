@@ -14,9 +14,11 @@ import dataclasses
 import numpy as np
 import pytest
 
+from edgefl.codec import SchemaError
 from edgefl.fl.aggregate import FedAvg, Update
-from edgefl.fl.protocol import Aggregation, Extractor, FogUpdate, GlobalModel, Task, decode_batch, run_id
-from edgefl.fl.round import steps_per_round, train_device
+from edgefl.fl.protocol import (Aggregation, Extractor, FogUpdate, GlobalModel, Task, WarmStart, decode_batch,
+                                run_id)
+from edgefl.fl.round import check_warm_start, steps_per_round, train_device
 from edgefl.ledger.audit import LocalSource, RemoteSource, Tracker, audit
 from edgefl.ledger.blobs import BlobStore
 from edgefl.ledger.chain import Chain
@@ -40,7 +42,7 @@ pytestmark = pytest.mark.broker
 
 FOGS = {"fog-a": ["dev-a1", "dev-a2"], "fog-b": ["dev-b1"]}
 ITEMS, BATCH, EPOCHS, EPS = 64, 32, 2, 20.0
-SETTINGS = ["fl.hidden=[16]", f"fl.items={ITEMS}", f"ml.epsilon={EPS}", "ml.epsilon_budget=1000.0",
+SETTINGS = ["fl.hidden=[20]", f"fl.items={ITEMS}", f"ml.epsilon={EPS}", "ml.epsilon_budget=1000.0",
             f"ml.batch_size={BATCH}", "ml.lr=0.01", f"ml.local_epochs={EPOCHS}", "fl.round_timeout_s=120"]
 CLOUD = ["fl.items=200"]
 
@@ -81,7 +83,7 @@ async def test_two_rounds_over_mqtt_recorded_on_every_chain(broker, tmp_path):
         main = chain_of(site, "cloud-1")
         [(task_rec, task)] = records(main, Task)
         assert (task.task, task.rounds, task.epsilon, task.unit, task.batch_size) == ("digits", 2, EPS, "feature", BATCH)
-        assert task.config.layers == [3920, 16, 10] and task_rec.signer == "cloud-1"
+        assert task.config.layers == [3920, 20, 10] and task.warm_start and task_rec.signer == "cloud-1"
         releases = [m for _, m in records(main, ModelRelease)]
         assert sorted(r.format for r in releases) == ["onnx", "tflite"]
         assert {r.hash for r in releases} == {e.release.hash for e in task.extractors}
@@ -119,6 +121,17 @@ async def test_two_rounds_over_mqtt_recorded_on_every_chain(broker, tmp_path):
             assert all(rec.signer == fog for rec, _ in steps)
             fog_aggs = [a for rec, a in records(sub, Aggregation)]
             assert sorted((a.round, a.senders) for a in fog_aggs) == [(0, sorted(devices)), (1, sorted(devices))]
+            # round 1 started from the fog's recorded warm start: recomputed bit for bit from its blobs
+            [(ws_rec, ws)] = records(sub, WarmStart)
+            fog_blobs = site.nodes[fog].blobs
+            assert ws_rec.signer == fog and (ws.task, ws.round, len(ws.batches)) == ("digits", 0, len(devices))
+            assert ws.origin == task.model and ws.model != ws.origin
+            assert {s.origin for _, s in steps if s.task == run_id("digits", 0)} == {ws.model}
+            assert check_warm_start(ws, fog_blobs.get)
+            if len(ws.batches) > 1:  # fitted to fewer batches it is another model
+                other = WarmStart(task=ws.task, round=ws.round, origin=ws.origin, batches=ws.batches[1:],
+                                  model=ws.model)
+                assert not check_warm_start(other, fog_blobs.get)
             assert sub.state.anchors["main"][0] >= 1
             sub.close()
         for devices in FOGS.values():  # each device's persisted accountant: two rounds at ε each
@@ -218,6 +231,8 @@ async def test_a_device_refuses_a_model_that_is_not_the_released_one(broker, tmp
         assert fx.release == served.release and fx.features(synthetic_digits(2).images).shape == (2, 3920)
         with pytest.raises(Refused, match="epsilon"):  # more ε than this device allows per release
             await device.extractor(dataclasses.replace(task(served), epsilon=2 * EPS))
+        with pytest.raises(SchemaError, match="at least 20 wide"):  # 16 hidden units cannot carry 2 × 10 logits
+            dataclasses.replace(task(served), warm_start=True)
         device.close()
     cfg = site.cfgs["dev-a1"]
     assert not cfg.path(cfg.ml.privacy_file).exists()  # nothing was released

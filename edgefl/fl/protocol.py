@@ -16,7 +16,8 @@ on, aggregated and published is exactly what an auditor fetches.
 Records (Type-I): ``Task`` and each extractor's ``ModelRelease`` on the main
 chain; ``PrivacySpend`` on the fog's chain, by the device, before its data
 leaves it; ``TrainingStep`` for every step and an ``Aggregation`` of its
-devices on the fog's chain; the fog's ``FogUpdate`` and the cloud's
+devices on the fog's chain, before the first round's steps the fog's
+``WarmStart`` when the task asks for one; the fog's ``FogUpdate`` and the cloud's
 ``Aggregation`` of the fogs on the main chain.
 """
 
@@ -76,6 +77,7 @@ class Task(Message):
     trainer: Annotated[str, MaxLen(32)]
     extractors: Annotated[list[Extractor], MaxLen(4)]
     model: Cid  # M_0: the initial dense model (with its input transform)
+    warm_start: bool = False  # round 1: each fog fits a ridge classifier to its batches first (WarmStart)
 
     def __post_init__(self):
         if self.unit not in UNITS:
@@ -85,6 +87,10 @@ class Task(Message):
         if self.config.layers[0] != FEATURES:
             raise SchemaError(f"the dense model takes {self.config.layers[0]} inputs, the extractor gives "
                               f"{FEATURES}", field="fl.task.config.layers")
+        width = 2 * self.config.layers[-1]  # the warm start carries ±(each class's logit) through every layer
+        if self.warm_start and min(self.config.layers[1:-1], default=width) < width:
+            raise SchemaError(f"a warm start needs every hidden layer at least {width} wide, got "
+                              f"{self.config.layers}", field="fl.task.warm_start")
 
     @property
     def batch_size(self) -> int:
@@ -162,6 +168,23 @@ class Aggregation(Message):
     def __post_init__(self):
         if not (len(self.senders) == len(self.models) == len(self.weights)):
             raise SchemaError("senders, models and weights differ in length", field="fl.aggregation")
+
+
+@message("fl.warm-start")
+class WarmStart(Message):
+    """A fog's linear warm start of round 1 (``edgefl.fl.round.warm_start``), recorded on its chain.
+
+    ``model`` = ``origin`` with a ridge classifier fitted to the features and
+    labels of ``batches`` (FeatureBatch blobs, in this order) embedded in it:
+    post-processing of the released features, replayable from the blobs.  The
+    fog's training steps of the round start from ``model``.
+    """
+
+    task: Name
+    round: Round
+    origin: Cid  # the round's global model
+    batches: Annotated[list[Cid], MaxLen(MAX_PARTIES)]
+    model: Cid
 
 
 @message("fl.update")

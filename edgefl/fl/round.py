@@ -8,6 +8,9 @@ stores its inputs and output as blobs before the step is recorded.  It starts
 after the last step already recorded, so a fog that restarts mid-round neither
 repeats nor records a step twice.
 
+``warm_start`` is the fog's first-round linear warm start (a ``WarmStart``
+record names its inputs; ``check_warm_start`` recomputes it).
+
 ``aggregate`` combines models with the aggregator the node's configuration
 names, in a fixed order, and describes the result as an ``Aggregation`` record
 from which anyone holding the blobs can recompute it.
@@ -22,10 +25,11 @@ from typing import Awaitable, Callable, Sequence
 import numpy as np
 
 from edgefl.fl.aggregate import Update, aggregator
-from edgefl.fl.protocol import Aggregation
+from edgefl.fl.protocol import Aggregation, WarmStart, decode_batch
 from edgefl.ledger.audit import Tracker, batch_bytes
-from edgefl.ledger.blobs import BlobStore
+from edgefl.ledger.blobs import BlobStore, cid_of
 from edgefl.ledger.records import TrainingStep
+from edgefl.ml.device import FeatureBatch
 from edgefl.ml.trainer import DenseModel, TrainConfig, batch_indices, init_state
 
 
@@ -67,6 +71,23 @@ async def train_device(tracker: Tracker, origin: bytes, x: np.ndarray, y: np.nda
     finally:
         await asyncio.gather(*receipts)
     return state, total
+
+
+def warm_start(origin: bytes, batches: Sequence[FeatureBatch]) -> bytes:
+    """``origin`` with a ridge classifier fitted to the batches' features and labels embedded (the fog's round 1).
+
+    Deterministic (float64, BLAS on one thread): what a ``WarmStart`` record
+    names is recomputed bit for bit from the same blobs.
+    """
+    x = np.concatenate([np.asarray(b.features, np.float32) for b in batches])
+    y = np.concatenate([np.asarray(b.labels, np.int64) for b in batches])
+    return DenseModel.from_bytes(origin).with_warm_start(x, y).to_bytes()
+
+
+def check_warm_start(record: WarmStart, blob: Callable[[bytes], bytes]) -> bool:
+    """Recompute a recorded warm start from its blobs (``blob(cid) -> bytes``, digest-checked)."""
+    batches = [decode_batch(blob(c)) for c in record.batches]
+    return cid_of(warm_start(blob(record.origin), batches)) == record.model
 
 
 @dataclass(frozen=True)

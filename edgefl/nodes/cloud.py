@@ -63,6 +63,9 @@ class CloudNode:
     @staticmethod
     def check(cfg: Config) -> None:
         config = train_config(cfg)
+        if cfg.fl.warm_start and min(cfg.fl.hidden) < 2 * CLASSES:
+            raise ConfigError("fl.warm_start", f"a warm start needs every hidden layer at least {2 * CLASSES} wide "
+                                               f"(fl.hidden = {cfg.fl.hidden}); widen them or set it to false")
         state = len(T.init_state(T.init_model(config.layers), config).to_bytes())
         if state > cfg.ledger.max_blob_bytes:  # every recorded step stores one as a blob
             raise ConfigError("fl.hidden", f"a {'-'.join(map(str, config.layers))} model's training state takes "
@@ -126,7 +129,7 @@ class CloudNode:
         m0 = T.init_model(config.layers, seed=fl.seed).with_input_transform(noisy)
         task = Task(task=fl.task, rounds=fl.rounds, epsilon=ml.epsilon, unit=ml.privacy_unit, noise=ml.noise,
                     config=config, epochs=ml.local_epochs, trainer="dense", extractors=extractors,
-                    model=self.blobs.put(m0.to_bytes()))
+                    model=self.blobs.put(m0.to_bytes()), warm_start=fl.warm_start)
         key = self.session.signer.key
         txs = [record_tx(e.release, self.id, key, refs=[e.cid], model=e.cid) for e in extractors]
         txs.append(record_tx(task, self.id, key, refs=[*(e.cid for e in extractors), task.model], model=task.model))

@@ -16,7 +16,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from edgefl.fl.protocol import Aggregation, FogUpdate, Task, decode_batch, run_id
+from edgefl.fl.protocol import Aggregation, FogUpdate, Task, WarmStart, decode_batch, run_id
 from edgefl.ledger.audit import RemoteSource, audit_step
 from edgefl.ledger.chain import Chain
 from edgefl.ledger.crosschain import PENDING, CrossChain
@@ -30,7 +30,7 @@ from edgefl.transport.mosquitto import LocalMosquitto
 
 FOGS = {"fog-a": ["dev-a1", "dev-a2"], "fog-b": ["dev-b1", "dev-b2"]}
 EPSILON, BUDGET, ITEMS = 10.0, 50.0, 160
-SETTINGS = ["fl.rounds=2", "fl.hidden=[16]", f"fl.items={ITEMS}", "ml.batch_size=32", "ml.optimizer=adam",
+SETTINGS = ["fl.rounds=2", "fl.hidden=[20]", f"fl.items={ITEMS}", "ml.batch_size=32", "ml.optimizer=adam",
             "ml.lr=0.01", "ml.local_epochs=2", f"ml.epsilon={EPSILON}", f"ml.epsilon_budget={BUDGET}",
             "fl.round_timeout_s=60"]
 PER_NODE = {"cloud-1": ["fl.items=800"], "dev-a2": ["ml.backend=litert"]}
@@ -63,8 +63,12 @@ class _Chains:
                     released = ", ".join(f"{s.device} {s.items} items at ε={s.epsilon:g} (an item's total "
                                          f"{s.max_spent:g} of {s.budget:g})" for s in spends)
                     out(f"    {fog} (height {sub.tip.height}): spends recorded before the features left: {released}")
+                    warm = [w for _, r in sub.records(WarmStart.TYPE, limit=100)
+                            if (w := r.unwrap()).task == task.task and w.round == round]
                     out(f"      {len(steps)} training steps recorded ("
-                        + ", ".join(f"{d} {steps.count(d)}" for d in devices) + ")")
+                        + ", ".join(f"{d} {steps.count(d)}" for d in devices) + ")"
+                        + "".join(f", from the warm start {w.model.hex()[:12]}… fitted to {len(w.batches)} batches"
+                                  for w in warm))
                     out(f"      interlock: {self._interlock(main, sub, fog)}")
             updates = [u for _, r in main.records(FogUpdate.TYPE, limit=100)
                        if (u := r.unwrap()).task == task.task and u.round == round]

@@ -140,6 +140,9 @@ class FlSection:
     # store 28 MiB per step with Adam, 3920-100-30-20-10 stores 4.5 MiB.
     hidden: list[int] = field(default_factory=lambda: [100, 30, 20], metadata=_range(1, 1 << 16))
     seed: int = field(default=0, metadata=_range(0))  # cloud: initial weights and every device's batch order
+    # cloud: in round 1 each fog embeds a ridge classifier fitted to its devices' features in the model
+    # before training it (docs/ml.md); needs every hidden layer at least 20 wide.
+    warm_start: bool = True
     weights: str = ""  # cloud: extractor weights (.npz); empty: a seeded random initialisation
     # Device: its local data set; cloud: held-out data for the input transform and
     # the test accuracy. "generated" (seven-segment digits seeded by the node id),
