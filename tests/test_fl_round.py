@@ -128,6 +128,7 @@ async def test_two_rounds_over_mqtt_recorded_on_every_chain(broker, tmp_path):
             assert ws.origin == task.model and ws.model != ws.origin
             assert {s.origin for _, s in steps if s.task == run_id("digits", 0)} == {ws.model}
             assert check_warm_start(ws, fog_blobs.get)
+            assert {ws.origin, ws.model, *ws.batches} <= sub.store.referenced()  # blob gc keeps its inputs
             if len(ws.batches) > 1:  # fitted to fewer batches it is another model
                 other = WarmStart(task=ws.task, round=ws.round, origin=ws.origin, batches=ws.batches[1:],
                                   model=ws.model)

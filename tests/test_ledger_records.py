@@ -32,6 +32,18 @@ def test_ledger_record_types_roundtrip(tmp_path):
     assert c.verify() == 6
 
 
+def test_a_record_points_at_up_to_max_refs_blobs_and_gc_keeps_them(tmp_path):
+    from edgefl.ledger.tx import MAX_REFS
+
+    c = new_chain(tmp_path, sub_spec())
+    cids = [i.to_bytes(32, "big") for i in range(MAX_REFS + 1)]
+    msg = ModelUpload("mnist", 0, cids[0], 1)
+    assert _roundtrip(c, msg, refs=cids[:MAX_REFS]) == msg
+    assert c.store.referenced() == set(cids[:MAX_REFS])  # what blob gc keeps
+    with pytest.raises(codec.SchemaError, match="refs"):
+        record_tx(msg, "fog-a", KEYS["fog-a"], refs=cids, ts_ms=T0)
+
+
 def test_revocation_lists_and_reputation_penalties_are_records(tmp_path):
     from edgefl.consensus.epoch import ReputationPenalty
     from edgefl.crypto import pki

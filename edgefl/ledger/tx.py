@@ -48,6 +48,7 @@ TX_TAG = b"edgefl/ledger/tx/v1/"
 TXID_TAG = b"edgefl/ledger/txid/v1"
 MAX_TX = 1 << 20
 MAX_ANCHOR_BLOCKS = 4096  # a sub-chain anchors at least this often
+MAX_REFS = 1024 + 2  # a record may point at every input of one aggregation over 1,024 parties, and its ends
 CID_BYTES = 32
 TX_LIMITS = codec.Limits(max_size=MAX_TX, max_depth=4, max_items=256)
 BODY_LIMITS = codec.Limits(max_size=MAX_TX, max_depth=8, max_items=2 * MAX_ANCHOR_BLOCKS + 64)
@@ -136,7 +137,7 @@ class Record(Message):
     msg: dict[str, Any]  # the message's map; its canonical bytes are part of the signed body
     signer: Annotated[str, MaxLen(128)]
     ts: Annotated[int, Range(0)]
-    refs: Annotated[list[Cid], MaxLen(16)] = field(default_factory=list)  # blob CIDs (SHA-256)
+    refs: Annotated[list[Cid], MaxLen(MAX_REFS)] = field(default_factory=list)  # blob CIDs (SHA-256)
     device: Annotated[str, MaxLen(128)] | None = None
     model: Cid | None = None
 

@@ -230,7 +230,7 @@ class FogNode:
                 b for b in (decode_batch(self.blobs.get(c)) for c in cids) if len(b.ids)]))
             ws = WarmStart(task=task.task, round=round, origin=model, batches=cids, model=self.blobs.put(warm))
             receipt = await self.ledger.submit(record_tx(ws, self.id, self.session.signer.key,
-                                                         refs=[model, ws.model], model=ws.model))
+                                                         refs=[model, *cids, ws.model], model=ws.model))
             log.info("%s: round %d: warm start on %d batches recorded in block %d", self.id, round, len(cids),
                      receipt.height)
         return self.blobs.get(ws.model)
