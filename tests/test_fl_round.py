@@ -14,11 +14,12 @@ import dataclasses
 import numpy as np
 import pytest
 
+from edgefl import codec
 from edgefl.codec import SchemaError
 from edgefl.fl.aggregate import FedAvg, Update
 from edgefl.fl.protocol import (Aggregation, Extractor, FogUpdate, GlobalModel, Task, WarmStart, decode_batch,
                                 run_id)
-from edgefl.fl.round import check_warm_start, steps_per_round, train_device
+from edgefl.fl.round import check_warm_start, steps_per_round, train_device, warm_start
 from edgefl.ledger.audit import LocalSource, RemoteSource, Tracker, audit
 from edgefl.ledger.blobs import BlobStore
 from edgefl.ledger.chain import Chain
@@ -29,6 +30,7 @@ from edgefl.ledger.tx import decode_tx
 from edgefl.ml import trainer as T
 from edgefl.ml.backends import open_backend
 from edgefl.ml.data import synthetic_digits
+from edgefl.ml.device import FeatureBatch
 from edgefl.ml.export import ModelRelease, export
 from edgefl.ml.extractor import ExtractorWeights
 from edgefl.ml.privacy import PrivacyAccountant, PrivacySpend, normalise
@@ -322,3 +324,30 @@ async def test_training_resumes_after_the_last_recorded_step(tmp_path):
     assert state == full and n == 10
     assert sorted(recorded()) == list(range(1, 11))  # steps 4..10 added, none twice
     assert (await audit(LocalSource(chain, blobs), "dev-1", task="t/round-0")).ok
+
+
+def test_a_recorded_warm_start_is_recomputed_from_its_blobs(tmp_path):
+    """An empty batch adds nothing; a batch with a changed label, or another origin, gives another model."""
+    blobs = BlobStore(tmp_path / "blobs")
+    rng = np.random.default_rng(0)
+    origin = T.init_model([3920, 20, 10], seed=1).to_bytes()
+
+    def batch(n, seed):
+        r = np.random.default_rng(seed)
+        return FeatureBatch(task="t", round=0, model=b"\0" * 32, ids=np.arange(n, dtype=np.int64),
+                            labels=r.integers(0, 10, n).astype(np.uint8),
+                            features=r.standard_normal((n, 3920)).astype(np.float32), grid=0.0, epsilon=1.0,
+                            unit="feature")
+
+    parts = [batch(30, 1), batch(0, 2), batch(25, 3)]
+    cids = [blobs.put(codec.encode_message(b)) for b in parts]
+    warm = warm_start(origin, parts)
+    assert warm == warm_start(origin, [parts[0], parts[2]]) != origin
+    record = WarmStart(task="t", round=0, origin=blobs.put(origin), batches=cids, model=blobs.put(warm))
+    assert check_warm_start(record, blobs.get)
+    relabelled = dataclasses.replace(parts[2], labels=(parts[2].labels + 1) % 10)
+    assert not check_warm_start(dataclasses.replace(record, batches=[*cids[:2], blobs.put(
+        codec.encode_message(relabelled))]), blobs.get)
+    other = blobs.put(T.init_model([3920, 20, 10], seed=2).with_input_transform(rng.standard_normal((5, 3920)))
+                      .to_bytes())
+    assert not check_warm_start(dataclasses.replace(record, origin=other), blobs.get)

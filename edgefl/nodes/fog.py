@@ -226,8 +226,10 @@ class FogNode:
         ws = await self.ledger.call(find)
         if ws is None:  # not yet recorded (a restart after it reuses the record: steps keep one origin)
             cids = [cid for _, cid in sorted(batches.items())]
-            warm = await asyncio.to_thread(lambda: warm_start(self.blobs.get(model), [
-                b for b in (decode_batch(self.blobs.get(c)) for c in cids) if len(b.ids)]))
+            loaded = [decode_batch(self.blobs.get(c)) for c in cids]
+            if not any(len(b.ids) for b in loaded):
+                return self.blobs.get(model)  # nothing to fit: the round trains nobody either
+            warm = await asyncio.to_thread(warm_start, self.blobs.get(model), loaded)
             ws = WarmStart(task=task.task, round=round, origin=model, batches=cids, model=self.blobs.put(warm))
             receipt = await self.ledger.submit(record_tx(ws, self.id, self.session.signer.key,
                                                          refs=[model, *cids, ws.model], model=ws.model))
