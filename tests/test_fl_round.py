@@ -19,7 +19,7 @@ from edgefl.codec import SchemaError
 from edgefl.fl.aggregate import FedAvg, Update
 from edgefl.fl.protocol import (Aggregation, Extractor, FogUpdate, GlobalModel, Task, WarmStart, decode_batch,
                                 run_id)
-from edgefl.fl.round import check_warm_start, steps_per_round, train_device, warm_start
+from edgefl.fl.round import check_warm_start, release_mean, steps_per_round, train_device, warm_start
 from edgefl.ledger.audit import LocalSource, RemoteSource, Tracker, audit
 from edgefl.ledger.blobs import BlobStore
 from edgefl.ledger.chain import Chain
@@ -131,6 +131,15 @@ async def test_two_rounds_over_mqtt_recorded_on_every_chain(broker, tmp_path):
             assert {s.origin for _, s in steps if s.task == run_id("digits", 0)} == {ws.model}
             assert check_warm_start(ws, fog_blobs.get)
             assert {ws.origin, ws.model, *ws.batches} <= sub.store.referenced()  # blob gc keeps its inputs
+            # round 2 trains on the mean of each item's two releases: step 1's batch, rebuilt from the blobs
+            kept = site.nodes[fog].doc["batches"]
+            releases = [decode_batch(fog_blobs.get(kept[str(r)][devices[0]])) for r in (0, 1)]
+            first = next(s for _, s in steps if s.device == devices[0] and s.task == run_id("digits", 1)
+                         and s.step == 1)
+            rows = T.batch_indices(ITEMS, BATCH, task.config.seed, 0)
+            d1 = codec.decode(fog_blobs.get(first.data))
+            assert d1["x"].tobytes() == release_mean(releases)[rows].tobytes()
+            assert not np.array_equal(d1["x"], releases[1].features[rows])
             if len(ws.batches) > 1:  # fitted to fewer batches it is another model
                 other = WarmStart(task=ws.task, round=ws.round, origin=ws.origin, batches=ws.batches[1:],
                                   model=ws.model)
@@ -351,3 +360,16 @@ def test_a_recorded_warm_start_is_recomputed_from_its_blobs(tmp_path):
     other = blobs.put(T.init_model([3920, 20, 10], seed=2).with_input_transform(rng.standard_normal((5, 3920)))
                       .to_bytes())
     assert not check_warm_start(dataclasses.replace(record, origin=other), blobs.get)
+
+
+def test_release_mean_averages_every_release_of_the_last_batchs_items():
+    def batch(ids, values):
+        ids = np.array(ids, np.int64)
+        return FeatureBatch(task="t", round=0, model=b"\0" * 32, ids=ids, labels=np.zeros(len(ids), np.uint8),
+                            features=np.array(values, np.float32).reshape(len(ids), 1), grid=0.5, epsilon=1.0,
+                            unit="feature")
+
+    got = release_mean([batch([1, 2, 3], [1.0, 2.0, 3.0]), batch([3, 1], [5.0, 0.0]), batch([2, 3, 4], [4.0, 1.0, 9.0])])
+    assert got.dtype == np.float32 and got.ravel().tolist() == [3.0, 3.0, 9.0]  # (2+4)/2, (3+5+1)/3, 9
+    one = batch([7, 8], [0.5, -1.5])
+    assert release_mean([one]).tobytes() == one.features.tobytes()  # a single release is itself

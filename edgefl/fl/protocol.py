@@ -78,6 +78,7 @@ class Task(Message):
     extractors: Annotated[list[Extractor], MaxLen(4)]
     model: Cid  # M_0: the initial dense model (with its input transform)
     warm_start: bool = False  # round 1: each fog fits a ridge classifier to its batches first (WarmStart)
+    average_releases: bool = False  # each fog trains on the mean of every release of an item so far
 
     def __post_init__(self):
         if self.unit not in UNITS:

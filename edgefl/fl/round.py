@@ -9,7 +9,8 @@ after the last step already recorded, so a fog that restarts mid-round neither
 repeats nor records a step twice.
 
 ``warm_start`` is the fog's first-round linear warm start (a ``WarmStart``
-record names its inputs; ``check_warm_start`` recomputes it).
+record names its inputs; ``check_warm_start`` recomputes it);
+``release_mean`` what a fog trains on when the task averages releases.
 
 ``aggregate`` combines models with the aggregator the node's configuration
 names, in a fixed order, and describes the result as an ``Aggregation`` record
@@ -30,7 +31,7 @@ from edgefl.ledger.audit import Tracker, batch_bytes
 from edgefl.ledger.blobs import BlobStore, cid_of
 from edgefl.ledger.records import TrainingStep
 from edgefl.ml.device import FeatureBatch
-from edgefl.ml.trainer import DenseModel, TrainConfig, batch_indices, init_state
+from edgefl.ml.trainer import DenseModel, ReleaseMean, TrainConfig, batch_indices, init_state
 
 
 def steps_per_round(items: int, batch_size: int, epochs: int) -> int:
@@ -82,6 +83,18 @@ def warm_start(origin: bytes, batches: Sequence[FeatureBatch]) -> bytes:
     x = np.concatenate([np.asarray(b.features, np.float32) for b in batches])
     y = np.concatenate([np.asarray(b.labels, np.int64) for b in batches])
     return DenseModel.from_bytes(origin).with_warm_start(x, y).to_bytes()
+
+
+def release_mean(releases: Sequence[FeatureBatch]) -> np.ndarray:
+    """The last release's items, each the mean of every release of it in ``releases`` (float32, in its order).
+
+    A fog's training input when the task averages releases: post-processing,
+    and deterministic (sums of grid values in float64, one division).
+    """
+    mean, x = ReleaseMean(), None
+    for batch in releases:
+        x = mean.add(batch.ids, batch.features)
+    return x
 
 
 def check_warm_start(record: WarmStart, blob: Callable[[bytes], bytes]) -> bool:

@@ -41,7 +41,7 @@ CLASSES = 10
 def train_config(cfg: Config) -> T.TrainConfig:
     """The training terms of the tasks this cloud advertises."""
     return T.TrainConfig(layers=[FEATURES, *cfg.fl.hidden, CLASSES], optimizer=cfg.ml.optimizer, lr=cfg.ml.lr,
-                         batch_size=cfg.ml.batch_size, seed=cfg.fl.seed)
+                         batch_size=cfg.ml.batch_size, seed=cfg.fl.seed, prox_mu=cfg.ml.prox_mu)
 
 
 class CloudNode:
@@ -129,7 +129,8 @@ class CloudNode:
         m0 = T.init_model(config.layers, seed=fl.seed).with_input_transform(noisy)
         task = Task(task=fl.task, rounds=fl.rounds, epsilon=ml.epsilon, unit=ml.privacy_unit, noise=ml.noise,
                     config=config, epochs=ml.local_epochs, trainer="dense", extractors=extractors,
-                    model=self.blobs.put(m0.to_bytes()), warm_start=fl.warm_start)
+                    model=self.blobs.put(m0.to_bytes()), warm_start=fl.warm_start,
+                    average_releases=fl.average_releases)
         key = self.session.signer.key
         txs = [record_tx(e.release, self.id, key, refs=[e.cid], model=e.cid) for e in extractors]
         txs.append(record_tx(task, self.id, key, refs=[*(e.cid for e in extractors), task.model], model=task.model))

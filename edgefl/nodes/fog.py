@@ -6,7 +6,8 @@ acknowledgement, counted once), wait for every device in ``fl.devices`` (or
 ``fl.round_timeout_s``), in the first round of a task that asks for it
 embed a ridge classifier fitted to all the batches in the global model (the
 recorded ``WarmStart``), train one copy of that model per device with every
-step recorded, aggregate them (``ml.aggregator``), record
+step recorded (on the mean of every release of each item so far, when the
+task averages releases), aggregate them (``ml.aggregator``), record
 the aggregation, and submit the signed ``FogUpdate`` record to the main chain.
 The ledger service anchors the sub-chain (Type-II) and records the main
 chain's beacons (Type-III) meanwhile.
@@ -22,7 +23,7 @@ import time
 from edgefl import codec
 from edgefl.fl.protocol import (Aggregation, BatchAck, FogUpdate, ProtocolError, Task, TaskView, WarmStart,
                                 decode_batch, run_id)
-from edgefl.fl.round import Contribution, aggregate, steps_per_round, train_device, warm_start
+from edgefl.fl.round import Contribution, aggregate, release_mean, steps_per_round, train_device, warm_start
 from edgefl.ledger.audit import Tracker
 from edgefl.ledger.blobs import cid_of, fetch
 from edgefl.ledger.errors import LedgerError
@@ -193,11 +194,14 @@ class FogNode:
             batch = decode_batch(self.blobs.get(cid))
             if not len(batch.ids):
                 continue
+            x = batch.features
+            if task.average_releases and round > 0:
+                x = release_mean([*self._earlier_releases(device, round), batch])
             tracker = Tracker(self.blobs, task=rid, device=device, trainer_name=task.trainer,
                               config=task.config.to_bytes(), signer=self.id, key=self.session.signer.key)
             total = steps_per_round(len(batch.ids), task.batch_size, task.epochs)
             recorded = await self.ledger.call(self._recorded_steps, device, rid, total)
-            state, n = await train_device(tracker, origin, batch.features, batch.labels, task.config, task.epochs,
+            state, n = await train_device(tracker, origin, x, batch.labels, task.config, task.epochs,
                                           recorded, self.ledger.submit)
             contributions.append(Contribution(device, cid_of(state), len(batch.ids),
                                               TrainState.from_bytes(state).model.params))
@@ -213,6 +217,11 @@ class FogNode:
         log.info("%s: round %d: %d steps recorded for %d devices, aggregated (%s) in block %d", self.id, round,
                  steps, len(contributions), agg.aggregator, receipt.height)
         return self._update_tx(agg, receipt.txid, ts)
+
+    def _earlier_releases(self, device: str, round: int) -> list[FeatureBatch]:
+        """The device's batches of this task's rounds before ``round`` that this fog kept, oldest first."""
+        kept = (self._batches(r).get(device) for r in range(round))
+        return [decode_batch(self.blobs.get(cid)) for cid in kept if cid is not None]
 
     async def _warm_start(self, task: Task, round: int, model: bytes, batches: dict[str, bytes]) -> bytes:
         """The round's model with a ridge classifier fitted to these batches embedded: recorded once, then reused."""

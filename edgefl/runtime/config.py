@@ -109,6 +109,7 @@ class MlSection:
     privacy_file: str = "{data_dir}/privacy.cbor"  # the accountant's record of ε spent per item
     optimizer: Literal["sgd", "adam"] = "adam"
     lr: float = field(default=0.001, metadata=_range(0, 10))
+    prox_mu: float = field(default=1.0, metadata=_range(0, 1e6))  # cloud: FedProx term pulling local models to M_O
     local_epochs: int = field(default=5, metadata=_range(1, 1000))
     aggregator: Literal["fedavg"] = "fedavg"
 
@@ -143,6 +144,8 @@ class FlSection:
     # cloud: in round 1 each fog embeds a ridge classifier fitted to its devices' features in the model
     # before training it (docs/ml.md); needs every hidden layer at least 20 wide.
     warm_start: bool = True
+    # cloud: each fog trains on the mean of every release of an item so far (each release costs ε)
+    average_releases: bool = True
     weights: str = ""  # cloud: extractor weights (.npz); empty: a seeded random initialisation
     # Device: its local data set; cloud: held-out data for the input transform and
     # the test accuracy. "generated" (seven-segment digits seeded by the node id),
