@@ -200,3 +200,16 @@ def test_bench_ml_quick_writes_rows_grid_and_plots(tmp_path):
     assert all(len(r["accuracy"]) == 2 for r in runs)
     for png in ("accuracy_vs_epsilon.png", "accuracy_vs_batch.png"):
         assert (tmp_path / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_round_quick_runs_the_networked_task_beside_the_simulation(tmp_path):
+    need_mosquitto()
+    out = edgefl("--log-level", "ERROR", "bench", "round", "--quick", "--epsilons", "10",
+                 "--json", str(tmp_path / "r.json"), timeout=900)
+    assert out.returncode == 0, out.stderr
+    rows = {r["name"]: r for r in json.loads((tmp_path / "r.json").read_text())}
+    for r in (1, 2):
+        net, sim = rows[f"round_accuracy_eps10_round{r}"], rows[f"round_sim_accuracy_eps10_round{r}"]
+        assert net["ratio"] == pytest.approx(net["median"] / sim["median"])
+        assert 50 < net["median"] <= 100 and 50 < sim["median"] <= 100  # generated digits at ε = 10; chance is 10
+    assert rows["round_seconds_eps10"]["median"] > 0 and rows["round_seconds_eps10"]["ratio"] > 1

@@ -12,6 +12,7 @@ BENCHMARKS = {
     "crypto": "edgefl.bench.crypto",
     "accumulator": "edgefl.bench.accumulator",
     "ml": "edgefl.bench.ml",
+    "round": "edgefl.bench.round",
     "ledger": "edgefl.bench.ledger",
 }
 
