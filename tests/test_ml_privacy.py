@@ -124,6 +124,19 @@ def test_the_sampler_as_implemented_is_epsilon_dp_up_to_a_negligible_delta():
     assert abs(draws.var() / (pmf * k.astype(float) ** 2).sum() - 1) < 0.02
 
 
+def test_chacha20_words_are_the_rfc8439_keystream_under_a_fresh_os_key(monkeypatch):
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+    key = bytes(range(32))
+    monkeypatch.setattr(os, "urandom", lambda n: key[:n])
+    for n in (0, 1, 63, 64, 65, 100_000):
+        expected = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor().update(bytes(n))
+        assert bytes(P.chacha20_bytes(n)) == expected
+    # RFC 8439 appendix A.1, test vector 1: all-zero key and nonce, counter 0
+    monkeypatch.setattr(os, "urandom", lambda n: bytes(n))
+    assert bytes(P.chacha20_bytes(16)).hex() == "76b8e0ada0f13d90405d6ae55386bd28"
+
+
 def test_entropy_sources_by_name():
     a, b = P.chacha20_bytes(4096), P.chacha20_bytes(4096)
     assert len(a) == 4096 and a != b  # a fresh key per call

@@ -131,9 +131,11 @@ def normalise(features: np.ndarray, batch_size: int) -> np.ndarray:
 # --------------------------------------------------------------------------- sampling
 
 
-def chacha20_bytes(n: int) -> bytes:
+def chacha20_bytes(n: int) -> bytearray:
     """``n`` bytes of ChaCha20 keystream under a fresh key from the OS CSPRNG (see the module notes)."""
-    return Cipher(algorithms.ChaCha20(os.urandom(32), bytes(16)), mode=None).encryptor().update(bytes(n))
+    out = bytearray(n)  # zeros, encrypted in place: the keystream without a second n-byte buffer
+    Cipher(algorithms.ChaCha20(os.urandom(32), bytes(16)), mode=None).encryptor().update_into(out, out)
+    return out
 
 
 SOURCES: dict[str, Callable[[int], bytes]] = {"chacha20": chacha20_bytes, "urandom": os.urandom}
