@@ -220,8 +220,14 @@ class FogNode:
 
     def _earlier_releases(self, device: str, round: int) -> list[FeatureBatch]:
         """The device's batches of this task's rounds before ``round`` that this fog kept, oldest first."""
-        kept = (self._batches(r).get(device) for r in range(round))
-        return [decode_batch(self.blobs.get(cid)) for cid in kept if cid is not None]
+        out = []
+        for cid in (self._batches(r).get(device) for r in range(round)):
+            try:
+                if cid is not None:
+                    out.append(decode_batch(self.blobs.get(cid)))
+            except LedgerError as exc:  # e.g. collected by `ledger gc`: the mean covers the releases still here
+                log.warning("%s: an earlier release of %s is gone (%s); averaging without it", self.id, device, exc)
+        return out
 
     async def _warm_start(self, task: Task, round: int, model: bytes, batches: dict[str, bytes]) -> bytes:
         """The round's model with a ridge classifier fitted to these batches embedded: recorded once, then reused."""
