@@ -19,7 +19,7 @@ from edgefl.codec import SchemaError
 from edgefl.fl.aggregate import FedAvg, Update
 from edgefl.fl.protocol import (Aggregation, Extractor, FogUpdate, GlobalModel, Task, WarmStart, decode_batch,
                                 run_id)
-from edgefl.fl.round import check_warm_start, release_mean, steps_per_round, train_device, warm_start
+from edgefl.fl.round import check_warm_start, kept_releases, release_mean, steps_per_round, train_device, warm_start
 from edgefl.ledger.audit import LocalSource, RemoteSource, Tracker, audit
 from edgefl.ledger.blobs import BlobStore
 from edgefl.ledger.chain import Chain
@@ -373,3 +373,19 @@ def test_release_mean_averages_every_release_of_the_last_batchs_items():
     assert got.dtype == np.float32 and got.ravel().tolist() == [3.0, 3.0, 9.0]  # (2+4)/2, (3+5+1)/3, 9
     one = batch([7, 8], [0.5, -1.5])
     assert release_mean([one]).tobytes() == one.features.tobytes()  # a single release is itself
+
+
+
+def test_kept_releases_leaves_out_what_is_gone(tmp_path, caplog):
+    blobs = BlobStore(tmp_path / "blobs")
+
+    def batch(r):
+        return FeatureBatch(task="t", round=r, model=b"\0" * 32, ids=np.arange(2, dtype=np.int64),
+                            labels=np.zeros(2, np.uint8), features=np.full((2, 3), float(r), np.float32), grid=0.5,
+                            epsilon=1.0, unit="feature")
+
+    cids = [blobs.put(codec.encode_message(batch(r))) for r in range(3)]
+    blobs.path(cids[1]).unlink()  # collected
+    kept = kept_releases([cids[0], None, cids[1], cids[2]], blobs.get)
+    assert [b.round for b in kept] == [0, 2]
+    assert "left out of the mean" in caplog.text and cids[1].hex() in caplog.text

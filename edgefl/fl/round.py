@@ -20,6 +20,7 @@ from which anyone holding the blobs can recompute it.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Sequence
 
@@ -29,9 +30,12 @@ from edgefl.fl.aggregate import Update, aggregator
 from edgefl.fl.protocol import Aggregation, WarmStart, decode_batch
 from edgefl.ledger.audit import Tracker, batch_bytes
 from edgefl.ledger.blobs import BlobStore, cid_of
+from edgefl.ledger.errors import LedgerError
 from edgefl.ledger.records import TrainingStep
 from edgefl.ml.device import FeatureBatch
 from edgefl.ml.trainer import DenseModel, ReleaseMean, TrainConfig, batch_indices, init_state
+
+log = logging.getLogger("edgefl.fl.round")
 
 
 def steps_per_round(items: int, batch_size: int, epochs: int) -> int:
@@ -95,6 +99,22 @@ def release_mean(releases: Sequence[FeatureBatch]) -> np.ndarray:
     for batch in releases:
         x = mean.add(batch.ids, batch.features)
     return x
+
+
+def kept_releases(cids: Sequence[bytes | None], blob: Callable[[bytes], bytes]) -> list[FeatureBatch]:
+    """The batches of ``cids`` (None: the device sent none that round) still in the blob store, in order.
+
+    One that is gone (collected by ``ledger gc``) or corrupt is left out with
+    a warning: the mean then covers the releases still here.
+    """
+    out = []
+    for cid in cids:
+        try:
+            if cid is not None:
+                out.append(decode_batch(blob(cid)))
+        except LedgerError as exc:
+            log.warning("an earlier release is left out of the mean: %s", exc)
+    return out
 
 
 def check_warm_start(record: WarmStart, blob: Callable[[bytes], bytes]) -> bool:

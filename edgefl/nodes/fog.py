@@ -23,7 +23,8 @@ import time
 from edgefl import codec
 from edgefl.fl.protocol import (Aggregation, BatchAck, FogUpdate, ProtocolError, Task, TaskView, WarmStart,
                                 decode_batch, run_id)
-from edgefl.fl.round import Contribution, aggregate, release_mean, steps_per_round, train_device, warm_start
+from edgefl.fl.round import (Contribution, aggregate, kept_releases, release_mean, steps_per_round, train_device,
+                             warm_start)
 from edgefl.ledger.audit import Tracker
 from edgefl.ledger.blobs import cid_of, fetch
 from edgefl.ledger.errors import LedgerError
@@ -220,14 +221,7 @@ class FogNode:
 
     def _earlier_releases(self, device: str, round: int) -> list[FeatureBatch]:
         """The device's batches of this task's rounds before ``round`` that this fog kept, oldest first."""
-        out = []
-        for cid in (self._batches(r).get(device) for r in range(round)):
-            try:
-                if cid is not None:
-                    out.append(decode_batch(self.blobs.get(cid)))
-            except LedgerError as exc:  # e.g. collected by `ledger gc`: the mean covers the releases still here
-                log.warning("%s: an earlier release of %s is gone (%s); averaging without it", self.id, device, exc)
-        return out
+        return kept_releases([self._batches(r).get(device) for r in range(round)], self.blobs.get)
 
     async def _warm_start(self, task: Task, round: int, model: bytes, batches: dict[str, bytes]) -> bytes:
         """The round's model with a ridge classifier fitted to these batches embedded: recorded once, then reused."""
