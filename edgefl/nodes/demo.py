@@ -4,20 +4,24 @@
 2. give every node its key, data directory and chain (edgefl.nodes.site) and run what `edgefl run` runs;
 3. per round: the devices' privacy spends, the training steps recorded, each chain's height and the
    accumulator interlock, the global model's test accuracy;
-4. verify one device's recorded training step from the other fog's side (Protocol 1) and replay it;
+4. verify one device's recorded training step from the other fog's side (Protocol 1) and replay it, and
+   recompute that fog's recorded warm start from its blobs;
 5. a tampered copy of a device's batch rejected on the wire; the genuine copy, sent again, counted once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
 
 from edgefl.fl.protocol import Aggregation, FogUpdate, Task, WarmStart, decode_batch, run_id
+from edgefl.fl.round import check_warm_start
 from edgefl.ledger.audit import RemoteSource, audit_step
+from edgefl.ledger.blobs import BlobStore, fetch
 from edgefl.ledger.chain import Chain
 from edgefl.ledger.crosschain import PENDING, CrossChain
 from edgefl.ledger.records import TrainingStep
@@ -130,9 +134,10 @@ async def demo(*, port: int | None = None, out=print) -> dict:
                         if gm.round == gm.rounds:
                             break
                 step = await _verify_and_audit(site, chains, auditor, task, out, n=4 + task.rounds)
-                rejected = await _tamper(site, task, out, n=6 + task.rounds)
+                warm = task.warm_start and await _check_warm_start(site, chains, auditor, task, out, n=6 + task.rounds)
+                rejected = await _tamper(site, task, out, n=6 + task.rounds + task.warm_start)
         out(f"done in {time.perf_counter() - t0:.1f} s")
-        return {"accuracy": accuracy, "audit_ok": step, "rejected": rejected}
+        return {"accuracy": accuracy, "audit_ok": step, "warm_start_ok": warm, "rejected": rejected}
 
 
 def _recorded_task(chains: _Chains) -> Task:
@@ -148,33 +153,59 @@ def _describe_task(task: Task, out) -> None:
         f"{task.epochs} local epochs); extractor released as {models}")
 
 
+@contextlib.asynccontextmanager
+async def _from_fog_b(site: LocalSite, chains: _Chains, session, txid: bytes):
+    """fog-b's cross-chain view, once a record of fog-a's is decided (not PENDING): yields (CrossChain, Verdict)."""
+    cfg = site.cfgs["fog-b"]
+    async with asyncio.timeout(60):
+        while True:  # until fog-a's anchor of that block reached the main chain and fog-b saw it in a beacon
+            with chains.open("fog-b") as local:
+                cc = CrossChain(session, local, main_node=site.cloud, server_of=lambda c: server_of(cfg, c),
+                                registry=registry_for(cfg), timeout=10)
+                verdict = await cc.verify_tx("fog-a", txid)
+                if verdict.verdict != PENDING:
+                    yield cc, verdict
+                    return
+            await asyncio.sleep(0.2)
+
+
 async def _verify_and_audit(site: LocalSite, chains: _Chains, session, task: Task, out, n: int) -> bool:
     """fog-b's side checks a training step dev-a1's fog recorded: the record through Protocol 1, then a replay."""
     rid, step = run_id(task.task, task.rounds - 1), 3
     with chains.open("fog-a") as sub:
         txids = {r.unwrap().step: t for t, r in sub.records(TrainingStep.TYPE, device="dev-a1", limit=1000)
                  if r.unwrap().task == rid}
-    cfg = site.cfgs["fog-b"]
     out(f"[{n}] Protocol 1: fog-b verifies dev-a1's training step {step} of {rid}, recorded on fog-a "
         f"(tx {txids[step].hex()[:16]}…)")
-    async with asyncio.timeout(60):
-        while True:  # until fog-a's anchor of that block reached the main chain and fog-b saw it in a beacon
-            with chains.open("fog-b") as local:
-                cc = CrossChain(session, local, main_node=site.cloud, server_of=lambda c: server_of(cfg, c),
-                                registry=registry_for(cfg), timeout=10)
-                verdict = await cc.verify_tx("fog-a", txids[step])
-                if verdict.verdict != PENDING:
-                    for line in verdict.steps:
-                        out(f"      {line}")
-                    out(f"      verdict: {verdict.verdict}{(' — ' + verdict.reason) if verdict.reason else ''}")
-                    source = RemoteSource(cc, "fog-a")
-                    result = await audit_step(source, await source.record(txids[step]),
-                                              await source.record(txids[step - 1]))
-                    break
-            await asyncio.sleep(0.2)
+    async with _from_fog_b(site, chains, session, txids[step]) as (cc, verdict):
+        for line in verdict.steps:
+            out(f"      {line}")
+        out(f"      verdict: {verdict.verdict}{(' — ' + verdict.reason) if verdict.reason else ''}")
+        source = RemoteSource(cc, "fog-a")
+        result = await audit_step(source, await source.record(txids[step]), await source.record(txids[step - 1]))
     out(f"[{n + 1}] audit from fog-b: step {step}'s record (and step {step - 1}'s) through Protocol 1, its blobs "
         f"from fog-a over MQTT (digest-checked), T replayed: {'ok' if result.ok else 'REJECT'} — {result.detail}")
     return verdict.ok and result.ok
+
+
+async def _check_warm_start(site: LocalSite, chains: _Chains, session, task: Task, out, n: int) -> bool:
+    """fog-b's side recomputes fog-a's recorded warm start: the record through Protocol 1, its blobs over MQTT."""
+    with chains.open("fog-a") as sub:
+        txid = next(t for t, r in sub.records(WarmStart.TYPE, limit=100) if r.unwrap().task == task.task)
+    async with _from_fog_b(site, chains, session, txid) as (_, verdict):
+        if not verdict.ok:
+            out(f"[{n}] fog-a's warm start record {txid.hex()[:16]}…: {verdict.verdict} — {verdict.reason}")
+            return False
+        ws = verdict.tx.body.unwrap()
+        with tempfile.TemporaryDirectory(prefix="edgefl-demo-blobs-") as tmp:
+            store = BlobStore(tmp)
+            for cid in (ws.origin, *ws.batches):
+                await fetch(session, "fog-a", cid, store)
+            ok = check_warm_start(ws, store.get)
+    out(f"[{n}] fog-b recomputes fog-a's warm start (record {txid.hex()[:16]}… ACCEPT through Protocol 1; the "
+        f"global model and {len(ws.batches)} batches fetched over MQTT, digest-checked): "
+        f"{'the same model ' + _short(ws.model) if ok else 'REJECT: another model'}")
+    return ok
 
 
 async def _tamper(site: LocalSite, task: Task, out, n: int) -> dict:
