@@ -1,3 +1,4 @@
+import asyncio
 import importlib
 import os
 
@@ -43,6 +44,21 @@ def need_mosquitto():
         if _required("EDGEFL_REQUIRE_BROKER"):
             pytest.fail("mosquitto is required (apt-get install mosquitto)")
         pytest.skip("mosquitto not installed")
+
+
+async def connected(*sessions, timeout: float = 10):
+    await asyncio.gather(*(s.wait_connected(timeout) for s in sessions))
+
+
+async def topics_seen_until(everything, suffix: str, settle: float = 0.3) -> list[str]:
+    """Topics a raw ``edgefl/v1/#`` subscription saw until one ending in ``suffix``, plus what came ``settle`` s later."""
+    seen = []
+    while not any(t.endswith(suffix) for t in seen):
+        seen.append((await everything.get(timeout=5)).topic.value)
+    await asyncio.sleep(settle)
+    while not everything.queue.empty():
+        seen.append(everything.queue.get_nowait().topic.value)
+    return seen
 
 
 @pytest.fixture

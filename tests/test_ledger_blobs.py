@@ -1,6 +1,5 @@
 """Content-addressed blob store: atomic writes, digest checks, limits, garbage collection, fetch over MQTT."""
 
-import asyncio
 import os
 import time
 
@@ -12,7 +11,7 @@ from edgefl.ledger import blobs as blobstore
 from edgefl.ledger.blobs import BlobData, BlobGet, BlobStore, cid_of, parse_cid
 from edgefl.ledger.errors import BlobCorrupt, BlobError, BlobNotFound, BlobTooLarge
 from edgefl.transport.session import RemoteError
-from tests.conftest import Nodes
+from tests.conftest import Nodes, connected
 
 
 @settings(max_examples=30, deadline=None)
@@ -73,7 +72,7 @@ async def test_fetch_over_mqtt_checks_the_digest(broker, tmp_path):
 
     liar.serve(BlobGet, lie)
     async with holder, fetcher, liar:
-        await asyncio.gather(*(s.wait_connected(10) for s in (holder, fetcher, liar)))
+        await connected(holder, fetcher, liar)
         assert await blobstore.fetch(fetcher, "fog-a", cid, local) == payload
         assert local.get(cid) == payload  # kept, digest-checked
         with pytest.raises(RemoteError) as err:

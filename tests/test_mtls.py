@@ -13,7 +13,7 @@ from edgefl.runtime.metrics import Metrics
 from edgefl.transport.messages import Ping
 from edgefl.transport.mosquitto import LocalMosquitto
 from edgefl.transport.session import Session
-from tests.conftest import need_mosquitto
+from tests.conftest import connected, need_mosquitto, topics_seen_until
 
 pytestmark = pytest.mark.broker
 
@@ -45,10 +45,6 @@ def config(ca, broker, node, role, *extra, data_dir=None):
         "mqtt.tls_key={data_dir}/tls/{id}.key", *extra], env={})
 
 
-async def connected(*sessions):
-    await asyncio.gather(*(s.wait_connected(10) for s in sessions))
-
-
 async def test_certificate_identity_confines_publishing(site, tmp_path):
     ca, broker = site
     fog_m, a_m = Metrics(), Metrics()
@@ -66,12 +62,7 @@ async def test_certificate_identity_confines_publishing(site, tmp_path):
         await a.publish("msg", Ping(nonce=b"own"), to="fog-1")
         rx = await inbox.get(timeout=5)
         assert rx.envelope.sender == "dev-a" and rx.message.nonce == b"own"  # verified through the PKI
-        seen = []
-        while not any(t.endswith("dev-a/msg/fog-1") for t in seen):
-            seen.append((await everything.get(timeout=5)).topic.value)
-        await asyncio.sleep(0.3)
-        while not everything.queue.empty():
-            seen.append(everything.queue.get_nowait().topic.value)
+        seen = await topics_seen_until(everything, "dev-a/msg/fog-1")
         assert not any("/dev-b/" in t for t in seen), seen
     assert fog_m.total("envelope_rejected") == 0 and fog_m.get("envelope_accepted") >= 1
 

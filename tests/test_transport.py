@@ -8,18 +8,14 @@ import sys
 
 import pytest
 
-from edgefl.crypto.keys import SigningKey, save_public
+from edgefl.crypto.keys import save_public
 from edgefl.transport import topics
 from edgefl.transport.messages import Ping
 from edgefl.transport.mosquitto import LocalMosquitto
 from edgefl.transport.session import RequestTimeout
-from tests.conftest import Nodes, need_mosquitto
+from tests.conftest import Nodes, connected, need_mosquitto, topics_seen_until
 
 pytestmark = pytest.mark.broker
-
-
-async def connected(*sessions):
-    await asyncio.gather(*(s.wait_connected(10) for s in sessions))
 
 
 async def test_signed_request_response_and_liveness(broker):
@@ -151,12 +147,7 @@ async def test_acl_confines_each_identity_to_its_own_topics(tmp_path):
             wire = a.signer.seal(Ping(nonce=b"spoof"), to="fog-1")
             await a.send(topics.topic("t", "device", "dev-b", "msg", "fog-1"), wire)  # dev-b's subtree
             await a.send(a.topic("msg", "fog-1"), a.signer.seal(Ping(nonce=b"own"), to="fog-1"))
-            seen = []
-            while not any(t.endswith("dev-a/msg/fog-1") for t in seen):
-                seen.append((await everything.get(timeout=5)).topic.value)
-            await asyncio.sleep(0.3)
-            while not everything.queue.empty():
-                seen.append(everything.queue.get_nowait().topic.value)
+            seen = await topics_seen_until(everything, "dev-a/msg/fog-1")
             assert not any("/dev-b/" in t for t in seen), seen
         intruder = session("dev-b", pw="dev-a")  # wrong password
         async with intruder:
