@@ -33,7 +33,7 @@ from edgefl.ml.device import FeatureBatch
 from edgefl.ml.export import ModelRelease
 from edgefl.ml.extractor import FEATURES
 from edgefl.ml.privacy import MAX_EPSILON, UNITS
-from edgefl.ml.trainer import TrainConfig
+from edgefl.ml.trainer import TrainConfig, warm_start_fits
 from edgefl.transport import topics
 
 Cid = Annotated[bytes, MaxLen(32)]
@@ -88,10 +88,9 @@ class Task(Message):
         if self.config.layers[0] != FEATURES:
             raise SchemaError(f"the dense model takes {self.config.layers[0]} inputs, the extractor gives "
                               f"{FEATURES}", field="fl.task.config.layers")
-        width = 2 * self.config.layers[-1]  # the warm start carries ±(each class's logit) through every layer
-        if self.warm_start and min(self.config.layers[1:-1], default=width) < width:
-            raise SchemaError(f"a warm start needs every hidden layer at least {width} wide, got "
-                              f"{self.config.layers}", field="fl.task.warm_start")
+        if self.warm_start and not warm_start_fits(self.config.layers):
+            raise SchemaError(f"a warm start needs every hidden layer at least {2 * self.config.layers[-1]} wide, "
+                              f"got {self.config.layers}", field="fl.task.warm_start")
 
     @property
     def batch_size(self) -> int:

@@ -141,7 +141,7 @@ class DenseModel(Message):
         c = self.layers[-1]
         if len(t) != len(y) or t.ndim != 2 or t.shape[1] != self.layers[0] or not len(y):
             raise TrainError(f"warm start: {t.shape} features for {len(y)} labels, expected (n, {self.layers[0]})")
-        if any(width < 2 * c for width in self.layers[1:-1]):
+        if not warm_start_fits(self.layers):
             raise TrainError(f"warm start: hidden layers {self.layers[1:-1]} must be at least {2 * c} wide")
         onehot = np.eye(c)[y]
         mean = onehot.mean(axis=0)
@@ -180,6 +180,12 @@ class DenseModel(Message):
 
     def digest(self) -> bytes:
         return tagged_hash(MODEL_TAG, self.to_bytes())
+
+
+def warm_start_fits(layers: Sequence[int]) -> bool:
+    """Whether ``DenseModel.with_warm_start`` can embed its classifier: it carries ±(each class's logit),
+    2C values, through every hidden layer."""
+    return all(width >= 2 * layers[-1] for width in layers[1:-1])
 
 
 @message("train_state", max_size=_MAX_PARAMS)

@@ -63,7 +63,7 @@ class CloudNode:
     @staticmethod
     def check(cfg: Config) -> None:
         config = train_config(cfg)
-        if cfg.fl.warm_start and min(cfg.fl.hidden) < 2 * CLASSES:
+        if cfg.fl.warm_start and not T.warm_start_fits(config.layers):
             raise ConfigError("fl.warm_start", f"a warm start needs every hidden layer at least {2 * CLASSES} wide "
                                                f"(fl.hidden = {cfg.fl.hidden}); widen them or set it to false")
         state = len(T.init_state(T.init_model(config.layers), config).to_bytes())
