@@ -75,6 +75,35 @@ async def test_records_anchor_beacon_and_verify_across_chains(broker, tmp_path):
         cc.local.close()
 
 
+async def test_several_transactions_verified_across_chains_by_one_batch_proof(broker, tmp_path):
+    async with LocalCluster(tmp_path, broker.port, keys=KEYS) as c:
+        dev = c.sessions["dev-1"]
+        ids = []
+        for i in range(5):
+            raw = record_tx(Note("reading", f"{i} C".encode()), "dev-1", KEYS["dev-1"], device="dev-1")
+            ids.append((await dev.request("fog-b", Submit(raw))).message.txid)
+        cc = c.verifier("fog-a", timeout=10)
+        try:
+            result = None
+
+            async def accepted():
+                nonlocal result
+                result = await cc.verify_txs("fog-b", ids)
+                assert result.verdict in (ACCEPT, PENDING), result
+                return result.ok
+
+            await until(accepted)
+            assert [t.id for t in result.txs] == ids
+            assert any("one aggregated batch proof of 5 transaction(s)" in line for line in result.steps)
+            assert sum("signed by 'dev-1' (signature verified)" in line for line in result.steps) == 5
+            weighted = await cc.verify_txs("fog-b", ids[::-1], method="weighted")
+            assert weighted.ok and [t.id for t in weighted.txs] == ids[::-1]
+            missing = await cc.verify_txs("fog-b", [ids[0], b"\x11" * 32])
+            assert missing.verdict == REJECT and "step 5" in missing.reason
+        finally:
+            cc.local.close()
+
+
 async def test_remote_audit_through_protocol_1_and_blob_fetch(broker, tmp_path):
     from edgefl.ledger.audit import Tracker
     from edgefl.ml.trainer import init_model, init_state

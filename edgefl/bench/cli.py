@@ -1,8 +1,12 @@
-"""`edgefl bench NAME [--json FILE] [--markdown FILE] [--quick]`."""
+"""`edgefl bench NAME [--json FILE] [--markdown FILE] [--quick]`, `bench all` and `bench compare`."""
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import json
+import sys
+from pathlib import Path
 
 from edgefl.runtime.loop import run
 
@@ -17,18 +21,46 @@ BENCHMARKS = {
 }
 
 
+def add_layer_arguments(p: argparse.ArgumentParser, module: str) -> None:
+    """The options every layer's benchmark takes, and its own."""
+    p.add_argument("--json", metavar="FILE", help="write rows as JSON")
+    p.add_argument("--markdown", metavar="FILE", help="write a Markdown table")
+    p.add_argument("--quick", action="store_true", help="few iterations: checks it runs, numbers are rough")
+    mod = importlib.import_module(module)
+    if hasattr(mod, "add_arguments"):
+        mod.add_arguments(p)
+
+
 def register(sub) -> None:
     bench = sub.add_parser("bench", help="benchmarks: print a table, write JSON").add_subparsers(
         dest="bench_name", metavar="NAME")
     for name, module in BENCHMARKS.items():
         mod = importlib.import_module(module)
         p = bench.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0])
-        p.add_argument("--json", metavar="FILE", help="write rows as JSON")
-        p.add_argument("--markdown", metavar="FILE", help="write a Markdown table")
-        p.add_argument("--quick", action="store_true", help="few iterations: checks it runs, numbers are rough")
-        if hasattr(mod, "add_arguments"):
-            mod.add_arguments(p)
+        add_layer_arguments(p, module)
         p.set_defaults(func=_runner(mod))
+
+    p = bench.add_parser("all", help="every layer's benchmark, one report (Markdown, HTML, PNG charts, JSON) "
+                                     "beside the published tables")
+    p.add_argument("--quick", action="store_true", help="every layer quick (under 3 minutes on 2 cores)")
+    p.add_argument("--profile", dest="board", metavar="NAME",
+                   help="run under a board profile's caps (cores by affinity, thread counts): approximates, "
+                        "does not emulate, the board")
+    p.add_argument("--layers", help="comma-separated subset of the layers (default: all)")
+    p.add_argument("--json", metavar="FILE", help="also write the report's JSON here")
+    p.add_argument("--out", metavar="DIR", default="bench-report",
+                   help="report folder: report.md, report.html, report.json, charts (default bench-report)")
+    p.add_argument("--readme", metavar="FILE",
+                   help="replace the generated benchmark section of this README with the run's table and charts")
+    p.set_defaults(func=_all)
+
+    p = bench.add_parser("compare", help="row-by-row ratios between two runs (B / A), flagging changes beyond "
+                                         "the runs' own spread")
+    p.add_argument("a", metavar="A.json")
+    p.add_argument("b", metavar="B.json")
+    p.add_argument("--json", metavar="FILE", help="write the comparison as JSON")
+    p.add_argument("--fail-on-regression", action="store_true", help="exit 1 when any row got worse")
+    p.set_defaults(func=_compare)
 
 
 def _runner(mod):
@@ -41,3 +73,28 @@ def _runner(mod):
         return 0
 
     return go
+
+
+def _all(args) -> int:
+    from edgefl.bench import report, suite
+
+    layers = [x.strip() for x in args.layers.split(",") if x.strip()] if args.layers else None
+    doc = suite.run_all(quick=args.quick, profile=args.board, layers=layers)
+    paths = report.write(doc, Path(args.out))
+    if args.json:
+        Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
+    if args.readme:
+        report.update_readme(Path(args.readme), doc, Path(args.out))
+    print(report.markdown(doc, charts={}))
+    print(f"report: {', '.join(str(p) for p in paths)}", file=sys.stderr)
+    return 0 if all(e["status"] != "failed" for e in doc["layers"]) else 1
+
+
+def _compare(args) -> int:
+    from edgefl.bench import compare
+
+    result = compare.compare(compare.load(args.a), compare.load(args.b))
+    print(compare.table(result, args.a, args.b))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    return 1 if args.fail_on_regression and any(r["verdict"] == "worse" for r in result) else 0

@@ -13,6 +13,12 @@ design; transaction rates of a Fabric-based sub-chain on 8 vCPUs):
 * ``append_tps_<size>``        signed records submitted (decoded, signature verified, checked against the
                                chain state) and committed durably in 1 MB blocks; rate from first submit to
                                last commit, mean submit-to-commit latency in the note
+* ``verify_txs_<method>_t<t>``  t transactions of t blocks checked against one trusted accumulator value
+                               by one batch proof (``aggregated``: Protocol 2, one witness and a Wesolowski
+                               proof; ``weighted``: t witnesses, the small-exponent test), ms per verified
+                               transaction, beside ``verify_txs_one_by_one_t<t>`` (t separate proofs) and their
+                               ratio; hash-to-prime cache cleared before each check (a verifier seeing the blocks
+                               for the first time)
 * ``cross_chain_verify``       Protocol 1 end to end over a real Mosquitto: a verifier holding sub-chain A
                                checks a record of sub-chain B (two request/response round trips, four
                                membership proofs checked); ``…_cpu``: the verifier's checks alone
@@ -180,6 +186,45 @@ def _append_rows(report: Report, b: Bench, quick: bool) -> None:
                                   note=f"{n} records per run, mean latency {latency * 1e3:.0f} ms to durable commit"))
 
 
+def _batch_rows(report: Report, b: Bench, quick: bool) -> None:
+    from edgefl.bench.harness import interleave, ratio_row
+    from edgefl.crypto import accumulator
+    from edgefl.crypto.accumulator import primes
+    from edgefl.ledger.proofs import verify_batch_proof, verify_proof
+
+    chain = b.chain("batch")
+    for _ in range(64):
+        for raw in b.records(2, 32):
+            chain.submit(raw)
+        chain.mine(b.sealer)
+    at = chain.tip.height
+    acc = accumulator.from_bytes(chain.store.block_row(at)[3])
+    for t in (8,) if quick else (8, 32):
+        txids = [chain.store.txids(h)[0] for h in range(at - 2 * t + 1, at + 1, 2)]  # t distinct blocks
+        singles = [chain.proof(x, at) for x in txids]
+        batches = {m: chain.batch_proof(txids, at, m) for m in ("aggregated", "weighted")}
+
+        def cold(fn):
+            def go():
+                primes._cache.clear()
+                fn()
+            return go
+
+        fns = {"one_by_one": cold(lambda: [verify_proof(p, acc, at=at) for p in singles]),
+               **{m: cold(lambda p=p: verify_batch_proof(p, acc, at=at)) for m, p in batches.items()}}
+        samples = interleave(fns, rounds=6 if quick else 20)
+        rows = {}
+        for name, s_ in samples.items():
+            s_.wall = [w / t for w in s_.wall]
+            s_.cpu = [c / t for c in s_.cpu]
+            rows[name] = report.add(s_.row(f"verify_txs_{name}_t{t}", note=f"ms per verified transaction, {t} "
+                                                                             f"transactions of {t} blocks"))
+        for m in batches:
+            report.add(ratio_row(f"verify_txs_ratio_{m}_t{t}", rows[m], rows["one_by_one"],
+                                 note=f"{m} batch proof / {t} separate proofs, per verified transaction"))
+    chain.close()
+
+
 async def _cross_chain_rows(report: Report, workdir: Path, quick: bool, port: int | None) -> None:
     from edgefl.ledger.cluster import LocalCluster
     from edgefl.ledger.crosschain import Verdict
@@ -229,6 +274,7 @@ async def run(*, quick: bool = False, port: int | None = None) -> Report:
         b = Bench(Path(tmp))
         _validate_rows(report, b, quick)
         _append_rows(report, b, quick)
+        _batch_rows(report, b, quick)
         await _cross_chain_rows(report, Path(tmp), quick, port)
     return report
 

@@ -238,19 +238,25 @@ class RemoteSource:
         from edgefl.ledger.protocol import Find
 
         found = await self.cc._ask(self.node, Find(device=device, type=TrainingStep.TYPE, limit=10000), "find")
-        rows = [(txid, await self.record(txid)) for txid in found.txids]
-        return _index_steps(rows, task)
+        new = [t for t in found.txids if t not in self._cache]
+        if new:  # every record proved at once: one batch proof (Protocol 2) per 64 of them
+            for txid, info in zip(new, await self.cc.prove_many(await self._anchor(), new, self._verdict)):
+                self._keep(txid, info)
+        return _index_steps([(txid, self._cache[txid]) for txid in found.txids], task)
+
+    def _keep(self, txid: bytes, info) -> TrainingStep:
+        rec = info.body.unwrap()
+        if not isinstance(rec, TrainingStep):
+            raise AuditError(f"{txid.hex()} is not a training step", field="txid")
+        self._cache[txid] = rec
+        return rec
 
     async def record(self, txid):
         rec = self._cache.get(txid)
         if rec is None:
             from edgefl.ledger.crosschain import Verdict
 
-            info = await self.cc.prove(await self._anchor(), txid, Verdict())
-            rec = info.body.unwrap()
-            if not isinstance(rec, TrainingStep):
-                raise AuditError(f"{txid.hex()} is not a training step", field="txid")
-            self._cache[txid] = rec
+            rec = self._keep(txid, await self.cc.prove(await self._anchor(), txid, Verdict()))
         return rec
 
     async def blob(self, cid):

@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 
 from edgefl.crypto import accumulator
 from edgefl.crypto.envelope import KeyRegistry
-from edgefl.crypto.hashing import MerkleFrontier
+from edgefl.crypto.hashing import MerkleFrontier, merkle_path
 from edgefl.runtime.logging import RateLimited
 from edgefl.runtime.metrics import METRICS, Metrics
 from edgefl.ledger.block import Tip, decode_header, frame_tx
 from edgefl.ledger.errors import InvalidBlock, InvalidTx, LedgerError, ProofError
-from edgefl.ledger.proofs import TxProof, make_proof, witness_for
+from edgefl.ledger.proofs import (BATCH_METHODS, MAX_BATCH, BatchProof, TxProof, make_aggregate, make_proof,
+                                  witness_for)
 from edgefl.ledger.sealer import Sealer
 from edgefl.ledger.store import Store
 from edgefl.ledger.tx import (MAX_ANCHOR_BLOCKS, MAX_TX, Anchor, ChainSpec, Record, State, TxInfo, decode_tx,
@@ -268,6 +269,38 @@ class Chain:
         header = self.store.block_row(height)[1]
         witness = witness_for(prev_acc, self.store.elements(height, at))
         return make_proof(self.id, raw, header, index, self.store.txids(height), at, witness)
+
+    def batch_proof(self, txids: list[bytes], at: int | None = None, method: str = "aggregated") -> BatchProof:
+        """One proof that every transaction of ``txids`` is in the chain as of height ``at`` (Protocol 2)."""
+        if method not in BATCH_METHODS:
+            raise ProofError(f"method {method!r} is not one of {', '.join(BATCH_METHODS)}", field="method")
+        if not 0 < len(txids) <= MAX_BATCH:
+            raise ProofError(f"{len(txids)} transactions; a batch holds 1 to {MAX_BATCH}", field="txids")
+        at = self.tip.height if at is None else at
+        if method == "weighted":  # each item with its own witness, checked together by the verifier
+            return BatchProof(self.id, at, method, [self.proof(t, at) for t in txids], [])
+        found = []
+        for t in txids:
+            row = self.store.tx(t)
+            if row is None:
+                raise ProofError(f"no transaction {t.hex()} on {self.id}", field="txids", reason="not_found")
+            if row[0] > at:
+                raise ProofError(f"transaction is in block {row[0]}, after height {at}", field="at",
+                                 reason="not_anchored")
+            found.append(row)
+        if at > self.tip.height:
+            raise ProofError(f"height {at} is beyond the tip {self.tip.height}", field="at", reason="not_found")
+        heights = sorted({h for h, _, _ in found})
+        low = heights[0]
+        members = set(heights)
+        prev = self.store.block_row(low - 1)[3] if low else None
+        later = [e for h, e in zip(range(low + 1, at + 1), self.store.elements(low, at)) if h not in members]
+        aggregate = make_aggregate(accumulator.from_bytes(prev) if prev is not None else accumulator.GENERATOR,
+                                   later, [self.store.block_row(h)[4] for h in heights],
+                                   accumulator.from_bytes(self.store.block_row(at)[3]))
+        items = [TxProof(self.id, raw, self.store.block_row(h)[1], i, merkle_path(self.store.txids(h), i), at, b"")
+                 for h, i, raw in found]
+        return BatchProof(self.id, at, method, items, aggregate)
 
     def records(self, rtype: str, *, device: str | None = None, limit: int = 1000,
                 newest: bool = True) -> list[tuple[bytes, Record]]:

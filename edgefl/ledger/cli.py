@@ -59,7 +59,10 @@ def register(sub) -> None:
 
     p = cmd.add_parser("verify-tx", help="cross-chain verification (Protocol 1) of a transaction of chain B")
     p.add_argument("--chain", required=True, help="B: the chain holding the transaction")
-    p.add_argument("--tx", required=True, help="the transaction id (hex)")
+    p.add_argument("--tx", required=True, nargs="+", help="the transaction id(s) (hex); several are proved at once "
+                                                          "by one batch proof (Protocol 2)")
+    p.add_argument("--batch", choices=["aggregated", "weighted"], default="aggregated",
+                   help="how several transactions' memberships are checked together (default aggregated)")
     p.add_argument("--via", help="A: the chain this verifier holds (default: this node's chain)")
     p.add_argument("--timeout", type=float, default=30.0)
     p.set_defaults(func=verify_tx_cmd)
@@ -332,11 +335,13 @@ async def _with_crosschain(cfg, via: str | None, timeout: float, body):
 
 
 def verify_tx_cmd(args) -> int:
-    txid = bytes.fromhex(args.tx)
+    txids = [bytes.fromhex(t) for t in args.tx]
 
     async def body(cc):
-        print(f"verifying {args.tx} of chain {args.chain!r} from chain {cc.local.id!r}", flush=True)
-        return await cc.verify_tx(args.chain, txid)
+        print(f"verifying {', '.join(args.tx)} of chain {args.chain!r} from chain {cc.local.id!r}", flush=True)
+        if len(txids) == 1:
+            return await cc.verify_tx(args.chain, txids[0])
+        return await cc.verify_txs(args.chain, txids, method=args.batch)
 
     v = run(_with_crosschain(args.config, args.via, args.timeout, body))
     print(f"verdict: {v.verdict}" + (f" — {v.reason}" if v.reason else ""))

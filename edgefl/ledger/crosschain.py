@@ -25,8 +25,8 @@ from edgefl.crypto.envelope import KeyRegistry
 from edgefl.ledger.block import decode_header
 from edgefl.ledger.chain import Chain
 from edgefl.ledger.errors import InvalidTx, LedgerError, ProofError
-from edgefl.ledger.protocol import AnchorQuery, ProofQuery
-from edgefl.ledger.proofs import TxProof, verify_proof
+from edgefl.ledger.protocol import AnchorQuery, BatchProofQuery, ProofQuery
+from edgefl.ledger.proofs import MAX_BATCH, BatchProof, TxProof, verify_batch_proof, verify_proof
 from edgefl.ledger.tx import ChainSpec, TxInfo
 from edgefl.transport.session import RemoteError, RequestTimeout, Session
 
@@ -40,6 +40,7 @@ class Verdict:
     reason: str = ""
     tx: TxInfo | None = None
     height: int | None = None  # block of tx_Q on B
+    txs: list[TxInfo] = field(default_factory=list)  # verify_txs: every transaction, in the order asked
 
     @property
     def ok(self) -> bool:
@@ -159,6 +160,54 @@ class CrossChain:
         self._say(v, f"{int(step) + 1}. verified: the transaction is in block {header.height} of {trusted.chain}, "
                      f"a member of the accumulator at height {trusted.height}{self._signature_note(info)}")
         return info
+
+    async def prove_many(self, trusted: Trusted, txids: list[bytes], v: Verdict, *, method: str = "aggregated",
+                         step: str = "5") -> list[TxInfo]:
+        """Steps 5-6 for several transactions of ``trusted.chain``: one batch proof per ``MAX_BATCH`` of them."""
+        node = "the local store" if trusted.chain == self.local.id else self.server_of(trusted.chain)
+        out: list[TxInfo] = []
+        for start in range(0, len(txids), MAX_BATCH):
+            part = txids[start:start + MAX_BATCH]
+            if trusted.chain == self.local.id:
+                try:
+                    proof = self.local.batch_proof(part, trusted.height, method)
+                except ProofError as exc:
+                    raise Failed(PENDING if exc.reason == "not_anchored" else REJECT, f"step {step}: {exc}") from None
+            else:
+                proof: BatchProof = await self._ask(node, BatchProofQuery(part, trusted.height, method),
+                                                    f"step {step}")
+            self._say(v, f"{step}. asked {node} for one {method} batch proof of {len(part)} transaction(s) against "
+                         f"height {trusted.height}")
+            try:
+                opened = verify_batch_proof(proof, trusted.acc, chain=trusted.chain, at=trusted.height,
+                                            what="proof")
+            except ProofError as exc:
+                raise Failed(REJECT, f"step {int(step) + 1}: {exc}") from None
+            if [info.id for info, _ in opened] != part:
+                raise Failed(REJECT, f"step {int(step) + 1}: the batch proves other transactions than asked")
+            blocks = sorted({h.height for _, h in opened})
+            self._say(v, f"{int(step) + 1}. verified at once: {len(part)} transaction(s) in block(s) "
+                         f"{', '.join(map(str, blocks))} of {trusted.chain}, members of the accumulator at height "
+                         f"{trusted.height}")
+            for info, _ in opened:
+                note = self._signature_note(info)
+                if note:
+                    self._say(v, f"   {info.id.hex()[:16]}…{note}")
+                out.append(info)
+        return out
+
+    async def verify_txs(self, chain: str, txids: list[bytes], *, method: str = "aggregated") -> Verdict:
+        """Protocol 1 for several transactions of ``chain``: steps 1-4 once, then one batch proof (Protocol 2)."""
+        v = Verdict()
+        try:
+            trusted = await self.anchor_of(chain, v)
+            v.txs = await self.prove_many(trusted, list(txids), v, method=method)
+            v.verdict = ACCEPT
+        except Failed as exc:
+            v.verdict, v.reason = exc.verdict, str(exc)
+        except LedgerError as exc:
+            v.verdict, v.reason = REJECT, str(exc)
+        return v
 
     def _signature_note(self, info: TxInfo) -> str:
         if info.kind.name != "record":

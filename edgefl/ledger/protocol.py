@@ -2,6 +2,7 @@
 
     Submit(tx)                  → Receipt(txid, height, block)   after the block is durable
     ProofQuery(txid, at)        → TxProof                          membership against the value at ``at``
+    BatchProofQuery(txids, at, method) → BatchProof                several transactions at once (Protocol 2)
     AnchorQuery(chain, at)      → AnchorProof                      main chain: last Type-II of ``chain`` up to
                                                                    main height ``at``, and the main genesis,
                                                                    each with its proof against that height
@@ -20,7 +21,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from edgefl.codec import MaxLen, Message, Range, message
-from edgefl.ledger.proofs import TxProof
+from edgefl.ledger.proofs import MAX_BATCH, TxProof
 from edgefl.ledger.tx import MAX_TX
 
 Id = Annotated[bytes, MaxLen(32)]
@@ -44,6 +45,13 @@ class Receipt(Message):
 class ProofQuery(Message):
     txid: Id
     at: Annotated[int, Range(0)] | None = None
+
+
+@message("ledger.batch-proof-query")
+class BatchProofQuery(Message):
+    txids: Annotated[list[Id], MaxLen(MAX_BATCH)]
+    at: Annotated[int, Range(0)] | None = None
+    method: Annotated[str, MaxLen(16)] = "aggregated"
 
 
 @message("ledger.anchor-query")

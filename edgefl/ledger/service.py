@@ -31,8 +31,8 @@ from edgefl.ledger.blobs import BlobStore
 from edgefl.ledger.block import decode_header
 from edgefl.ledger.chain import Chain
 from edgefl.ledger.errors import InvalidTx, LedgerError, ProofError
-from edgefl.ledger.protocol import (AnchorProof, AnchorQuery, BeaconTx, Find, Found, Head, HeadQuery, ProofQuery,
-                                    Receipt, Submit)
+from edgefl.ledger.protocol import (AnchorProof, AnchorQuery, BatchProofQuery, BeaconTx, Find, Found, Head,
+                                    HeadQuery, ProofQuery, Receipt, Submit)
 from edgefl.ledger.sealer import Sealer, make_sealer
 from edgefl.ledger.tx import beacon_tx, decode_tx, make_tx
 from edgefl.runtime.config import Config
@@ -136,6 +136,7 @@ class LedgerNode:
         s = self.session
         s.serve(Submit, self._on_submit)
         s.serve(ProofQuery, self._guard(lambda m: self.call(self.chain.proof, m.txid, m.at)))
+        s.serve(BatchProofQuery, self._guard(lambda m: self.call(self.chain.batch_proof, m.txids, m.at, m.method)))
         s.serve(HeadQuery, self._guard(self._head))
         s.serve(Find, self._guard(self._find))
         if self.role == "main":
