@@ -16,10 +16,9 @@ import pytest
 
 from edgefl import codec
 from edgefl.codec import SchemaError
-from edgefl.fl.aggregate import FedAvg, Update
 from edgefl.fl.protocol import (Aggregation, Extractor, FogUpdate, GlobalModel, Task, WarmStart, decode_batch,
                                 run_id)
-from edgefl.fl.round import check_warm_start, kept_releases, release_mean, steps_per_round, train_device, warm_start
+from edgefl.fl.round import check_aggregation, check_warm_start, kept_releases, release_mean, steps_per_round, train_device, warm_start
 from edgefl.ledger.audit import LocalSource, RemoteSource, Tracker, audit
 from edgefl.ledger.blobs import BlobStore
 from edgefl.ledger.chain import Chain
@@ -101,9 +100,8 @@ async def test_two_rounds_over_mqtt_recorded_on_every_chain(broker, tmp_path):
         assert cloud_aggs[-1].model == final.model
         blobs = cloud.blobs
         for a in cloud_aggs:
-            inputs = [T.DenseModel.from_bytes(blobs.get(c)) for c in a.models]
-            params = FedAvg().aggregate([Update(m.params, w) for m, w in zip(inputs, a.weights)])
-            assert T.DenseModel.from_bytes(blobs.get(a.model)).params[0].tobytes() == params[0].tobytes()
+            assert (a.aggregator, a.options, a.kept) == ("fedavg", [], [0, 1]) and check_aggregation(a, blobs.get)
+            assert a.shares == [w / sum(a.weights) for w in a.weights]
         # both sub-chains are anchored in the main chain (Type-II), and record the main chain's beacons (Type-III)
         for fog in FOGS:
             await until(lambda: _anchored(site, fog))
@@ -123,6 +121,7 @@ async def test_two_rounds_over_mqtt_recorded_on_every_chain(broker, tmp_path):
             assert all(rec.signer == fog for rec, _ in steps)
             fog_aggs = [a for rec, a in records(sub, Aggregation)]
             assert sorted((a.round, a.senders) for a in fog_aggs) == [(0, sorted(devices)), (1, sorted(devices))]
+            assert all(check_aggregation(a, site.nodes[fog].blobs.get) for a in fog_aggs)  # from the TrainStates
             # round 1 started from the fog's recorded warm start: recomputed bit for bit from its blobs
             [(ws_rec, ws)] = records(sub, WarmStart)
             fog_blobs = site.nodes[fog].blobs

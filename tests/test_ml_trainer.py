@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgefl import codec
-from edgefl.fl.aggregate import AggregationError, FedAvg, Update, aggregator
+from edgefl.fl.aggregate import AggregationError, FedAvg, Update, make
 from edgefl.ml import blas
 from edgefl.ml import trainer as T
 
@@ -147,16 +147,16 @@ def test_bad_inputs_are_refused_with_reasons():
 def test_fedavg_is_the_weighted_mean_in_a_fixed_order():
     rng = np.random.default_rng(0)
     ups = [Update([rng.standard_normal((3, 2)).astype(np.float32)], weight=w, sender=f"d{w}") for w in (1, 3)]
-    (avg,) = aggregator("fedavg").aggregate(ups)
+    (avg,) = make("fedavg").aggregate(ups).params
     assert avg.dtype == np.float32
     np.testing.assert_allclose(avg, 0.25 * ups[0].params[0] + 0.75 * ups[1].params[0], rtol=1e-6)
-    assert FedAvg().aggregate(ups)[0].tobytes() == avg.tobytes()
+    assert FedAvg().aggregate(ups).params[0].tobytes() == avg.tobytes()
     with pytest.raises(AggregationError):
         FedAvg().aggregate([])
     with pytest.raises(AggregationError, match="weight"):
         FedAvg().aggregate([Update(ups[0].params, weight=0)])
     with pytest.raises(ValueError, match="unknown aggregator"):
-        aggregator("krum2")
+        make("krum2")
 
 
 def test_warm_start_embeds_exactly_the_ridge_classifier():

@@ -1,20 +1,46 @@
-"""Aggregators: combine device models into one, behind one small interface.
+"""Aggregators: combine participants' models into one, behind one small interface, chosen by name.
 
-An aggregator is chosen by name (``AGGREGATORS``) and is a pure function of
-its updates in the order given, so an aggregation recorded on a sub-chain can
-be replayed bit for bit.
+``make(name, **options)`` builds one from ``AGGREGATORS``; ``aggregate(updates,
+origin=, reference=)`` returns a ``Result``: the parameters, the indices of
+the updates that contribute (``kept``) and each update's share of the
+aggregate (``weights``, one per update, 0 for a rejected one, summing to 1 —
+FLTrust keeps the origin and shares nothing when no update points the
+server's way).  A coordinate-wise aggregator's share of an update is the
+fraction of all values averaged, over every coordinate, that came from it.
+
+Every aggregator is a pure function of its updates in the order given, so
+an aggregation recorded on a chain replays bit for bit
+(``edgefl.fl.round.check_aggregation``): float64 accumulation in a fixed
+order (numpy's pairwise sum over contiguous float64 for norms, never BLAS),
+stable sorts, ties broken by index, a fixed iteration count.
+
+``origin`` is the model the round started from: clipping and FLTrust work on
+updates as differences from it (the others are unchanged by a common shift
+of every input).  ``reference`` is the server's own update for FLTrust (the
+origin trained on the cloud's held-out data).  ``f`` is the number of
+byzantine updates an aggregator is asked to survive; each checks its own
+condition on n and f.
+
+Options have a canonical text form, ``["f=1", "inner=\\"krum\\""]`` (sorted,
+each value a TOML scalar): what a ``Task`` names, an ``Aggregation`` records
+and ``ml.aggregator_options`` holds (``options_text``, ``parse_options``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import math
+import tomllib
 from dataclasses import dataclass
-from typing import ClassVar, Protocol, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
 
 class AggregationError(ValueError):
-    """Updates that cannot be combined (none, mismatched shapes, bad weights)."""
+    """Updates that cannot be combined (none, mismatched shapes, bad weights, too few for f)."""
 
 
 @dataclass(frozen=True)
@@ -26,45 +52,483 @@ class Update:
     sender: str = ""
 
 
-class Aggregator(Protocol):
-    name: ClassVar[str]
+@dataclass(frozen=True)
+class Result:
+    params: list[np.ndarray]
+    kept: list[int]  # indices of the updates that contribute, ascending
+    weights: list[float]  # each update's share of the aggregate (0: rejected), summing to 1
 
-    def aggregate(self, updates: Sequence[Update]) -> list[np.ndarray]: ...
+
+# --------------------------------------------------------------------------- shared helpers
 
 
-def _check(updates: Sequence[Update]) -> None:
+def _check(updates: Sequence[Update], origin: Sequence[np.ndarray] | None = None) -> None:
     if not updates:
         raise AggregationError("no updates to aggregate")
-    shapes = [p.shape for p in updates[0].params]
+    shapes = [np.shape(p) for p in updates[0].params]
     for u in updates:
-        if [p.shape for p in u.params] != shapes:
+        if [np.shape(p) for p in u.params] != shapes:
             raise AggregationError(f"update from {u.sender or '?'} has shapes that differ from the first update's")
         if not (np.isfinite(u.weight) and u.weight > 0):
             raise AggregationError(f"update from {u.sender or '?'} has weight {u.weight}; weights must be positive")
+    if origin is not None and [np.shape(p) for p in origin] != shapes:
+        raise AggregationError("the origin's shapes differ from the updates'")
 
 
-class FedAvg:
+def _flat(params: Sequence[np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.asarray(p, np.float64).ravel() for p in params])
+
+
+def _matrix(updates: Sequence[Update], origin: Sequence[np.ndarray] | None) -> np.ndarray:
+    """Row i: update i (minus the origin, if given) flattened, float64, C-contiguous."""
+    x = np.stack([_flat(u.params) for u in updates])
+    if origin is not None:
+        x -= _flat(origin)
+    return x
+
+
+def _unflat(v: np.ndarray, like: Sequence[np.ndarray], origin: Sequence[np.ndarray] | None) -> list[np.ndarray]:
+    if origin is not None:
+        v = v + _flat(origin)
+    out, at = [], 0
+    for p in like:
+        p = np.asarray(p)
+        out.append(v[at:at + p.size].reshape(p.shape).astype(p.dtype))
+        at += p.size
+    return out
+
+
+def _sq(v: np.ndarray) -> float:
+    """Squared L2 norm, reduced by numpy's pairwise sum (not BLAS: the same on every machine)."""
+    return float(np.add.reduce(v * v))
+
+
+def _mean_rows(x: np.ndarray, shares: np.ndarray) -> np.ndarray:
+    """Σ shares[i]·x[i] accumulated row by row in index order."""
+    acc = np.zeros(x.shape[1], np.float64)
+    for i in range(len(x)):
+        if shares[i]:
+            acc += shares[i] * x[i]
+    return acc
+
+
+def _result(updates, v, shares, origin) -> Result:
+    shares = [float(s) for s in shares]
+    return Result(_unflat(v, updates[0].params, origin), [i for i, s in enumerate(shares) if s > 0], shares)
+
+
+def _need(ok: bool, name: str, rule: str, n: int, f: int) -> None:
+    if not ok:
+        raise AggregationError(f"{name} needs n ≥ {rule} updates for f byzantine ones: n = {n}, f = {f}")
+
+
+# --------------------------------------------------------------------------- the interface
+
+
+class Aggregator:
+    """Base of every aggregator: a frozen dataclass whose fields are its options."""
+
+    name: ClassVar[str]
+    needs_reference: ClassVar[bool] = False  # takes the server's reference update (FLTrust)
+
+    @classmethod
+    def build(cls, **options) -> "Aggregator":
+        return cls(**options)
+
+    def options(self) -> dict[str, Any]:
+        """Every option with defaults filled in (None: not set): what the record says was done."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+
+    def aggregate(self, updates: Sequence[Update], *, origin: Sequence[np.ndarray] | None = None,
+                  reference: Sequence[np.ndarray] | None = None) -> Result:
+        raise NotImplementedError
+
+
+def _non_negative(name: str, **values) -> None:
+    for key, v in values.items():
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
+            raise ValueError(f"{name}: option {key} must be a non-negative number, got {v!r}")
+
+
+@dataclass(frozen=True)
+class FedAvg(Aggregator):
     """McMahan et al. 2017: the weighted mean of the parameters, summed in float64 in the given order."""
 
     name: ClassVar[str] = "fedavg"
 
-    def aggregate(self, updates: Sequence[Update]) -> list[np.ndarray]:
-        _check(updates)
+    def aggregate(self, updates, *, origin=None, reference=None) -> Result:
+        _check(updates, origin)
         total = float(sum(u.weight for u in updates))
+        shares = [u.weight / total for u in updates]
         out = []
         for i, first in enumerate(updates[0].params):
-            acc = np.zeros(first.shape, np.float64)
-            for u in updates:
-                acc += (u.weight / total) * np.asarray(u.params[i], np.float64)
-            out.append(acc.astype(first.dtype))
-        return out
+            acc = np.zeros(np.shape(first), np.float64)
+            for s, u in zip(shares, updates):
+                acc += s * np.asarray(u.params[i], np.float64)
+            out.append(acc.astype(np.asarray(first).dtype))
+        return Result(out, list(range(len(updates))), shares)
 
 
-AGGREGATORS: dict[str, type] = {FedAvg.name: FedAvg}
+AGGREGATORS: dict[str, type[Aggregator]] = {FedAvg.name: FedAvg}
 
 
-def aggregator(name: str, **options) -> Aggregator:
+def register(cls: type[Aggregator]) -> type[Aggregator]:
+    AGGREGATORS[cls.name] = cls
+    return cls
+
+
+def _krum_scores(x: np.ndarray, rows: Sequence[int], f: int) -> list[float]:
+    """Blanchard et al. 2017: each row's sum of squared distances to its n − f − 2 nearest others (ascending)."""
+    n = len(rows)
+    d = np.zeros((n, n))
+    for a in range(n):
+        for b in range(a + 1, n):
+            d[a, b] = d[b, a] = _sq(x[rows[a]] - x[rows[b]])
+    nearest = max(n - f - 2, 0)
+    return [math.fsum(np.sort(np.delete(d[a], a))[:nearest]) for a in range(n)]
+
+
+def _by_score(scores: Sequence[float]) -> list[int]:
+    return sorted(range(len(scores)), key=lambda i: (scores[i], i))  # ties: the lower index
+
+
+@dataclass(frozen=True)
+class MultiKrum(Aggregator):
+    """Multi-Krum: the weighted mean of the m updates with the lowest Krum scores (m = n − f when unset)."""
+
+    name: ClassVar[str] = "multikrum"
+    f: int = 1
+    m: int | None = None
+
+    def __post_init__(self):
+        _non_negative(self.name, f=self.f, m=self.m)
+
+    def aggregate(self, updates, *, origin=None, reference=None) -> Result:
+        _check(updates, origin)
+        n, f = len(updates), self.f
+        _need(n >= 2 * f + 3, self.name, "2f+3", n, f)
+        m = n - f if self.m is None else self.m
+        if not 1 <= m <= n:
+            raise AggregationError(f"{self.name} keeps m of n updates: m = {m}, n = {n}")
+        x = _matrix(updates, None)
+        chosen = sorted(_by_score(_krum_scores(x, range(n), f))[:m])
+        total = float(sum(updates[i].weight for i in chosen))
+        shares = np.zeros(n)
+        for i in chosen:
+            shares[i] = updates[i].weight / total
+        return _result(updates, _mean_rows(x, shares), shares, None)
+
+
+@dataclass(frozen=True)
+class Krum(MultiKrum):
+    """Krum: the one update with the lowest score."""
+
+    name: ClassVar[str] = "krum"
+    f: int = 1
+    m: int | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.m not in (None, 1):
+            raise ValueError(f"krum keeps one update (m = 1), got m = {self.m}; use multikrum")
+
+    def options(self):
+        return {"f": self.f}
+
+    def aggregate(self, updates, *, origin=None, reference=None) -> Result:
+        return MultiKrum(self.f, 1).aggregate(updates, origin=origin)
+
+
+def _coordinate_trim(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per coordinate, the mean of the values ranked k … n−k−1 (stable sort: ties by index); each row's share."""
+    n = len(x)
+    order = np.argsort(x, axis=0, kind="stable")
+    kept = order[k:n - k]
+    values = np.take_along_axis(x, kept, axis=0)
+    acc = np.zeros(x.shape[1])
+    for row in values:  # rank order: fixed
+        acc += row
+    counts = np.bincount(kept.ravel(), minlength=n)
+    return acc / len(kept), counts / counts.sum()
+
+
+@dataclass(frozen=True)
+class TrimmedMean(Aggregator):
+    """Yin et al. 2018: per coordinate, drop the k largest and k smallest values, average the rest (unweighted).
+
+    k = f when ``f`` is set, otherwise ⌊β·n⌋.
+    """
+
+    name: ClassVar[str] = "trimmedmean"
+    beta: float = 0.1
+    f: int | None = None
+
+    def __post_init__(self):
+        _non_negative(self.name, f=self.f, beta=self.beta)
+        if not self.beta < 0.5:
+            raise ValueError(f"trimmedmean: beta must be below 0.5, got {self.beta}")
+
+    def options(self):
+        return {"f": self.f} if self.f is not None else {"beta": self.beta}
+
+    def aggregate(self, updates, *, origin=None, reference=None) -> Result:
+        _check(updates, origin)
+        n = len(updates)
+        k = self.f if self.f is not None else int(math.floor(self.beta * n))
+        _need(n >= 2 * k + 1, self.name, "2f+1", n, k)
+        v, shares = _coordinate_trim(_matrix(updates, None), k)
+        return _result(updates, v, shares, None)
+
+
+@dataclass(frozen=True)
+class Median(Aggregator):
+    """Coordinate-wise median (the mean of the middle two when n is even)."""
+
+    name: ClassVar[str] = "median"
+
+    def aggregate(self, updates, *, origin=None, reference=None) -> Result:
+        _check(updates, origin)
+        v, shares = _coordinate_trim(_matrix(updates, None), (len(updates) - 1) // 2)
+        return _result(updates, v, shares, None)
+
+
+@dataclass(frozen=True)
+class Bulyan(Aggregator):
+    """El Mhamdi et al. 2018: θ = n − 2f updates chosen by Krum one at a time, then per coordinate the mean of
+    the β = θ − 2f values closest to their median."""
+
+    name: ClassVar[str] = "bulyan"
+    f: int = 1
+
+    def __post_init__(self):
+        _non_negative(self.name, f=self.f)
+
+    def aggregate(self, updates, *, origin=None, reference=None) -> Result:
+        _check(updates, origin)
+        n, f = len(updates), self.f
+        _need(n >= 4 * f + 3, self.name, "4f+3", n, f)
+        x = _matrix(updates, None)
+        left, chosen = list(range(n)), []
+        while len(chosen) < n - 2 * f:
+            best = left[_by_score(_krum_scores(x, left, f))[0]]
+            chosen.append(best)
+            left.remove(best)
+        chosen.sort()
+        s = x[chosen]
+        med, _ = _coordinate_trim(s, (len(s) - 1) // 2)
+        beta = len(s) - 2 * f
+        closest = np.argsort(np.abs(s - med), axis=0, kind="stable")[:beta]
+        values = np.take_along_axis(s, closest, axis=0)
+        acc = np.zeros(x.shape[1])
+        for row in values:
+            acc += row
+        counts = np.bincount(np.asarray(chosen)[closest].ravel(), minlength=n)
+        return _result(updates, acc / beta, counts / counts.sum(), None)
+
+
+@dataclass(frozen=True)
+class GeometricMedian(Aggregator):
+    """RFA (Pillutla et al. 2022): the weighted geometric median by the smoothed Weiszfeld iteration.
+
+    At most ``iterations`` steps, stopping once the objective improves by
+    less than ``tol`` (relative); ``nu`` floors each distance.  The result is
+    Σ βᵢ xᵢ with the last step's weights βᵢ: those are the shares.
+    """
+
+    name: ClassVar[str] = "geomedian"
+    iterations: int = 10
+    tol: float = 1e-6
+    nu: float = 1e-6
+
+    def __post_init__(self):
+        _non_negative(self.name, iterations=self.iterations, tol=self.tol, nu=self.nu)
+        if self.nu <= 0 or self.iterations < 1:
+            raise ValueError("geomedian: nu must be positive and iterations at least 1")
+
+    def aggregate(self, updates, *, origin=None, reference=None) -> Result:
+        _check(updates, origin)
+        x = _matrix(updates, None)
+        total = float(sum(u.weight for u in updates))
+        alpha = np.array([u.weight / total for u in updates])
+        shares = alpha
+        z = _mean_rows(x, shares)
+
+        def objective(z):
+            return math.fsum(a * math.sqrt(_sq(z - r)) for a, r in zip(alpha, x))
+
+        last = objective(z)
+        for _ in range(self.iterations):
+            beta = np.array([a / max(self.nu, math.sqrt(_sq(z - r))) for a, r in zip(alpha, x)])
+            shares = beta / math.fsum(beta)
+            z = _mean_rows(x, shares)
+            now = objective(z)
+            if abs(last - now) <= self.tol * now:
+                break
+            last = now
+        return _result(updates, z, shares, None)
+
+
+@dataclass(frozen=True)
+class FLTrust(Aggregator):
+    """Cao et al. 2021: trust each update by ReLU(cos) to the server's own update, rescale it to the server's norm.
+
+    Needs ``reference`` (the origin trained on the server's root data: the
+    cloud's held-out data).  No positively aligned update: the origin, nothing kept.
+    """
+
+    name: ClassVar[str] = "fltrust"
+    needs_reference: ClassVar[bool] = True
+
+    def aggregate(self, updates, *, origin=None, reference=None) -> Result:
+        _check(updates, origin)
+        if reference is None:
+            raise AggregationError("fltrust needs the server's reference update (its root data); none was given")
+        _check([Update(reference)], updates[0].params)
+        x = _matrix(updates, origin)
+        g0 = _flat(reference) - (_flat(origin) if origin is not None else 0.0)
+        n0 = math.sqrt(_sq(g0))
+        trust, scaled = np.zeros(len(x)), np.zeros(len(x))
+        for i, g in enumerate(x):
+            ni = math.sqrt(_sq(g))
+            if ni > 0 and n0 > 0:
+                trust[i] = max(0.0, float(np.add.reduce(g * g0)) / (ni * n0))
+                scaled[i] = n0 / ni
+        total = math.fsum(trust)
+        shares = trust / total if total > 0 else trust
+        return _result(updates, _mean_rows(x, shares * scaled), shares, origin)
+
+
+@dataclass(frozen=True)
+class Clip(Aggregator):
+    """Norm clipping around any aggregator: each update's difference from the origin scaled to norm ≤ max_norm.
+
+    ``make("clip", max_norm=5.0, inner="krum", f=1)``: options other than
+    ``max_norm`` and ``inner`` are the inner aggregator's.
+    """
+
+    name: ClassVar[str] = "clip"
+    max_norm: float = 1.0
+    inner: Aggregator = dataclasses.field(default_factory=FedAvg)
+
+    @classmethod
+    def build(cls, max_norm: float = 1.0, inner: str = "fedavg", **inner_options) -> "Clip":
+        if inner == cls.name:
+            raise ValueError("clip: the inner aggregator cannot be clip itself")
+        return cls(max_norm, make(inner, **inner_options))
+
+    def __post_init__(self):
+        if not (isinstance(self.max_norm, (int, float)) and self.max_norm > 0):
+            raise ValueError(f"clip: max_norm must be positive, got {self.max_norm!r}")
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.inner.needs_reference
+
+    def options(self):
+        return {"max_norm": float(self.max_norm), "inner": self.inner.name, **self.inner.options()}
+
+    def aggregate(self, updates, *, origin=None, reference=None) -> Result:
+        _check(updates, origin)
+        base = _flat(origin) if origin is not None else 0.0
+        clipped = []
+        for u, g in zip(updates, _matrix(updates, origin)):
+            norm = math.sqrt(_sq(g))
+            if norm > self.max_norm:
+                g = g * (self.max_norm / norm)
+            clipped.append(Update(_unflat(g + base, u.params, None), u.weight, u.sender))
+        return self.inner.aggregate(clipped, origin=origin, reference=reference)
+
+
+@dataclass(frozen=True)
+class RandomSelection(Aggregator):
+    """The blockchain-FL baseline: FedAvg over ⌈fraction·n⌉ updates drawn at random, without replacement.
+
+    The draw is seeded by ``seed``, the senders and the origin's bytes, so it
+    changes from round to round and replays from the record.
+    """
+
+    name: ClassVar[str] = "random"
+    fraction: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self):
+        _non_negative(self.name, fraction=self.fraction, seed=self.seed)
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"random: fraction must be in (0, 1], got {self.fraction}")
+
+    def aggregate(self, updates, *, origin=None, reference=None) -> Result:
+        _check(updates, origin)
+        n = len(updates)
+        h = hashlib.sha256(b"edgefl/random-selection/%d" % self.seed)
+        for u in updates:
+            h.update(u.sender.encode() + b"\0")
+        for p in origin or ():
+            h.update(np.ascontiguousarray(p).tobytes())
+        rng = np.random.Generator(np.random.PCG64(int.from_bytes(h.digest()[:16], "little")))
+        chosen = sorted(int(i) for i in rng.permutation(n)[:max(1, math.ceil(self.fraction * n))])
+        inner = FedAvg().aggregate([updates[i] for i in chosen])
+        shares = np.zeros(n)
+        shares[chosen] = inner.weights
+        return Result(inner.params, chosen, [float(s) for s in shares])
+
+
+for _cls in (MultiKrum, Krum, TrimmedMean, Median, Bulyan, GeometricMedian, FLTrust, Clip, RandomSelection):
+    register(_cls)
+
+
+def make(name: str, **options) -> Aggregator:
+    """The aggregator ``name`` with ``options``; a typed error names an unknown name or option."""
     try:
-        return AGGREGATORS[name](**options)
+        cls = AGGREGATORS[name]
     except KeyError:
         raise ValueError(f"unknown aggregator {name!r}; known: {', '.join(sorted(AGGREGATORS))}") from None
+    try:
+        return cls.build(**options)
+    except TypeError as exc:
+        raise ValueError(f"aggregator {name!r}: {exc}") from None
+
+
+# --------------------------------------------------------------------------- canonical options
+
+
+def options_text(options: dict[str, Any]) -> list[str]:
+    """Canonical ``key=value`` strings, sorted by key; each value a TOML scalar (floats by repr)."""
+    out = []
+    for key in sorted(options):
+        v = options[key]
+        if isinstance(v, bool):
+            text = "true" if v else "false"
+        elif isinstance(v, int):
+            text = str(v)
+        elif isinstance(v, float):
+            text = repr(v) if math.isfinite(v) else ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf"))
+        elif isinstance(v, str):
+            text = json.dumps(v)
+        else:
+            raise ValueError(f"option {key}: {v!r} is not a number, boolean or string")
+        out.append(f"{key}={text}")
+    return out
+
+
+def parse_options(items: Sequence[str]) -> dict[str, Any]:
+    """The inverse of ``options_text`` (an unquoted word is taken as a string, as in the config)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ValueError(f"aggregator option {item!r}: expected key=value")
+        try:
+            out[key] = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key] = raw.strip()
+    return out
+
+
+def describe(agg: Aggregator) -> tuple[str, list[str]]:
+    """(name, canonical options): ``make(name, **parse_options(options))`` rebuilds ``agg``."""
+    return agg.name, options_text(agg.options())
+
+
+def from_spec(name: str, options: Sequence[str]) -> Aggregator:
+    return make(name, **parse_options(options))

@@ -23,12 +23,14 @@ devices on the fog's chain, before the first round's steps the fog's
 
 from __future__ import annotations
 
+from dataclasses import field
 from typing import Annotated, Callable
 
 import numpy as np
 
 from edgefl import codec
 from edgefl.codec import MaxLen, Message, Range, SchemaError, message
+from edgefl.fl import aggregate as agg
 from edgefl.ml.device import FeatureBatch
 from edgefl.ml.export import ModelRelease
 from edgefl.ml.extractor import FEATURES
@@ -59,6 +61,31 @@ class Extractor(Message):
     cid: Cid
 
 
+@message("fl.aggregator")
+class AggregatorSpec(Message):
+    """An aggregator by name with its options in canonical text form (``edgefl.fl.aggregate``)."""
+
+    name: Annotated[str, MaxLen(32)] = "fedavg"
+    options: Annotated[list[Annotated[str, MaxLen(128)]], MaxLen(32)] = field(default_factory=list)
+
+    def __post_init__(self):
+        try:
+            built = self.build()
+        except ValueError as exc:
+            raise SchemaError(str(exc), field="fl.aggregator") from None
+        if agg.describe(built) != (self.name, list(self.options)):
+            raise SchemaError(f"options {self.options} are not canonical: {agg.describe(built)[1]}",
+                              field="fl.aggregator.options")
+
+    def build(self) -> agg.Aggregator:
+        return agg.from_spec(self.name, self.options)
+
+    @classmethod
+    def of(cls, name: str, **options) -> "AggregatorSpec":
+        """The spec of ``make(name, **options)``: defaults filled in, canonical."""
+        return cls(*agg.describe(agg.make(name, **options)))
+
+
 @message("fl.task")
 class Task(Message):
     """The cloud's task advertisement, recorded on the main chain and published (retained) on its ``task`` topic.
@@ -79,6 +106,8 @@ class Task(Message):
     model: Cid  # M_0: the initial dense model (with its input transform)
     warm_start: bool = False  # round 1: each fog fits a ridge classifier to its batches first (WarmStart)
     average_releases: bool = False  # each fog trains on the mean of every release of an item so far
+    aggregator: AggregatorSpec = field(default_factory=AggregatorSpec)  # how each fog combines its devices
+    cloud_aggregator: AggregatorSpec = field(default_factory=AggregatorSpec)  # how the cloud combines the fogs
 
     def __post_init__(self):
         if self.unit not in UNITS:
@@ -91,6 +120,9 @@ class Task(Message):
         if self.warm_start and not warm_start_fits(self.config.layers):
             raise SchemaError(f"a warm start needs every hidden layer at least {2 * self.config.layers[-1]} wide, "
                               f"got {self.config.layers}", field="fl.task.warm_start")
+        if self.aggregator.build().needs_reference:
+            raise SchemaError(f"{self.aggregator.name} needs a server's root data; a fog has none",
+                              field="fl.task.aggregator")
 
     @property
     def batch_size(self) -> int:
@@ -151,10 +183,14 @@ class BatchAck(Message):
 
 @message("fl.aggregation")
 class Aggregation(Message):
-    """``model`` = aggregator(models weighted by weights, in this order): replayable from the blobs.
+    """``model`` = ``origin`` with the parameters aggregator(options)(models weighted by weights, in this
+    order; from ``origin``, with the server's ``reference`` update for FLTrust): replayable from the blobs
+    (``edgefl.fl.round.check_aggregation``).
 
     On a fog's chain the inputs are its devices' trained states (TrainState
     blobs, the last step's output); on the main chain the fogs' models.
+    ``kept`` are the indices of the inputs that contribute, ``shares`` every
+    input's share of the result (0: rejected), as the aggregator reported them.
     """
 
     task: Name
@@ -164,10 +200,24 @@ class Aggregation(Message):
     models: Annotated[list[Cid], MaxLen(MAX_PARTIES)]
     weights: Annotated[list[float], MaxLen(MAX_PARTIES)]
     model: Cid
+    options: Annotated[list[Annotated[str, MaxLen(128)]], MaxLen(32)] = field(default_factory=list)
+    kept: Annotated[list[Annotated[int, Range(0, MAX_PARTIES - 1)]], MaxLen(MAX_PARTIES)] = field(default_factory=list)
+    shares: Annotated[list[Annotated[float, Range(0.0, 1.0)]], MaxLen(MAX_PARTIES)] = field(default_factory=list)
+    origin: Cid | None = None  # the model the round started from
+    reference: Cid | None = None  # the server's own model trained from the origin (FLTrust)
 
     def __post_init__(self):
         if not (len(self.senders) == len(self.models) == len(self.weights)):
             raise SchemaError("senders, models and weights differ in length", field="fl.aggregation")
+        if self.shares and len(self.shares) != len(self.senders):
+            raise SchemaError("one share per input", field="fl.aggregation.shares")
+        if any(i >= len(self.senders) for i in self.kept) or list(self.kept) != sorted(set(self.kept)):
+            raise SchemaError("kept lists input indices once each, ascending", field="fl.aggregation.kept")
+
+    @property
+    def refs(self) -> list[bytes]:
+        """The blobs the record points at beyond its inputs (so blob gc keeps what replays it)."""
+        return [c for c in (self.model, self.origin, self.reference) if c is not None]
 
 
 @message("fl.warm-start")

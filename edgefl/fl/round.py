@@ -12,9 +12,10 @@ repeats nor records a step twice.
 record names its inputs; ``check_warm_start`` recomputes it);
 ``release_mean`` what a fog trains on when the task averages releases.
 
-``aggregate`` combines models with the aggregator the node's configuration
-names, in a fixed order, and describes the result as an ``Aggregation`` record
-from which anyone holding the blobs can recompute it.
+``aggregate`` combines models with the aggregator the task names (for fogs
+or for the cloud), in a fixed order, and describes the result as an
+``Aggregation`` record from which anyone holding the blobs recomputes it
+(``check_aggregation``).
 """
 
 from __future__ import annotations
@@ -26,14 +27,15 @@ from typing import Awaitable, Callable, Sequence
 
 import numpy as np
 
-from edgefl.fl.aggregate import Update, aggregator
-from edgefl.fl.protocol import Aggregation, WarmStart, decode_batch
+from edgefl import codec
+from edgefl.fl.aggregate import AggregationError, Update
+from edgefl.fl.protocol import Aggregation, AggregatorSpec, WarmStart, decode_batch
 from edgefl.ledger.audit import Tracker, batch_bytes
 from edgefl.ledger.blobs import BlobStore, cid_of
 from edgefl.ledger.errors import LedgerError
 from edgefl.ledger.records import TrainingStep
 from edgefl.ml.device import FeatureBatch
-from edgefl.ml.trainer import DenseModel, ReleaseMean, TrainConfig, batch_indices, init_state
+from edgefl.ml.trainer import DenseModel, ReleaseMean, TrainConfig, TrainState, batch_indices, init_state
 
 log = logging.getLogger("edgefl.fl.round")
 
@@ -131,12 +133,39 @@ class Contribution:
     params: Sequence[np.ndarray]
 
 
-def aggregate(name: str, base: DenseModel, contributions: Sequence[Contribution], blobs: BlobStore, *,
-              task: str, round: int) -> tuple[DenseModel, Aggregation]:
-    """Combine ``contributions`` (in the order given) into ``base``'s architecture; the result is stored as a blob."""
-    params = aggregator(name).aggregate([Update(c.params, c.weight, c.sender) for c in contributions])
-    model = base.with_params(params)
+def aggregate(spec: AggregatorSpec, base: DenseModel, contributions: Sequence[Contribution], blobs: BlobStore, *,
+              task: str, round: int, reference: Contribution | None = None) -> tuple[DenseModel, Aggregation]:
+    """Combine ``contributions`` (in the order given) from ``base``, the round's model; the result is stored as
+    a blob.  ``reference`` is the server's own model for an aggregator that needs one (FLTrust)."""
+    origin = blobs.put(base.to_bytes())  # canonical: the same bytes (and id) the round's model came as
+    result = spec.build().aggregate([Update(c.params, c.weight, c.sender) for c in contributions],
+                                    origin=base.params, reference=reference.params if reference else None)
+    model = base.with_params(result.params)
     cid = blobs.put(model.to_bytes())
-    return model, Aggregation(task=task, round=round, aggregator=name, senders=[c.sender for c in contributions],
+    return model, Aggregation(task=task, round=round, aggregator=spec.name, senders=[c.sender for c in contributions],
                               models=[c.cid for c in contributions],
-                              weights=[float(c.weight) for c in contributions], model=cid)
+                              weights=[float(c.weight) for c in contributions], model=cid, options=list(spec.options),
+                              kept=result.kept, shares=result.weights, origin=origin,
+                              reference=reference.cid if reference else None)
+
+
+def params_of(data: bytes) -> list:
+    """The parameters in a model blob: a DenseModel (a fog's update) or a TrainState (a device's trained state)."""
+    try:
+        return TrainState.from_bytes(data).model.params
+    except codec.SchemaError:
+        return DenseModel.from_bytes(data).params
+
+
+def check_aggregation(record: Aggregation, blob: Callable[[bytes], bytes]) -> bool:
+    """Recompute a recorded aggregation from its blobs (``blob(cid) -> bytes``, digest-checked): the model,
+    which inputs it kept and their shares must all come out as recorded, bit for bit."""
+    if record.origin is None:
+        raise AggregationError("the record names no origin (recorded before aggregations were replayable)")
+    spec = AggregatorSpec(record.aggregator, list(record.options))
+    base = DenseModel.from_bytes(blob(record.origin))
+    updates = [Update(params_of(blob(c)), w, s) for c, w, s in zip(record.models, record.weights, record.senders)]
+    reference = params_of(blob(record.reference)) if record.reference is not None else None
+    result = spec.build().aggregate(updates, origin=base.params, reference=reference)
+    return (cid_of(base.with_params(result.params).to_bytes()) == record.model and result.kept == list(record.kept)
+            and result.weights == list(record.shares))

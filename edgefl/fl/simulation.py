@@ -57,6 +57,6 @@ def run_rounds(devices: list[SimDevice], *, config: T.TrainConfig, rounds: int, 
             if len(y):
                 state = T.Trainer(config).fit(model, x, y, epochs=epochs)
                 updates.append(Update(state.model.params, weight=len(y), sender=d.name))
-        model = model.with_params(aggregator.aggregate(updates))
+        model = model.with_params(aggregator.aggregate(updates, origin=model.params).params)
         accuracies.append(T.accuracy(model, test, test_labels))
     return accuracies

@@ -4,9 +4,10 @@ Once: export the extractor (ONNX and TFLite from one set of weights), build
 the initial dense model and record the ``ModelRelease``s and the ``Task`` on
 the main chain.  Each round: wait for the ``FogUpdate`` records of every
 fog whose sub-chain the main chain registers (or ``fl.round_timeout_s``),
-fetch their models from the fogs (digest-checked), aggregate them
-(``ml.aggregator``), record the ``Aggregation`` and publish the next global
-model.  The chain is the cloud's whole round state: a restart finds the task,
+fetch their models from the fogs (digest-checked), aggregate them with the
+task's ``cloud_aggregator`` (``ml.cloud_aggregator``; FLTrust's reference is
+the round's model trained on this node's held-out data), record the
+``Aggregation`` and publish the next global model.  The chain is the cloud's whole round state: a restart finds the task,
 the updates and the aggregations there and carries on from them.
 """
 
@@ -18,7 +19,9 @@ import time
 
 import numpy as np
 
-from edgefl.fl.protocol import Aggregation, Extractor, FogUpdate, GlobalModel, Task
+from edgefl.codec import SchemaError
+from edgefl.fl.aggregate import parse_options
+from edgefl.fl.protocol import Aggregation, AggregatorSpec, Extractor, FogUpdate, GlobalModel, Task
 from edgefl.fl.round import Contribution, aggregate
 from edgefl.ledger.blobs import fetch
 from edgefl.ledger.errors import LedgerError
@@ -36,6 +39,20 @@ from edgefl.transport.session import RemoteError, RequestTimeout, Session
 
 log = logging.getLogger("edgefl.cloud")
 CLASSES = 10
+
+
+def aggregator_specs(cfg: Config) -> tuple[AggregatorSpec, AggregatorSpec]:
+    """The fogs' and the cloud's aggregators the tasks of this cloud name (ml.aggregator, ml.cloud_aggregator)."""
+    out = []
+    for key in ("aggregator", "cloud_aggregator"):
+        try:
+            spec = AggregatorSpec.of(getattr(cfg.ml, key), **parse_options(getattr(cfg.ml, f"{key}_options")))
+        except (ValueError, SchemaError) as exc:
+            raise ConfigError(f"ml.{key}_options", str(exc)) from None
+        out.append(spec)
+    if out[0].build().needs_reference:
+        raise ConfigError("ml.aggregator", f"{out[0].name} needs a server's root data, which a fog does not have")
+    return out[0], out[1]
 
 
 def train_config(cfg: Config) -> T.TrainConfig:
@@ -62,6 +79,7 @@ class CloudNode:
 
     @staticmethod
     def check(cfg: Config) -> None:
+        aggregator_specs(cfg)
         config = train_config(cfg)
         if cfg.fl.warm_start and not T.warm_start_fits(config.layers):
             raise ConfigError("fl.warm_start", f"a warm start needs every hidden layer at least {2 * CLASSES} wide "
@@ -86,9 +104,10 @@ class CloudNode:
         await self._publish(task, len(done), model, done[-1].model if done else task.model)
         for round in range(len(done), task.rounds):
             contributions = await self._collect(task, round, model)
-            model, agg = aggregate(self.cfg.ml.aggregator, model, contributions, self.blobs, task=task.task,
-                                   round=round)
-            receipt = await self.ledger.submit(record_tx(agg, self.id, self.session.signer.key, refs=[agg.model],
+            reference = await self._reference(task, model) if task.cloud_aggregator.build().needs_reference else None
+            model, agg = aggregate(task.cloud_aggregator, model, contributions, self.blobs, task=task.task,
+                                   round=round, reference=reference)
+            receipt = await self.ledger.submit(record_tx(agg, self.id, self.session.signer.key, refs=agg.refs,
                                                          model=agg.model))
             log.info("%s: round %d aggregated from %s in main block %d", self.id, round, ", ".join(agg.senders),
                      receipt.height)
@@ -111,6 +130,7 @@ class CloudNode:
             log.info("%s: resuming task %s", self.id, task.task)
             return task
         fl, ml = self.cfg.fl, self.cfg.ml
+        fogs, cloud = aggregator_specs(self.cfg)
         weights = ExtractorWeights.load(fl.weights) if fl.weights else ExtractorWeights.random(seed=fl.seed)
         extractors = []
         for fmt in FORMATS:
@@ -130,7 +150,7 @@ class CloudNode:
         task = Task(task=fl.task, rounds=fl.rounds, epsilon=ml.epsilon, unit=ml.privacy_unit, noise=ml.noise,
                     config=config, epochs=ml.local_epochs, trainer="dense", extractors=extractors,
                     model=self.blobs.put(m0.to_bytes()), warm_start=fl.warm_start,
-                    average_releases=fl.average_releases)
+                    average_releases=fl.average_releases, aggregator=fogs, cloud_aggregator=cloud)
         key = self.session.signer.key
         txs = [record_tx(e.release, self.id, key, refs=[e.cid], model=e.cid) for e in extractors]
         txs.append(record_tx(task, self.id, key, refs=[*(e.cid for e in extractors), task.model], model=task.model))
@@ -164,6 +184,13 @@ class CloudNode:
         await self.session.publish("model", GlobalModel(task=task.task, round=round, rounds=task.rounds, model=cid,
                                                         accuracy=acc), retain=True)
         log.info("%s: global model after round %d published: test accuracy %.1f %%", self.id, round, 100 * acc)
+
+    async def _reference(self, task: Task, model: T.DenseModel) -> Contribution:
+        """FLTrust's server update: the round's model trained on this node's held-out (root) data, stored as a blob."""
+        x = normalise(self._features(task.extractors, self.reference.images), task.batch_size).astype(np.float32)
+        trained = await asyncio.to_thread(lambda: T.Trainer(task.config).fit(model, x, self.reference.labels,
+                                                                             epochs=task.epochs).model)
+        return Contribution(self.id, self.blobs.put(trained.to_bytes()), len(x), trained.params)
 
     async def _collect(self, task: Task, round: int, base: T.DenseModel) -> list[Contribution]:
         """The fogs' models for ``round``: every registered fog's, or whoever sent one by the timeout."""

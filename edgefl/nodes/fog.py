@@ -7,7 +7,7 @@ acknowledgement, counted once), wait for every device in ``fl.devices`` (or
 embed a ridge classifier fitted to all the batches in the global model (the
 recorded ``WarmStart``), train one copy of that model per device with every
 step recorded (on the mean of every release of each item so far, when the
-task averages releases), aggregate them (``ml.aggregator``), record
+task averages releases), aggregate them (the task's ``aggregator``), record
 the aggregation, and submit the signed ``FogUpdate`` record to the main chain.
 The ledger service anchors the sub-chain (Type-II) and records the main
 chain's beacons (Type-III) meanwhile.
@@ -210,10 +210,10 @@ class FogNode:
         if not contributions:
             log.warning("%s: round %d: no device sent any items", self.id, round)
             return None
-        _, agg = aggregate(self.cfg.ml.aggregator, DenseModel.from_bytes(origin), contributions, self.blobs,
+        _, agg = aggregate(task.aggregator, DenseModel.from_bytes(origin), contributions, self.blobs,
                            task=task.task, round=round)
         ts = time.time_ns() // 1_000_000
-        receipt = await self.ledger.submit(record_tx(agg, self.id, self.session.signer.key, refs=[agg.model],
+        receipt = await self.ledger.submit(record_tx(agg, self.id, self.session.signer.key, refs=agg.refs,
                                                      model=agg.model, ts_ms=ts))
         log.info("%s: round %d: %d steps recorded for %d devices, aggregated (%s) in block %d", self.id, round,
                  steps, len(contributions), agg.aggregator, receipt.height)

@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 from edgefl import resources
+from edgefl.fl.aggregate import AGGREGATORS
+
+_AGGREGATORS = tuple(sorted(AGGREGATORS))  # the config accepts exactly the registry's names
 
 
 class ConfigError(ValueError):
@@ -111,7 +114,12 @@ class MlSection:
     lr: float = field(default=0.001, metadata=_range(0, 10))
     prox_mu: float = field(default=1.0, metadata=_range(0, 1e6))  # cloud: FedProx term pulling local models to M_O
     local_epochs: int = field(default=5, metadata=_range(1, 1000))
-    aggregator: Literal["fedavg"] = "fedavg"
+    # cloud: the aggregators its tasks name (edgefl.fl.aggregate): each fog's over its devices, the
+    # cloud's over the fogs; options as key=value, e.g. ["f=1"], ["max_norm=5.0", "inner=krum", "f=1"]
+    aggregator: Literal[_AGGREGATORS] = "fedavg"
+    aggregator_options: list[str] = field(default_factory=list)
+    cloud_aggregator: Literal[_AGGREGATORS] = "fedavg"
+    cloud_aggregator_options: list[str] = field(default_factory=list)
 
 
 @dataclass
