@@ -144,6 +144,12 @@ class Aggregator:
         raise NotImplementedError
 
 
+def _counts(name: str, **values) -> None:
+    for key, v in values.items():
+        if v is not None and (type(v) is not int or v < 0):
+            raise ValueError(f"{name}: option {key} must be a non-negative integer, got {v!r}")
+
+
 def _non_negative(name: str, **values) -> None:
     for key, v in values.items():
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
@@ -184,7 +190,7 @@ def _krum_scores(x: np.ndarray, rows: Sequence[int], f: int) -> list[float]:
     for a in range(n):
         for b in range(a + 1, n):
             d[a, b] = d[b, a] = _sq(x[rows[a]] - x[rows[b]])
-    nearest = max(n - f - 2, 0)
+    nearest = max(n - f - 2, 1)  # ≥ 1: Bulyan's last picks still depend on the values, not the order
     return [math.fsum(np.sort(np.delete(d[a], a))[:nearest]) for a in range(n)]
 
 
@@ -192,22 +198,19 @@ def _by_score(scores: Sequence[float]) -> list[int]:
     return sorted(range(len(scores)), key=lambda i: (scores[i], i))  # ties: the lower index
 
 
-@dataclass(frozen=True)
-class MultiKrum(Aggregator):
-    """Multi-Krum: the weighted mean of the m updates with the lowest Krum scores (m = n − f when unset)."""
+class _Krum(Aggregator):
+    """The weighted mean of the updates with the lowest Krum scores (how many: ``_count``)."""
 
-    name: ClassVar[str] = "multikrum"
-    f: int = 1
-    m: int | None = None
+    f: int
 
-    def __post_init__(self):
-        _non_negative(self.name, f=self.f, m=self.m)
+    def _count(self, n: int) -> int:
+        raise NotImplementedError
 
     def aggregate(self, updates, *, origin=None, reference=None) -> Result:
         _check(updates, origin)
         n, f = len(updates), self.f
         _need(n >= 2 * f + 3, self.name, "2f+3", n, f)
-        m = n - f if self.m is None else self.m
+        m = self._count(n)
         if not 1 <= m <= n:
             raise AggregationError(f"{self.name} keeps m of n updates: m = {m}, n = {n}")
         x = _matrix(updates, None)
@@ -220,23 +223,32 @@ class MultiKrum(Aggregator):
 
 
 @dataclass(frozen=True)
-class Krum(MultiKrum):
-    """Krum: the one update with the lowest score."""
+class Krum(_Krum):
+    """Blanchard et al. 2017: the one update with the lowest score."""
 
     name: ClassVar[str] = "krum"
+    f: int = 1
+
+    def __post_init__(self):
+        _counts(self.name, f=self.f)
+
+    def _count(self, n: int) -> int:
+        return 1
+
+
+@dataclass(frozen=True)
+class MultiKrum(_Krum):
+    """Multi-Krum: the weighted mean of the m updates with the lowest scores (m = n − f when unset)."""
+
+    name: ClassVar[str] = "multikrum"
     f: int = 1
     m: int | None = None
 
     def __post_init__(self):
-        super().__post_init__()
-        if self.m not in (None, 1):
-            raise ValueError(f"krum keeps one update (m = 1), got m = {self.m}; use multikrum")
+        _counts(self.name, f=self.f, m=self.m)
 
-    def options(self):
-        return {"f": self.f}
-
-    def aggregate(self, updates, *, origin=None, reference=None) -> Result:
-        return MultiKrum(self.f, 1).aggregate(updates, origin=origin)
+    def _count(self, n: int) -> int:
+        return n - self.f if self.m is None else self.m
 
 
 def _coordinate_trim(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -264,7 +276,8 @@ class TrimmedMean(Aggregator):
     f: int | None = None
 
     def __post_init__(self):
-        _non_negative(self.name, f=self.f, beta=self.beta)
+        _counts(self.name, f=self.f)
+        _non_negative(self.name, beta=self.beta)
         if not self.beta < 0.5:
             raise ValueError(f"trimmedmean: beta must be below 0.5, got {self.beta}")
 
@@ -301,7 +314,7 @@ class Bulyan(Aggregator):
     f: int = 1
 
     def __post_init__(self):
-        _non_negative(self.name, f=self.f)
+        _counts(self.name, f=self.f)
 
     def aggregate(self, updates, *, origin=None, reference=None) -> Result:
         _check(updates, origin)
@@ -330,18 +343,21 @@ class Bulyan(Aggregator):
 class GeometricMedian(Aggregator):
     """RFA (Pillutla et al. 2022): the weighted geometric median by the smoothed Weiszfeld iteration.
 
-    At most ``iterations`` steps, stopping once the objective improves by
-    less than ``tol`` (relative); ``nu`` floors each distance.  The result is
-    Σ βᵢ xᵢ with the last step's weights βᵢ: those are the shares.
+    From the weighted mean, at most ``iterations`` steps, stopping once a step
+    moves the estimate by at most ``tol`` (in parameter units: a relative rule
+    would stop early while huge outliers dominate the objective); ``nu``
+    floors each distance.  The result is Σ βᵢ xᵢ with the last step's
+    weights βᵢ: those are the shares.
     """
 
     name: ClassVar[str] = "geomedian"
-    iterations: int = 10
-    tol: float = 1e-6
+    iterations: int = 100
+    tol: float = 1e-5
     nu: float = 1e-6
 
     def __post_init__(self):
-        _non_negative(self.name, iterations=self.iterations, tol=self.tol, nu=self.nu)
+        _counts(self.name, iterations=self.iterations)
+        _non_negative(self.name, tol=self.tol, nu=self.nu)
         if self.nu <= 0 or self.iterations < 1:
             raise ValueError("geomedian: nu must be positive and iterations at least 1")
 
@@ -349,22 +365,15 @@ class GeometricMedian(Aggregator):
         _check(updates, origin)
         x = _matrix(updates, None)
         total = float(sum(u.weight for u in updates))
-        alpha = np.array([u.weight / total for u in updates])
-        shares = alpha
+        alpha = [u.weight / total for u in updates]
+        shares = np.array(alpha)
         z = _mean_rows(x, shares)
-
-        def objective(z):
-            return math.fsum(a * math.sqrt(_sq(z - r)) for a, r in zip(alpha, x))
-
-        last = objective(z)
         for _ in range(self.iterations):
             beta = np.array([a / max(self.nu, math.sqrt(_sq(z - r))) for a, r in zip(alpha, x)])
             shares = beta / math.fsum(beta)
-            z = _mean_rows(x, shares)
-            now = objective(z)
-            if abs(last - now) <= self.tol * now:
+            z, last = _mean_rows(x, shares), z
+            if math.sqrt(_sq(z - last)) <= self.tol:
                 break
-            last = now
         return _result(updates, z, shares, None)
 
 
@@ -452,7 +461,8 @@ class RandomSelection(Aggregator):
     seed: int = 0
 
     def __post_init__(self):
-        _non_negative(self.name, fraction=self.fraction, seed=self.seed)
+        _counts(self.name, seed=self.seed)
+        _non_negative(self.name, fraction=self.fraction)
         if not 0 < self.fraction <= 1:
             raise ValueError(f"random: fraction must be in (0, 1], got {self.fraction}")
 
