@@ -35,6 +35,8 @@ from typing import Annotated, Any, ClassVar, Iterable
 
 from edgefl import codec
 from edgefl.codec import MaxLen, Message, Range, message
+from edgefl.consensus import policy as policies
+from edgefl.consensus.policy import PolicySpec
 from edgefl.crypto import accumulator
 from edgefl.crypto.envelope import IdentityRejected, KeyRegistry
 from edgefl.crypto.hashing import tagged_hash
@@ -126,6 +128,8 @@ class ChainSpec(Message):
     parent: Annotated[str, MaxLen(64)] | None = None  # sub: the main chain's id
     parent_committee: Committee | None = None  # sub: who signs Type-III beacons
     subchains: Annotated[dict[str, Committee], MaxLen(1024)] | None = None  # main: who signs Type-II
+    # record type (or "*") -> who must endorse such a record (edgefl.consensus.policy); None: its signer alone
+    policies: Annotated[dict[Annotated[str, MaxLen(64)], PolicySpec], MaxLen(256)] | None = None
 
 
 @message("ledger.record", max_size=128 << 10)
@@ -291,6 +295,8 @@ def check_spec(spec: ChainSpec, field: str = "genesis") -> None:
         for name, committee in (spec.subchains or {}).items():
             check_segment(name, "sub-chain id")
             committee.validate(f"{field}.subchains[{name!r}]")
+        for rtype, p in (spec.policies or {}).items():
+            policies.from_spec(p, f"{field}.policies[{rtype!r}]")
     except TopicError as exc:
         raise InvalidTx(str(exc), field=f"{field}.chain", reason="schema") from None
     except LedgerError as exc:
@@ -322,21 +328,31 @@ class RecordKind(TxKind):
 
     def admit(self, tx, spec, registry):
         rec: Record = tx.body
-        if len(tx.sigs) != 1 or tx.sigs[0].signer != rec.signer:
+        policy = policies.for_record(spec.policies if spec is not None else None, rec.type)
+        signers = [s.signer for s in tx.sigs]
+        if policy is None and signers != [rec.signer]:
             raise InvalidTx(f"a record carries exactly one signature, by its signer {rec.signer!r}",
+                            field="tx.sigs", reason="bad_signature")
+        if rec.signer not in signers or signers != sorted(set(signers)):
+            raise InvalidTx(f"signatures sorted by signer, one each, one by the record's signer {rec.signer!r}",
                             field="tx.sigs", reason="bad_signature")
         if any(len(c) != CID_BYTES for c in rec.refs) or (rec.model is not None and len(rec.model) != CID_BYTES):
             raise InvalidTx("content ids are 32-byte SHA-256 digests", field="record.refs", reason="schema")
         rec.unwrap()
         if registry is None:
             raise InvalidTx("no key registry to check record signatures", field="tx.sigs", reason="unknown_signer")
-        try:
-            key = registry.key_for(rec.signer, rec.ts / 1000)
-        except IdentityRejected as exc:
-            raise InvalidTx(str(exc), field="record.signer", reason=exc.reason) from None
-        if not key.verify(tx.sigs[0].sig, tx.digest):
-            raise InvalidTx(f"signature of {rec.signer!r} does not verify", field="tx.sigs[0]",
-                            reason="bad_signature")
+        for i, s in enumerate(tx.sigs):  # every endorsement must verify: a forged one is refused, never skipped
+            try:
+                key = registry.key_for(s.signer, rec.ts / 1000)
+            except IdentityRejected as exc:
+                raise InvalidTx(str(exc), field="record.signer" if s.signer == rec.signer else f"tx.sigs[{i}]",
+                                reason=exc.reason) from None
+            if not key.verify(s.sig, tx.digest):
+                raise InvalidTx(f"signature of {s.signer!r} does not verify", field=f"tx.sigs[{i}]",
+                                reason="bad_signature")
+        if policy is not None and not policy.satisfied(frozenset(signers)):
+            raise InvalidTx(f"endorsed by {', '.join(signers)}; {rec.type} records need {policy!r}",
+                            field="tx.sigs", reason="endorsement_policy")
 
     def index(self, tx):
         rec: Record = tx.body
@@ -429,12 +445,20 @@ class BeaconKind(TxKind):
 
 
 def record_tx(msg: Message, signer: str, key: SigningKey, *, refs: Iterable[bytes] = (), device: str | None = None,
-              model: bytes | None = None, ts_ms: int | None = None) -> bytes:
-    """A signed Type-I transaction carrying ``msg``."""
+              model: bytes | None = None, ts_ms: int | None = None,
+              endorsers: Iterable[tuple[str, SigningKey]] = ()) -> bytes:
+    """A signed Type-I transaction carrying ``msg`` (and the endorsements of ``endorsers``, if any)."""
     rec = Record(type=msg.TYPE, v=msg.VERSION, msg=codec.message_to_wire(msg), signer=signer,
                  ts=time.time_ns() // 1_000_000 if ts_ms is None else ts_ms, refs=list(refs), device=device,
                  model=model)
-    return make_tx("record", rec, [(signer, key)])
+    return make_tx("record", rec, [(signer, key), *endorsers])
+
+
+def endorse(raw: bytes, member: str, key: SigningKey) -> bytes:
+    """``raw`` with ``member``'s endorsement added (replacing an earlier one of ``member``); sigs stay sorted."""
+    info = decode_tx(raw)
+    sigs = [s for s in info.sigs if s.signer != member] + sign_all(info.digest, [(member, key)])
+    return codec.encode_message(Tx(info.kind.name, info.body_bytes, sorted(sigs, key=lambda s: s.signer)))
 
 
 def anchor_tx(chain: str, prev_height: int, digests: list[bytes], header: bytes,
