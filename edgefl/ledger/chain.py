@@ -30,7 +30,9 @@ from edgefl.ledger.sealer import Sealer
 from edgefl.ledger.store import Store
 from edgefl.ledger.tx import (MAX_ANCHOR_BLOCKS, MAX_TX, Anchor, ChainSpec, Record, State, TxInfo, decode_tx,
                               genesis_tx)
-from edgefl.ledger.validation import Verified, build_block, validate_block
+from edgefl.ledger.block import Seal
+from edgefl.ledger.validation import (Verified, build_block, check_seal, finish_block, propose_block, validate_block,
+                                      validate_proposal)
 
 log = logging.getLogger("edgefl.ledger")
 
@@ -183,15 +185,25 @@ class Chain:
 
     # ------------------------------------------------------------------ blocks
 
-    def build(self, sealer: Sealer, *, ts_ms: int | None = None, allow_empty: bool = False) -> Verified | None:
-        """Build and seal the next block from the mempool, without committing it; None if there is nothing to do."""
+    def propose(self, proposer: str, *, ts_ms: int | None = None, allow_empty: bool = False) -> Verified | None:
+        """The next block from the mempool, unsealed (for a committee to certify); None if there is nothing to do."""
         if not self._blocks and not allow_empty:
             return None
         pending = self._blocks[0] if self._blocks else _Pending()
-        block = build_block(self.tip, self.id, pending.txs, sealer,
-                            time.time_ns() // 1_000_000 if ts_ms is None else ts_ms, root=pending.tree.root(),
-                            framed=pending.framed)
+        block = propose_block(self.tip, self.id, pending.txs, proposer,
+                              time.time_ns() // 1_000_000 if ts_ms is None else ts_ms, sealer=self.spec.sealer,
+                              root=pending.tree.root(), framed=pending.framed)
         if len(block.raw) > self.spec.max_block:  # the overhead reserve makes this unreachable; guard it anyway
+            raise LedgerError(f"proposed a {len(block.raw)}-byte block over the limit", reason="too_large")
+        return block
+
+    def build(self, sealer: Sealer, *, ts_ms: int | None = None, allow_empty: bool = False) -> Verified | None:
+        """Build and seal the next block from the mempool, without committing it; None if there is nothing to do."""
+        block = self.propose(sealer.proposer, ts_ms=ts_ms, allow_empty=allow_empty)
+        if block is None:
+            return None
+        block = finish_block(block, sealer.seal(block.hash), framed=self._blocks[0].framed if self._blocks else b"")
+        if len(block.raw) > self.spec.max_block:
             raise LedgerError(f"built a {len(block.raw)}-byte block over the limit", reason="too_large")
         return block
 
@@ -204,12 +216,53 @@ class Chain:
         for t in block.txs:
             t.kind.apply(t, state)
         self._commit(block, state)  # raises, leaving the mempool as it was, if the store cannot commit
-        if self._blocks:
-            self._blocks.popleft()
-        for t in block.txs:
-            del self._pool[t.id]
-            self._pool_bytes -= len(t.raw)
+        self._drop_included(block)
         return block
+
+    def validate_proposal(self, raw: bytes) -> tuple[Verified, State]:
+        """Check a proposed (unsealed) block as the next one, without committing: what a replica votes on."""
+        try:
+            return validate_proposal(raw, self.tip, self.state, self.registry, seen=self.store.has_tx,
+                                     admitted=self._admitted)
+        except InvalidBlock as exc:
+            self._reject("block", exc)
+            raise
+
+    def commit_sealed(self, block: Verified, seal: Seal, state: State | None = None) -> Verified:
+        """Attach the committee's certificate to a validated proposal for the tip, check it, commit durably.
+
+        ``state``: the state after ``block`` as ``validate_proposal`` returned it (recomputed when omitted).
+        """
+        if block.header.prev != self.tip.hash or block.header.height != self.tip.height + 1:
+            raise InvalidBlock(f"block {block.header.height} does not extend the tip {self.tip.height}",
+                               field="header.prev", reason="bad_link")
+        sealed = finish_block(block, seal)
+        try:
+            if len(sealed.raw) > self.spec.max_block:
+                raise InvalidBlock(f"{len(sealed.raw)} bytes sealed exceeds the block limit", field="block",
+                                   reason="too_large")
+            check_seal(sealed, self.spec)
+        except InvalidBlock as exc:
+            self._reject("block", exc)
+            raise
+        if state is None:
+            state = self.state.copy()
+            for t in block.txs:
+                t.kind.apply(t, state)
+        self._commit(sealed, state)
+        self._drop_included(sealed)
+        return sealed
+
+    def _drop_included(self, block: Verified) -> None:
+        """Take a committed block's transactions out of the mempool (cheaply when it is the first pending block)."""
+        first = self._blocks[0].txs if self._blocks else []
+        if len(first) == len(block.txs) and all(a.id == b.id for a, b in zip(first, block.txs)):
+            self._blocks.popleft()
+            for t in block.txs:
+                del self._pool[t.id]
+                self._pool_bytes -= len(t.raw)
+        else:
+            self._revalidate_pool({t.id for t in block.txs})
 
     def append(self, raw: bytes) -> Verified:
         """Validate a block from elsewhere (a peer, an export) as the next one and commit it."""

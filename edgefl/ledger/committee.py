@@ -51,6 +51,22 @@ class Committee(Message):
         ms = sorted((Member(i, k.raw) for i, k in members), key=lambda m: m.id)
         return cls(ms, threshold if threshold is not None else len(ms) // 2 + 1)
 
+    @classmethod
+    def bft(cls, members: Iterable[tuple[str, VerifyingKey]]) -> "Committee":
+        """A committee whose quorums tolerate f byzantine members of n = 3f+1 (threshold ``bft_threshold(n)``)."""
+        members = list(members)
+        return cls.of(members, bft_threshold(len(members)))
+
+    @property
+    def ids(self) -> list[str]:
+        return [m.id for m in self.members]
+
+    @property
+    def faults(self) -> int:
+        """How many byzantine members it tolerates: two quorums share f+1 members, and n-f members make one."""
+        n = len(self.members)
+        return max(0, min(2 * self.threshold - n - 1, n - self.threshold))
+
     def validate(self, field: str) -> None:
         ids = [m.id for m in self.members]
         if not ids or ids != sorted(set(ids)):
@@ -83,6 +99,11 @@ class Committee(Message):
             if not key.verify(s.sig, digest):
                 raise error(f"signature of {s.signer!r} does not verify", field=f"{field}[{i}]",
                             reason="bad_signature")
+
+
+def bft_threshold(n: int) -> int:
+    """⌈(2n+1)/3⌉: the smallest quorum any two of which share an honest member when ⌊(n-1)/3⌋ are byzantine."""
+    return (2 * n + 3) // 3
 
 
 def sign_all(digest: bytes, signers: Iterable[tuple[str, SigningKey]]) -> list[Sig]:

@@ -14,6 +14,13 @@
 
 The chain is touched only from one worker thread (SQLite commits fsync; the
 event loop keeps serving meanwhile).
+
+Blocks are made by a ``Producer``, one small class per strategy: today's
+``SingleProducer`` (this node seals alone) or a committee consensus (PBFT for
+sub-chains, ``edgefl.consensus``).  A producer reports every durable block
+through ``LedgerNode.committed``, which answers the waiting submitters; when
+the node stops, every submitter still waiting gets a ``stopped`` error rather
+than waiting forever for a receipt.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable, ClassVar
 
 from edgefl.crypto.envelope import DirectoryKeyRegistry, StaticKeyRegistry
 from edgefl.crypto.keys import SigningKey
@@ -81,10 +89,59 @@ def _error(exc: LedgerError) -> Error:
     return Error(exc.reason, str(exc)[:1000])
 
 
+class Producer:
+    """Turns a ledger node's mempool into durable blocks and reports each through ``node.committed``."""
+
+    name: ClassVar[str]
+
+    def __init__(self, node: "LedgerNode"):
+        self.node = node
+
+    async def run(self) -> None:
+        raise NotImplementedError
+
+    def wake(self) -> None:
+        """The mempool holds a full block: make it now rather than at the next interval."""
+
+
+class SingleProducer(Producer):
+    """This node alone seals a block every ``block_interval_s``, or as soon as the mempool fills one."""
+
+    name = "single"
+
+    def __init__(self, node: "LedgerNode", sealer: Sealer, block_interval_s: float = 1.0):
+        super().__init__(node)
+        self.sealer = sealer
+        self.block_interval_s = block_interval_s
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        node, chain = self.node, self.node.chain
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.block_interval_s):
+                    await self._wake.wait()
+            self._wake.clear()
+            while chain.pending:
+                try:
+                    block = await node.call(chain.mine, self.sealer)
+                except LedgerError as exc:  # e.g. the disk is full: keep the mempool, try again later
+                    log.error("%s: cannot commit a block: %s", chain.id, exc)
+                    node.metrics.inc("ledger_commit_failed", reason=exc.reason)
+                    break
+                if block is None:
+                    break
+                node.committed(block)
+
+
 class LedgerNode:
     def __init__(self, chain: Chain, session: Session, blobs: BlobStore, sealer: Sealer, *,
                  keys: dict[str, SigningKey], main_node: str, block_interval_s: float = 1.0,
-                 interlock_interval_s: float = 10.0, metrics: Metrics = METRICS):
+                 interlock_interval_s: float = 10.0, metrics: Metrics = METRICS,
+                 producer: Callable[["LedgerNode"], Producer] | None = None):
         self.chain = chain
         self.session = session
         self.blobs = blobs
@@ -98,8 +155,10 @@ class LedgerNode:
         self.anchored = -1  # fog: the last of our heights the main chain has anchored
         self._exec = ThreadPoolExecutor(1, thread_name_prefix=f"ledger-{chain.id}")
         self._waiters: dict[bytes, list[asyncio.Future]] = {}
-        self._wake = asyncio.Event()
+        self._stopped = False
         self._beacon_cache: tuple[int, bytes] | None = None
+        self.producer = (producer(self) if producer is not None
+                         else SingleProducer(self, sealer, block_interval_s))
 
     @classmethod
     def from_config(cls, cfg: Config, session: Session, *, metrics: Metrics = METRICS) -> "LedgerNode":
@@ -123,14 +182,28 @@ class LedgerNode:
     # ------------------------------------------------------------------ running
 
     async def run(self) -> None:
+        self._stopped = False
         self._serve()
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._produce(), name="ledger-blocks")
-            if self.role == "main":
-                tg.create_task(self._broadcast_beacons(), name="ledger-beacons")
-            else:
-                tg.create_task(self._anchor_loop(), name="ledger-anchors")
-                tg.create_task(self._listen_beacons(), name="ledger-beacon-listener")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.producer.run(), name="ledger-blocks")
+                if self.role == "main":
+                    tg.create_task(self._broadcast_beacons(), name="ledger-beacons")
+                else:
+                    tg.create_task(self._anchor_loop(), name="ledger-anchors")
+                    tg.create_task(self._listen_beacons(), name="ledger-beacon-listener")
+        finally:
+            self._stop()
+
+    def _stop(self) -> None:
+        """No producer runs any more: fail every waiting submitter (and later ones) instead of leaving it hanging."""
+        self._stopped = True
+        waiters, self._waiters = self._waiters, {}
+        for futs in waiters.values():
+            for fut in futs:
+                if not fut.done():
+                    fut.set_exception(LedgerError("the ledger node stopped before the block was made",
+                                                  field="tx", reason="stopped"))
 
     def _serve(self) -> None:
         s = self.session
@@ -164,11 +237,27 @@ class LedgerNode:
             if committed is not None:
                 return committed  # a retried submission: answer as the first time
             info = decode_tx(raw)  # still in the mempool: wait for its block
+        if self._stopped:
+            raise LedgerError("the ledger node has stopped", field="tx", reason="stopped")
         fut = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(info.id, []).append(fut)
+        waiting = self._waiters.setdefault(info.id, [])
+        waiting.append(fut)
         if self.chain.full_blocks:
-            self._wake.set()
-        return await fut
+            self.producer.wake()
+        try:
+            return await fut
+        finally:  # answered, failed or cancelled: never leave the future behind
+            if fut in waiting:
+                waiting.remove(fut)
+                if not waiting and self._waiters.get(info.id) is waiting:
+                    del self._waiters[info.id]
+
+    def committed(self, block) -> None:
+        """A producer made ``block`` durable: answer everyone waiting for one of its transactions."""
+        for t in block.txs:
+            for fut in self._waiters.pop(t.id, ()):
+                if not fut.done():
+                    fut.set_result(Receipt(self.chain.id, t.id, block.header.height, block.hash))
 
     async def _on_submit(self, env):
         try:
@@ -181,26 +270,6 @@ class LedgerNode:
         if found is None:
             return None
         return Receipt(self.chain.id, txid, found[0], self.chain.store.block_row(found[0])[0])
-
-    async def _produce(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.block_interval_s):
-                    await self._wake.wait()
-            self._wake.clear()
-            while self.chain.pending:
-                try:
-                    block = await self.call(self.chain.mine, self.sealer)
-                except LedgerError as exc:  # e.g. the disk is full: keep the mempool, try again later
-                    log.error("%s: cannot commit a block: %s", self.chain.id, exc)
-                    self.metrics.inc("ledger_commit_failed", reason=exc.reason)
-                    break
-                if block is None:
-                    break
-                for t in block.txs:
-                    for fut in self._waiters.pop(t.id, ()):
-                        if not fut.done():
-                            fut.set_result(Receipt(self.chain.id, t.id, block.header.height, block.hash))
 
     # ------------------------------------------------------------------ queries
 

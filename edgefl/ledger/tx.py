@@ -165,6 +165,7 @@ RECORD_MODULES = (
     "edgefl.ledger.records",  # tasks, model uploads, data collected, training steps, coins, notes
     "edgefl.crypto.pki",  # Crl: certificate revocation lists
     "edgefl.consensus.epoch",  # EpochSeed, ReputationPenalty
+    "edgefl.consensus.evidence",  # Behaviour: proposing, voting, equivocating, silent committee members
     "edgefl.ml.privacy",  # PrivacySpend: privacy budget spent by a device
     "edgefl.ml.export",  # ModelRelease: the extractor model a device may run
     "edgefl.fl.protocol",  # Task, Aggregation, FogUpdate: a federated task and its rounds

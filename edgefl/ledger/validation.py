@@ -5,6 +5,12 @@ canonical form, header linkage, the seal (a forged block costs one signature
 check), then every transaction (decoded and its signatures checked unless this
 node admitted it before; chain rules in order against a copy of the state),
 the Merkle root and finally the accumulator step.  Every failure is an ``InvalidBlock`` naming the field.
+
+Both halves split for a committee consensus: ``propose_block`` builds the
+unsealed block (its seal carries no signatures), ``validate_proposal`` checks
+everything but the seal, so a replica can vote on it; ``finish_block`` attaches
+the certificate the committee gathered and ``check_seal`` verifies it.
+``build_block`` and ``validate_block`` are the two halves run back to back.
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ class Verified:
     def tip(self) -> Tip:
         return Tip(self.header.height, self.hash, self.acc, self.header.ts)
 
+    def framed(self) -> bytes:
+        return b"".join(frame_tx(t.raw) for t in self.txs)
+
 
 def _fail(message: str, field: str, reason: str = "invalid_block"):
     raise InvalidBlock(message, field=field, reason=reason)
@@ -48,12 +57,31 @@ def _fail(message: str, field: str, reason: str = "invalid_block"):
 def validate_block(raw: bytes, tip: Tip, state: State, registry: KeyRegistry | None = None, *,
                    seen: Callable[[bytes], bool] | None = None,
                    admitted: Mapping[bytes, TxInfo] | None = None) -> tuple[Verified, State]:
-    """Check ``raw`` as the block after ``tip``; returns it and the state after it.
+    """Check ``raw`` as the block after ``tip``, seal included; returns it and the state after it.
 
     ``seen(txid)`` says whether a transaction is already on the chain;
     ``admitted`` maps ids of transactions this node admitted before (decoded,
     signatures and spec rules checked) to their decoded form.
     """
+    return _validate(raw, tip, state, registry, seen, admitted, sealed=True)
+
+
+def validate_proposal(raw: bytes, tip: Tip, state: State, registry: KeyRegistry | None = None, *,
+                      seen: Callable[[bytes], bool] | None = None,
+                      admitted: Mapping[bytes, TxInfo] | None = None) -> tuple[Verified, State]:
+    """``validate_block`` without the seal: what a replica checks before it votes for a proposed block."""
+    return _validate(raw, tip, state, registry, seen, admitted, sealed=False)
+
+
+def check_seal(block: Verified, spec) -> None:
+    """Raise ``InvalidBlock`` unless ``block``'s seal is a valid certificate of ``spec``'s sealer."""
+    sealer = SEALERS.get(block.seal.sealer)
+    if sealer is None:
+        _fail(f"unknown sealer {block.seal.sealer!r}", "block.seal.sealer", "bad_seal")
+    sealer.verify(block.hash, block.header, block.seal, spec)
+
+
+def _validate(raw, tip, state, registry, seen, admitted, *, sealed: bool) -> tuple[Verified, State]:
     spec = state.spec
     block = decode_block(raw, spec.max_block if spec else MAX_BLOCK_LIMIT)
     header = decode_header(block.header, "block.header")
@@ -81,10 +109,10 @@ def validate_block(raw: bytes, tip: Tip, state: State, registry: KeyRegistry | N
     if len(raw) > spec.max_block:
         _fail(f"{len(raw)} bytes exceeds the block limit of {spec.max_block}", "block", "too_large")
     h = block_hash(block.header)
-    sealer = SEALERS.get(block.seal.sealer)
-    if sealer is None:
-        _fail(f"unknown sealer {block.seal.sealer!r}", "block.seal.sealer", "bad_seal")
-    sealer.verify(h, header, block.seal, spec)
+    if sealed:  # before the transactions: a forged block costs one signature check
+        check_seal(Verified(raw, header, block.header, h, block.seal, [], 0, 0), spec)
+    elif spec.committee.key_of(header.proposer) is None:
+        _fail(f"proposer {header.proposer!r} is not in the committee", "header.proposer", "bad_seal")
     if header.height:
         ids: set[bytes] = set()
         infos = []
@@ -118,22 +146,36 @@ def _tx(raw: bytes, i: int, state: State, registry, admitted=None, seen=None, id
         raise InvalidBlock(exc.detail, field=field, reason=exc.reason) from None
 
 
-def build_block(tip: Tip, chain: str, txs: list[TxInfo], sealer: Sealer, ts_ms: int, *,
-                root: bytes | None = None, framed: bytes | None = None) -> Verified:
-    """Mine: the block after ``tip`` holding ``txs`` (already validated in this order), sealed.
+def propose_block(tip: Tip, chain: str, txs: list[TxInfo], proposer: str, ts_ms: int, *, sealer: str = "quorum",
+                  root: bytes | None = None, framed: bytes | None = None) -> Verified:
+    """The unsealed block after ``tip`` holding ``txs`` (already validated in this order).
 
-    ``root`` and ``framed``: the Merkle root of the transaction ids and the
-    framed transactions, when the caller kept them up to date as they came.
+    Its seal names ``sealer`` and holds no signatures yet.  ``root`` and
+    ``framed``: the Merkle root of the transaction ids and the framed
+    transactions, when the caller kept them up to date as they came.
     """
     header = Header(chain=chain, height=tip.height + 1, prev=tip.hash, ts=max(ts_ms, tip.ts),
                     root=merkle_root([t.id for t in txs]) if root is None else root, n=len(txs), acc=b"",
-                    proposer=sealer.proposer)
+                    proposer=proposer)
     element = header.element()
     acc = accumulator.update(tip.acc, element)
     header = dataclasses.replace(header, acc=accumulator.to_bytes(acc))
     header_bytes = encode_header(header)
-    h = block_hash(header_bytes)
-    seal = sealer.seal(h)
-    raw = encode_block(header_bytes, seal, len(txs), b"".join(frame_tx(t.raw) for t in txs) if framed is None
-                       else framed)
-    return Verified(raw, header, header_bytes, h, seal, list(txs), element, acc)
+    seal = Seal(sealer, [])
+    framed = b"".join(frame_tx(t.raw) for t in txs) if framed is None else framed
+    raw = encode_block(header_bytes, seal, len(txs), framed)
+    return Verified(raw, header, header_bytes, block_hash(header_bytes), seal, list(txs), element, acc)
+
+
+def finish_block(block: Verified, seal: Seal, *, framed: bytes | None = None) -> Verified:
+    """``block`` with ``seal`` attached (not checked here: ``check_seal`` does that)."""
+    raw = encode_block(block.header_bytes, seal, len(block.txs), block.framed() if framed is None else framed)
+    return dataclasses.replace(block, raw=raw, seal=seal)
+
+
+def build_block(tip: Tip, chain: str, txs: list[TxInfo], sealer: Sealer, ts_ms: int, *,
+                root: bytes | None = None, framed: bytes | None = None) -> Verified:
+    """Mine: the block after ``tip`` holding ``txs`` (already validated in this order), sealed by ``sealer``."""
+    framed = b"".join(frame_tx(t.raw) for t in txs) if framed is None else framed
+    block = propose_block(tip, chain, txs, sealer.proposer, ts_ms, sealer=sealer.name, root=root, framed=framed)
+    return finish_block(block, sealer.seal(block.hash), framed=framed)
