@@ -153,3 +153,20 @@ def test_quick_run_completes_and_names_every_layer(tmp_path):
     for layer in suite.LAYERS:
         assert f"| {layer} |" in md
     assert all(e["measured"] is not None for e in doc["published"] if e["row"] and e["row"].startswith("crypto."))
+
+
+def test_bench_report_rewrites_the_report_and_readme_from_a_json(tmp_path, capsys):
+    from edgefl.cli import main
+
+    doc = _doc(crypto=[_row("verify_tx", "ms", 0.07, goal="<= 0.2 ms")])
+    (tmp_path / "all.json").write_text(json.dumps(doc))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{report.README_BEGIN}\nSTALE-SECTION\n{report.README_END}\n\nafter\n")
+    assert main(["bench", "report", str(tmp_path / "all.json"), "--out", str(tmp_path / "r"),
+                 "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "STALE-SECTION" not in text and text.endswith("\n\nafter\n") and "| crypto | ok | 1 |" in text
+    assert (tmp_path / "r" / "report.md").exists() and "## The published tables" in capsys.readouterr().out
+    bad = dict(doc, schema="other/9")
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    assert main(["bench", "report", str(tmp_path / "bad.json"), "--out", str(tmp_path / "r2")]) == 1

@@ -54,6 +54,12 @@ def register(sub) -> None:
                    help="replace the generated benchmark section of this README with the run's table and charts")
     p.set_defaults(func=_all)
 
+    p = bench.add_parser("report", help="write the report (and the README section) again from a `bench all` JSON")
+    p.add_argument("file", metavar="REPORT.json")
+    p.add_argument("--out", metavar="DIR", default="bench-report")
+    p.add_argument("--readme", metavar="FILE")
+    p.set_defaults(func=_report)
+
     p = bench.add_parser("compare", help="row-by-row ratios between two runs (B / A), flagging changes beyond "
                                          "the runs' own spread")
     p.add_argument("a", metavar="A.json")
@@ -80,14 +86,29 @@ def _all(args) -> int:
 
     layers = [x.strip() for x in args.layers.split(",") if x.strip()] if args.layers else None
     doc = suite.run_all(quick=args.quick, profile=args.board, layers=layers)
-    paths = report.write(doc, Path(args.out))
     if args.json:
         Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
+    _write(doc, args)
+    return 0 if all(e["status"] != "failed" for e in doc["layers"]) else 1
+
+
+def _report(args) -> int:
+    from edgefl.bench import suite
+
+    doc = json.loads(Path(args.file).read_text())
+    suite.check_schema(doc)
+    _write(doc, args)
+    return 0
+
+
+def _write(doc: dict, args) -> None:
+    from edgefl.bench import report
+
+    paths = report.write(doc, Path(args.out))
     if args.readme:
         report.update_readme(Path(args.readme), doc, Path(args.out))
-    print(report.markdown(doc, charts={}))
+    print(report.markdown(doc, charts={}, layers=False))  # the layers' own tables are in the report files
     print(f"report: {', '.join(str(p) for p in paths)}", file=sys.stderr)
-    return 0 if all(e["status"] != "failed" for e in doc["layers"]) else 1
 
 
 def _compare(args) -> int:
