@@ -7,8 +7,9 @@ fog whose sub-chain the main chain registers (or ``fl.round_timeout_s``),
 fetch their models from the fogs (digest-checked), aggregate them with the
 task's ``cloud_aggregator`` (``ml.cloud_aggregator``; FLTrust's reference is
 the round's model trained on this node's held-out data), record the
-``Aggregation`` and publish the next global model.  The chain is the cloud's whole round state: a restart finds the task,
-the updates and the aggregations there and carries on from them.
+``Aggregation`` and publish the next global model.  The chain is the cloud's
+whole round state: a restart finds the task, the updates and the
+aggregations there and carries on from them.
 """
 
 from __future__ import annotations
