@@ -386,3 +386,47 @@ def test_the_record_checks_its_own_fields():
         Aggregation(**base, kept=[2])
     with pytest.raises(AggregationError, match="origin"):
         check_aggregation(Aggregation(**base), lambda c: b"")
+
+
+# --------------------------------------------------------------------------- at the fogs and the cloud, over MQTT
+
+
+@pytest.mark.broker
+async def test_the_task_names_the_aggregators_fogs_and_cloud_use_and_both_replay(broker, tmp_path):
+    """Fogs take the coordinate-wise median of their devices, the cloud FLTrust over the fogs (its reference the
+    round's model trained on its own held-out data); both records recompute from the blobs."""
+    from edgefl.fl.protocol import Task
+    from edgefl.nodes.site import LocalSite
+    from tests.test_fl_round import CLOUD, SETTINGS, chain_of, final_model, records
+
+    fogs = {"fog-a": ["dev-a1", "dev-a2", "dev-a3"], "fog-b": ["dev-b1"]}
+    settings = [*SETTINGS, "fl.rounds=1", "ml.aggregator=median", "ml.cloud_aggregator=fltrust"]
+    site = LocalSite(tmp_path, broker.port, fogs, clients=("auditor",), settings=settings,
+                     per_node={"cloud-1": CLOUD})
+    async with site:
+        final = await final_model(site, rounds=1)
+        main = chain_of(site, "cloud-1")
+        [(_, task)] = records(main, Task)
+        assert task.aggregator == AggregatorSpec("median") and task.cloud_aggregator == AggregatorSpec("fltrust")
+        [(rec, cloud_agg)] = [(r, a) for r, a in records(main, Aggregation) if r.signer == "cloud-1"]
+        assert cloud_agg.aggregator == "fltrust" and cloud_agg.reference is not None and cloud_agg.model == final.model
+        assert check_aggregation(cloud_agg, site.nodes["cloud-1"].blobs.get)
+        assert {cloud_agg.origin, cloud_agg.reference} <= main.store.referenced()  # blob gc keeps what replays it
+        for fog, devices in fogs.items():
+            sub = chain_of(site, fog)
+            [(_, a)] = records(sub, Aggregation)
+            assert (a.aggregator, a.senders) == ("median", devices) and math.isclose(sum(a.shares), 1.0)
+            assert check_aggregation(a, site.nodes[fog].blobs.get)
+            sub.close()
+        main.close()
+
+
+def test_a_cloud_refuses_aggregators_a_fog_cannot_run_or_bad_options():
+    from edgefl.nodes.cloud import CloudNode
+    from edgefl.runtime.config import ConfigError
+
+    with pytest.raises(ConfigError, match="ml.aggregator.*fltrust needs a server's root data"):
+        CloudNode.check(load_config(overrides=["ml.aggregator=fltrust"]))
+    with pytest.raises(ConfigError, match="ml.cloud_aggregator_options.*beta"):
+        CloudNode.check(load_config(overrides=["ml.cloud_aggregator=krum", 'ml.cloud_aggregator_options=["beta=1"]']))
+    CloudNode.check(load_config(overrides=["ml.aggregator=clip", 'ml.aggregator_options=["inner=krum", "f=1"]']))
