@@ -1,1 +1,1 @@
-"""Federated learning: aggregators and data partitions (more strategies plug in by name)."""
+"""Federated learning: the round, aggregators and attack behaviours chosen by name, data partitions."""
