@@ -108,6 +108,7 @@ class Task(Message):
     average_releases: bool = False  # each fog trains on the mean of every release of an item so far
     aggregator: AggregatorSpec = field(default_factory=AggregatorSpec)  # how each fog combines its devices
     cloud_aggregator: AggregatorSpec = field(default_factory=AggregatorSpec)  # how the cloud combines the fogs
+    reward: Annotated[int, Range(0, 1 << 40)] = 0  # coins the owner pays out per round (edgefl.fl.reputation)
 
     def __post_init__(self):
         if self.unit not in UNITS:
@@ -243,6 +244,9 @@ class FogUpdate(Message):
 
     ``aggregation`` is the id of the fog's ``Aggregation`` record on its own
     chain, so anyone can follow the update down to every training step (Protocol 1).
+    ``weights`` and ``shares`` are that aggregation's, per device (what the
+    reward and the devices' reputation follow on the main chain);
+    ``stragglers`` the fog's devices whose batch had not come by its deadline.
     """
 
     task: Name
@@ -252,6 +256,13 @@ class FogUpdate(Message):
     examples: Annotated[int, Range(1, 1 << 40)]
     devices: Annotated[list[Name], MaxLen(MAX_PARTIES)]
     aggregation: Cid
+    weights: Annotated[list[float], MaxLen(MAX_PARTIES)] = field(default_factory=list)
+    shares: Annotated[list[Annotated[float, Range(0.0, 1.0)]], MaxLen(MAX_PARTIES)] = field(default_factory=list)
+    stragglers: Annotated[list[Name], MaxLen(MAX_PARTIES)] = field(default_factory=list)
+
+    def __post_init__(self):
+        if any(len(x) not in (0, len(self.devices)) for x in (self.weights, self.shares)):
+            raise SchemaError("one weight and one share per device", field="fl.update.shares")
 
 
 def run_id(task: str, round: int) -> str:

@@ -42,6 +42,8 @@ def register(sub) -> None:
     p.add_argument("--tx", help="show this transaction (hex id)")
     p.add_argument("--device", help="transactions recorded for this device")
     p.add_argument("--model", help="transactions naming this model (hex content id)")
+    p.add_argument("--reputation", action="store_true", help="every account's reputation, folded from the records")
+    p.add_argument("--balances", action="store_true", help="every account's coins, folded from the records")
     p.add_argument("--json", action="store_true", help="JSON instead of text")
     p.set_defaults(func=show_cmd)
 
@@ -252,6 +254,16 @@ def show_cmd(args) -> int:
             _emit({"chain": h.chain, "height": h.height, "hash": row[0].hex(), "prev": h.prev.hex(), "ts": h.ts,
                    "proposer": h.proposer, "root": h.root.hex(), "acc": h.acc[:16].hex() + "…", "txs": txs},
                   args.json)
+        elif args.reputation or args.balances:
+            from edgefl.fl.reputation import chain_records, fold
+
+            st = fold(chain_records(c))
+            out = {"chain": c.id, "height": c.tip.height}
+            if args.reputation:
+                out["reputation"] = {a: round(r, 4) for a, r in st.reputation.items()}
+            if args.balances:
+                out["balances"] = dict(sorted(st.balances.items()))
+            _emit(out, args.json)
         elif args.device or args.model:
             rows = store.find(device=args.device, model=parse_cid(args.model) if args.model else None)
             _emit({"matches": [_describe_tx(decode_tx(store.tx(t)[2]), h, i) for t, h, i in rows]}, args.json)

@@ -7,12 +7,16 @@ go on chain: records hold their content ids (SHA-256 of the blob-store bytes).
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated
 
 from edgefl.codec import MaxLen, Message, Range, message
+from edgefl.crypto.hashing import tagged_hash
+from edgefl.crypto.keys import SigningKey, VerifyingKey
 
 Cid = Annotated[bytes, MaxLen(32)]
 Name = Annotated[str, MaxLen(128)]
+DATA_TAG = b"edgefl/data-collected/v1"
 
 
 @message("ledger.task")
@@ -46,6 +50,15 @@ class DataCollected(Message):
     size: Annotated[int, Range(0)]
     samples: Annotated[int, Range(0)]
     sig: Annotated[bytes, MaxLen(64)]  # the device's ECDSA over tagged_hash(DATA_TAG, data cid)
+
+    @classmethod
+    def of(cls, device: str, cid: bytes, size: int, samples: int, key: SigningKey) -> "DataCollected":
+        return cls(device, cid, size, samples, key.sign(tagged_hash(DATA_TAG, cid)))
+
+    def verify(self, key: VerifyingKey, data: bytes) -> bool:
+        """``data`` is exactly what the holder of ``key`` attested (its digest, size and signature)."""
+        return (len(data) == self.size and hashlib.sha256(data).digest() == self.data
+                and key.verify(self.sig, tagged_hash(DATA_TAG, self.data)))
 
 
 @message("ledger.train-step")

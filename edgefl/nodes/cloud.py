@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 
 import numpy as np
@@ -23,9 +24,11 @@ import numpy as np
 from edgefl.codec import SchemaError
 from edgefl.fl.aggregate import parse_options
 from edgefl.fl.protocol import Aggregation, AggregatorSpec, Extractor, FogUpdate, GlobalModel, Task
+from edgefl.fl.reputation import payout, payout_reason
 from edgefl.fl.round import Contribution, aggregate
 from edgefl.ledger.blobs import fetch
 from edgefl.ledger.errors import LedgerError
+from edgefl.ledger.records import CoinUpdate
 from edgefl.ledger.service import LedgerNode, server_of
 from edgefl.ledger.tx import record_tx
 from edgefl.ml import trainer as T
@@ -101,6 +104,8 @@ class CloudNode:
         task = await self._task()
         done = await self.ledger.call(self._aggregations, task)
         model = T.DenseModel.from_bytes(self.blobs.get(done[-1].model if done else task.model))
+        for agg in done:  # a crash between an aggregation and its payout: pay now (once)
+            await self._pay(task, agg)
         await self.session.publish("task", task, retain=True)
         await self._publish(task, len(done), model, done[-1].model if done else task.model)
         for round in range(len(done), task.rounds):
@@ -112,6 +117,7 @@ class CloudNode:
                                                          model=agg.model))
             log.info("%s: round %d aggregated from %s in main block %d", self.id, round, ", ".join(agg.senders),
                      receipt.height)
+            await self._pay(task, agg)
             await self._publish(task, round + 1, model, agg.model)
         log.info("%s: task %s finished after %d rounds", self.id, task.task, task.rounds)
 
@@ -151,7 +157,7 @@ class CloudNode:
         task = Task(task=fl.task, rounds=fl.rounds, epsilon=ml.epsilon, unit=ml.privacy_unit, noise=ml.noise,
                     config=config, epochs=ml.local_epochs, trainer="dense", extractors=extractors,
                     model=self.blobs.put(m0.to_bytes()), warm_start=fl.warm_start,
-                    average_releases=fl.average_releases, aggregator=fogs, cloud_aggregator=cloud)
+                    average_releases=fl.average_releases, aggregator=fogs, cloud_aggregator=cloud, reward=fl.reward)
         key = self.session.signer.key
         txs = [record_tx(e.release, self.id, key, refs=[e.cid], model=e.cid) for e in extractors]
         txs.append(record_tx(task, self.id, key, refs=[*(e.cid for e in extractors), task.model], model=task.model))
@@ -193,12 +199,31 @@ class CloudNode:
                                                                              epochs=task.epochs).model)
         return Contribution(self.id, self.blobs.put(trained.to_bytes()), len(x), trained.params)
 
+    async def _pay(self, task: Task, agg: Aggregation) -> None:
+        """Record the round's reward payout on the main chain (``edgefl.fl.reputation.payout``), once."""
+        reason = payout_reason(task.task, agg.round)
+
+        def plan():
+            for _, rec in self.ledger.chain.records(CoinUpdate.TYPE, limit=256):
+                if rec.signer == self.id and rec.unwrap().reason == reason:
+                    return []  # paid before a restart
+            return payout(task, agg, self._updates(task, agg.round))
+
+        coins = await self.ledger.call(plan)
+        key = self.session.signer.key
+        await asyncio.gather(*(self.ledger.submit(record_tx(c, self.id, key, device=c.account)) for c in coins))
+        if coins:
+            log.info("%s: round %d: %d coins paid to %d devices", self.id, agg.round, sum(c.delta for c in coins),
+                     len(coins))
+
     async def _collect(self, task: Task, round: int, base: T.DenseModel) -> list[Contribution]:
-        """The fogs' models for ``round``: every registered fog's, or whoever sent one by the timeout."""
+        """The fogs' models for ``round``: every registered fog's, or at the deadline a quorum's."""
         deadline = time.monotonic() + self.cfg.fl.round_timeout_s
+        quorum = max(1, math.ceil(self.cfg.fl.quorum * len(self.fogs)))
         while True:
             updates = await self.ledger.call(self._updates, task, round)
-            if updates and (set(self.fogs) <= set(updates) or time.monotonic() >= deadline):
+            if updates and (set(self.fogs) <= set(updates) or (time.monotonic() >= deadline
+                                                               and len(updates) >= quorum)):
                 if set(self.fogs) - set(updates):
                     log.warning("%s: round %d goes on without %s", self.id, round,
                                 ", ".join(sorted(set(self.fogs) - set(updates))))

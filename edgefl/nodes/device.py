@@ -20,6 +20,8 @@ from edgefl.fl.protocol import BatchAck, Task, TaskView, decode_batch
 from edgefl.ledger.blobs import BlobStore, fetch
 from edgefl.ledger.errors import LedgerError
 from edgefl.ledger.recorder import Recorder, via_session
+from edgefl.ledger.records import DataCollected
+from edgefl.ledger.tx import record_tx
 from edgefl.ml.backends import BackendUnavailable, backend_class
 from edgefl.ml.device import FeatureExtractor
 from edgefl.ml.export import ModelError
@@ -108,6 +110,10 @@ class DeviceNode:
                              len(batch.ids), task.task, round, task.epsilon, self.fog)
                 else:
                     batch = decode_batch(self.blobs.get(entry["batch"]))
+                if not entry.get("collected"):  # provenance: the fog keeps only what this device attested
+                    await asyncio.to_thread(self._attest, entry["batch"], self._submitter())
+                    entry["collected"] = True
+                    self.state.save(self.sent)
                 ack = (await self.session.request(self.fog, batch)).message
                 if not isinstance(ack, BatchAck) or (ack.task, ack.round) != (task.task, round):
                     raise RemoteError("unexpected", f"{type(ack).__name__} in answer to a batch")
@@ -126,6 +132,17 @@ class DeviceNode:
                 log.info("%s: round %d: %s; retrying", self.id, round, exc)
             await asyncio.sleep(delay)
             delay = min(RETRY_S[1], 2 * delay)
+
+    def _attest(self, cid: bytes, submit) -> None:
+        """Record a ``DataCollected`` of the batch's exact bytes on the fog's chain (worker thread: it blocks)."""
+        data, key = self.blobs.get(cid), self.session.signer.key
+        attest = DataCollected.of(self.id, cid, len(data), len(decode_batch(data).ids), key)
+        submit(record_tx(attest, self.id, key, refs=[cid], device=self.id, model=cid))
+
+    def _submitter(self):
+        """Submit to the fog's chain from a worker thread (call this on the event loop)."""
+        return via_session(self.session, self.fog, asyncio.get_running_loop(),
+                           timeout=self.cfg.mqtt.request_timeout_s)
 
     def _entry(self, task: Task, round: int) -> dict:
         if self.sent["task"] != task.task:
@@ -171,8 +188,7 @@ class DeviceNode:
         return fx
 
     def _accountant(self) -> PrivacyAccountant:
-        ml, loop = self.cfg.ml, asyncio.get_running_loop()
-        recorder = Recorder(via_session(self.session, self.fog, loop, timeout=self.cfg.mqtt.request_timeout_s),
-                            self.id, self.session.signer.key)
+        ml = self.cfg.ml
+        recorder = Recorder(self._submitter(), self.id, self.session.signer.key)
         return PrivacyAccountant(ml.epsilon_budget, device=self.id, unit=ml.privacy_unit,
                                  path=self.cfg.path(ml.privacy_file), recorder=recorder)

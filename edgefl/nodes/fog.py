@@ -18,20 +18,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 
 from edgefl import codec
 from edgefl.fl.protocol import (Aggregation, BatchAck, FogUpdate, ProtocolError, Task, TaskView, WarmStart,
                                 decode_batch, run_id)
+from edgefl.fl.reputation import OFFENCES, Offence, shares_of
 from edgefl.fl.round import (Contribution, aggregate, kept_releases, release_mean, steps_per_round, train_device,
                              warm_start)
 from edgefl.ledger.audit import Tracker
 from edgefl.ledger.blobs import cid_of, fetch
 from edgefl.ledger.errors import LedgerError
 from edgefl.ledger.protocol import Submit
-from edgefl.ledger.records import TrainingStep
+from edgefl.ledger.records import DataCollected, TrainingStep
 from edgefl.ledger.service import LedgerNode
-from edgefl.ledger.tx import record_tx
+from edgefl.ledger.tx import decode_tx, record_tx
 from edgefl.ml.device import FeatureBatch
 from edgefl.ml.privacy import PrivacySpend, items_root
 from edgefl.ml.trainer import DenseModel, TrainState
@@ -56,6 +58,7 @@ class FogNode:
         self.wake = asyncio.Event()  # the task, the global model or a batch arrived
         self.view = TaskView(self.wake.set)
         self.closed: set[int] = set()  # rounds that take no more batches
+        self.offences: set[tuple] = set()  # (device, kind, task, round) recorded
         session.serve(FeatureBatch, self._on_batch)
 
     @staticmethod
@@ -109,7 +112,9 @@ class FogNode:
             self._check_open(batch.round)
             if len(batch.ids):
                 await self.ledger.call(self._check_spend, device, batch)
-            cid = await asyncio.to_thread(self.blobs.put, codec.encode_message(batch))
+            data = codec.encode_message(batch)
+            await self.ledger.call(self._check_collected, device, data)
+            cid = await asyncio.to_thread(self.blobs.put, data)
             self._check_open(batch.round)  # again: the round may have closed while the blob was written
             stored = self._batches(batch.round).setdefault(device, cid)
             if stored != cid:  # another copy of this device's batch got here first
@@ -118,11 +123,27 @@ class FogNode:
         except ProtocolError as exc:
             METRICS.inc("fl_batch_rejected", reason=exc.reason)
             log.warning("%s: rejected the batch of %s for round %d: %s", self.id, device, batch.round, exc)
+            if exc.reason in OFFENCES:
+                await self._offence(device, exc.reason, batch, exc.detail)
             return Error(exc.reason, exc.detail)
         METRICS.inc("fl_batch_accepted")
         log.info("%s: batch of %s for round %d: %d items", self.id, device, batch.round, len(batch.ids))
         self.wake.set()
         return BatchAck(batch.task, batch.round, len(batch.ids), cid)
+
+    async def _offence(self, device: str, kind: str, batch: FeatureBatch, detail: str) -> None:
+        """Record the offence on this chain, once per device, kind and round (its reputation follows)."""
+        key = (device, kind, batch.task, batch.round)
+        if key in self.offences:
+            return
+        self.offences.add(key)
+        evidence = cid_of(codec.encode_message(batch))
+        tx = record_tx(Offence(device, kind, batch.task, batch.round, evidence, detail[:256]), self.id,
+                       self.session.signer.key, device=device)
+        try:
+            await self.ledger.submit(tx)
+        except LedgerError as exc:
+            log.warning("%s: could not record the offence of %s: %s", self.id, device, exc)
 
     def _check_open(self, round: int) -> None:
         model = self.view.model
@@ -137,6 +158,25 @@ class FogNode:
             if (s.task, s.round, s.items_root, s.epsilon) == (batch.task, batch.round, root, batch.epsilon):
                 return
         raise ProtocolError("unrecorded_release", f"no privacy spend of {device} on {self.id} for these items")
+
+    def _check_collected(self, device: str, data: bytes) -> None:
+        """The device attested exactly these bytes in a ``DataCollected`` on this chain (worker thread).
+
+        So Protocol 1 proves a stored batch is what the device sent: its record
+        names the blob, its signature covers the blob's digest.
+        """
+        cid = cid_of(data)
+        rows = self.ledger.chain.store.find(model=cid, rtype=DataCollected.TYPE, device=device, limit=8)
+        if not rows:
+            raise ProtocolError("uncollected", f"{device} recorded no DataCollected for batch {cid.hex()[:16]}…")
+        key = self.ledger.chain.registry.key_for(device, time.time())
+        for txid, _, _ in rows:
+            rec = decode_tx(self.ledger.chain.store.tx(txid)[2]).body
+            attest = rec.unwrap()
+            if rec.signer == attest.device == device and attest.verify(key, data):
+                return
+        raise ProtocolError("bad_provenance", f"{device}'s DataCollected for batch {cid.hex()[:16]}… does not "
+                                              f"verify against its key and the bytes sent")
 
     def _batches(self, round: int) -> dict[str, bytes]:
         return self.doc["batches"].setdefault(str(round), {})
@@ -164,20 +204,30 @@ class FogNode:
             delay = min(RETRY_S[1], 2 * delay)
 
     async def _collect(self, task: Task, round: int) -> dict[str, bytes] | None:
-        """The round's batches once every expected device sent one, or at the timeout (if any came)."""
+        """The round's batches once every expected device sent one, or at the deadline once a quorum did.
+
+        Below the quorum at the deadline the round waits on (for the quorum, not
+        for everyone); the devices missing when it goes on are its stragglers,
+        recorded in the fog's update.
+        """
         expected = set(self.cfg.fl.devices)
+        quorum = max(1, math.ceil(self.cfg.fl.quorum * len(expected)))
         deadline = time.monotonic() + self.cfg.fl.round_timeout_s
         while self.view.is_open(task, round):
             have = self._batches(round)
             missing = expected - set(have)
             left = deadline - time.monotonic()
-            if (expected and not missing) or (left <= 0 and have):
+            if (expected and not missing) or (left <= 0 and len(have) >= quorum):
                 if missing:
-                    log.warning("%s: round %d goes on without %s", self.id, round, ", ".join(sorted(missing)))
+                    METRICS.inc("fl_stragglers", len(missing))
+                    log.warning("%s: round %d goes on with %d of %d devices, without %s", self.id, round, len(have),
+                                len(expected), ", ".join(sorted(missing)))
                 self.closed.add(round)
                 return dict(have)
             if left <= 0:
-                deadline = time.monotonic() + self.cfg.fl.round_timeout_s  # nobody came: wait on
+                log.warning("%s: round %d: %d batches by the deadline, the quorum is %d: waiting on", self.id,
+                            round, len(have), quorum)
+                deadline = time.monotonic() + self.cfg.fl.round_timeout_s
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(left, 0.01)):
@@ -270,8 +320,10 @@ class FogNode:
 
     def _update_tx(self, agg: Aggregation, agg_txid: bytes, ts_ms: int) -> bytes:
         """Deterministic (the aggregation's time, RFC 6979 signatures): a resubmission is the same transaction."""
+        stragglers = sorted(set(self.cfg.fl.devices) - set(self._batches(agg.round)))
         update = FogUpdate(task=agg.task, round=agg.round, fog=self.id, model=agg.model,
-                           examples=int(sum(agg.weights)), devices=list(agg.senders), aggregation=agg_txid)
+                           examples=int(sum(agg.weights)), devices=list(agg.senders), aggregation=agg_txid,
+                           weights=list(agg.weights), shares=shares_of(agg), stragglers=stragglers)
         return record_tx(update, self.id, self.session.signer.key, refs=[agg.model], model=agg.model, ts_ms=ts_ms)
 
     async def _deliver(self, task: Task, round: int, tx: bytes) -> bool:

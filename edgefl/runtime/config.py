@@ -161,7 +161,11 @@ class FlSection:
     data: str = "generated"
     items: int = field(default=200, metadata=_range(1, 1024))  # how many items of it; one batch holds ≤ 1024
     devices: list[str] = field(default_factory=list)  # fog: the devices whose batches each round waits for
-    round_timeout_s: float = field(default=600.0, metadata=_range(0.1))  # fog, cloud: then go on without stragglers
+    # fog, cloud: the deadline for the devices' batches (the fogs' updates); then the round goes on without
+    # the stragglers once a quorum (this fraction of fl.devices; of the registered fogs) is there
+    round_timeout_s: float = field(default=60.0, metadata=_range(0.1))
+    quorum: float = field(default=0.5, metadata=_range(0.0, 1.0))
+    reward: int = field(default=1000, metadata=_range(0, 1 << 40))  # cloud: coins its tasks pay out per round
     state_file: str = "{data_dir}/fl/state.cbor"  # device, fog: what a restart must not lose
 
 
