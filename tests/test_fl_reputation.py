@@ -7,8 +7,12 @@ dropped out, recording it as a straggler, with the payout recomputed from the
 main chain alone.
 """
 
-import asyncio
 import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -170,6 +174,17 @@ async def test_a_device_dropping_out_does_not_stop_the_round_and_coins_recompute
         assert sum(st.balances.values()) <= 2 * task.reward and set(st.balances) == {f"dev-{i}" for i in range(1, 5)}
         assert st.balances["dev-3"] < st.balances["dev-1"]  # paid for round 0 only
         main.close()
+        # and from the command line, as anyone holding the chain runs it
+        cfg = site.cfgs["cloud-1"]
+        out = subprocess.run([sys.executable, "-m", "edgefl", "--set", "node.id=cloud-1", "--set", "node.role=cloud",
+                              "--set", f"node.data_dir={cfg.node.data_dir}", "--set",
+                              f"security.trust_dir={cfg.security.trust_dir}", "ledger", "show", "--reputation",
+                              "--balances", "--json"], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+        assert out.returncode == 0, out.stderr
+        shown = json.loads(out.stdout)
+        assert shown["balances"] == dict(sorted(st.balances.items()))
+        assert shown["reputation"] == {a: round(r, 4) for a, r in st.reputation.items()}
     finally:
         for node in list(site.nodes):
             await site.stop(node)
