@@ -151,6 +151,9 @@ def test_each_checks_its_condition_on_n_and_f(name, options, n, rule):
     with pytest.raises(AggregationError, match=rf"^{name} needs n ≥ {re.escape(rule)}.*n = {n}, f = {f}$"):
         run(name, ups(*[[float(i)] for i in range(n)]), **options)
     run(name, ups(*[[float(i)] for i in range(n + 1)]), **options)  # one more is enough
+    with pytest.raises(AggregationError, match=rf"n = {n}, f = {f}$"):  # asked ahead, and through the clipping
+        make("clip", inner=name, **options).check(n)
+    make(name, **options).check(n + 1)
 
 
 def test_bad_inputs_and_options():
@@ -393,31 +396,36 @@ def test_the_record_checks_its_own_fields():
 
 @pytest.mark.broker
 async def test_the_task_names_the_aggregators_fogs_and_cloud_use_and_both_replay(broker, tmp_path):
-    """Fogs take the coordinate-wise median of their devices, the cloud FLTrust over the fogs (its reference the
-    round's model trained on its own held-out data); both records recompute from the blobs."""
+    """Fogs run Krum (f = 1) over their devices, the cloud FLTrust over the fogs (its reference the round's model
+    trained on its own held-out data); both records recompute from the blobs.  A fog with one device cannot
+    run Krum: it sends no update (logged, counted) and the cloud goes on without it at its timeout."""
     from edgefl.fl.protocol import Task
     from edgefl.nodes.site import LocalSite
+    from edgefl.runtime.metrics import METRICS
     from tests.test_fl_round import CLOUD, SETTINGS, chain_of, final_model, records
 
-    fogs = {"fog-a": ["dev-a1", "dev-a2", "dev-a3"], "fog-b": ["dev-b1"]}
-    settings = [*SETTINGS, "fl.rounds=1", "ml.aggregator=median", "ml.cloud_aggregator=fltrust"]
+    fogs = {"fog-a": [f"dev-a{i}" for i in range(1, 6)], "fog-b": ["dev-b1"]}
+    settings = [*SETTINGS, "fl.rounds=1", "ml.aggregator=krum", "ml.cloud_aggregator=fltrust"]
+    refused = METRICS.get("fl_aggregation_refused")
     site = LocalSite(tmp_path, broker.port, fogs, clients=("auditor",), settings=settings,
-                     per_node={"cloud-1": CLOUD})
+                     per_node={"cloud-1": [*CLOUD, "fl.round_timeout_s=3"]})
     async with site:
         final = await final_model(site, rounds=1)
         main = chain_of(site, "cloud-1")
         [(_, task)] = records(main, Task)
-        assert task.aggregator == AggregatorSpec("median") and task.cloud_aggregator == AggregatorSpec("fltrust")
+        assert task.aggregator == AggregatorSpec("krum", ["f=1"]) and task.cloud_aggregator == AggregatorSpec("fltrust")
         [(rec, cloud_agg)] = [(r, a) for r, a in records(main, Aggregation) if r.signer == "cloud-1"]
-        assert cloud_agg.aggregator == "fltrust" and cloud_agg.reference is not None and cloud_agg.model == final.model
-        assert check_aggregation(cloud_agg, site.nodes["cloud-1"].blobs.get)
+        assert (cloud_agg.aggregator, cloud_agg.senders) == ("fltrust", ["fog-a"]) and cloud_agg.model == final.model
+        assert cloud_agg.reference is not None and check_aggregation(cloud_agg, site.nodes["cloud-1"].blobs.get)
         assert {cloud_agg.origin, cloud_agg.reference} <= main.store.referenced()  # blob gc keeps what replays it
-        for fog, devices in fogs.items():
-            sub = chain_of(site, fog)
-            [(_, a)] = records(sub, Aggregation)
-            assert (a.aggregator, a.senders) == ("median", devices) and math.isclose(sum(a.shares), 1.0)
-            assert check_aggregation(a, site.nodes[fog].blobs.get)
-            sub.close()
+        sub = chain_of(site, "fog-a")
+        [(_, a)] = records(sub, Aggregation)
+        assert (a.aggregator, a.options, a.senders, len(a.kept)) == ("krum", ["f=1"], fogs["fog-a"], 1)
+        assert check_aggregation(a, site.nodes["fog-a"].blobs.get)
+        sub.close()
+        sub = chain_of(site, "fog-b")
+        assert records(sub, Aggregation) == [] and METRICS.get("fl_aggregation_refused") == refused + 1
+        sub.close()
         main.close()
 
 

@@ -139,6 +139,11 @@ class Aggregator:
         """Every option with defaults filled in (None: not set): what the record says was done."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
 
+    def check(self, n: int) -> None:
+        """Refuse (AggregationError naming n and f) a count of inputs this aggregator cannot survive f among."""
+        if n < 1:
+            raise AggregationError("no updates to aggregate")
+
     def aggregate(self, updates: Sequence[Update], *, origin: Sequence[np.ndarray] | None = None,
                   reference: Sequence[np.ndarray] | None = None) -> Result:
         raise NotImplementedError
@@ -206,13 +211,15 @@ class _Krum(Aggregator):
     def _count(self, n: int) -> int:
         raise NotImplementedError
 
+    def check(self, n: int) -> None:
+        _need(n >= 2 * self.f + 3, self.name, "2f+3", n, self.f)
+        if not 1 <= self._count(n) <= n:
+            raise AggregationError(f"{self.name} keeps m of n updates: m = {self._count(n)}, n = {n}")
+
     def aggregate(self, updates, *, origin=None, reference=None) -> Result:
         _check(updates, origin)
-        n, f = len(updates), self.f
-        _need(n >= 2 * f + 3, self.name, "2f+3", n, f)
-        m = self._count(n)
-        if not 1 <= m <= n:
-            raise AggregationError(f"{self.name} keeps m of n updates: m = {m}, n = {n}")
+        self.check(n := len(updates))
+        m, f = self._count(n), self.f
         x = _matrix(updates, None)
         chosen = sorted(_by_score(_krum_scores(x, range(n), f))[:m])
         total = float(sum(updates[i].weight for i in chosen))
@@ -284,12 +291,16 @@ class TrimmedMean(Aggregator):
     def options(self):
         return {"f": self.f} if self.f is not None else {"beta": self.beta}
 
+    def _trimmed(self, n: int) -> int:
+        return self.f if self.f is not None else math.floor(self.beta * n)
+
+    def check(self, n: int) -> None:
+        _need(n >= 2 * self._trimmed(n) + 1, self.name, "2f+1", n, self._trimmed(n))
+
     def aggregate(self, updates, *, origin=None, reference=None) -> Result:
         _check(updates, origin)
-        n = len(updates)
-        k = self.f if self.f is not None else int(math.floor(self.beta * n))
-        _need(n >= 2 * k + 1, self.name, "2f+1", n, k)
-        v, shares = _coordinate_trim(_matrix(updates, None), k)
+        self.check(len(updates))
+        v, shares = _coordinate_trim(_matrix(updates, None), self._trimmed(len(updates)))
         return _result(updates, v, shares, None)
 
 
@@ -316,10 +327,13 @@ class Bulyan(Aggregator):
     def __post_init__(self):
         _counts(self.name, f=self.f)
 
+    def check(self, n: int) -> None:
+        _need(n >= 4 * self.f + 3, self.name, "4f+3", n, self.f)
+
     def aggregate(self, updates, *, origin=None, reference=None) -> Result:
         _check(updates, origin)
-        n, f = len(updates), self.f
-        _need(n >= 4 * f + 3, self.name, "4f+3", n, f)
+        self.check(n := len(updates))
+        f = self.f
         x = _matrix(updates, None)
         left, chosen = list(range(n)), []
         while len(chosen) < n - 2 * f:
@@ -435,6 +449,9 @@ class Clip(Aggregator):
 
     def options(self):
         return {"max_norm": float(self.max_norm), "inner": self.inner.name, **self.inner.options()}
+
+    def check(self, n: int) -> None:
+        self.inner.check(n)
 
     def aggregate(self, updates, *, origin=None, reference=None) -> Result:
         _check(updates, origin)

@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from edgefl.codec import SchemaError
-from edgefl.fl.aggregate import parse_options
+from edgefl.fl.aggregate import AggregationError, parse_options
 from edgefl.fl.protocol import Aggregation, AggregatorSpec, Extractor, FogUpdate, GlobalModel, Task
 from edgefl.fl.reputation import payout, payout_reason
 from edgefl.fl.round import Contribution, aggregate
@@ -102,6 +102,10 @@ class CloudNode:
 
     async def run(self) -> None:
         task = await self._task()
+        try:  # the fogs the main chain registers must be enough for the f the task's aggregator survives
+            task.cloud_aggregator.build().check(len(self.fogs))
+        except AggregationError as exc:
+            raise ConfigError("ml.cloud_aggregator", f"{exc} (the fogs the main chain registers)") from None
         done = await self.ledger.call(self._aggregations, task)
         model = T.DenseModel.from_bytes(self.blobs.get(done[-1].model if done else task.model))
         for agg in done:  # a crash between an aggregation and its payout: pay now (once)

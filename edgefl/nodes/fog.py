@@ -22,6 +22,7 @@ import math
 import time
 
 from edgefl import codec
+from edgefl.fl.aggregate import AggregationError
 from edgefl.fl.protocol import (Aggregation, BatchAck, FogUpdate, ProtocolError, Task, TaskView, WarmStart,
                                 decode_batch, run_id)
 from edgefl.fl.reputation import OFFENCES, Offence, shares_of
@@ -260,8 +261,13 @@ class FogNode:
         if not contributions:
             log.warning("%s: round %d: no device sent any items", self.id, round)
             return None
-        _, agg = aggregate(task.aggregator, DenseModel.from_bytes(origin), contributions, self.blobs,
-                           task=task.task, round=round)
+        try:
+            _, agg = aggregate(task.aggregator, DenseModel.from_bytes(origin), contributions, self.blobs,
+                               task=task.task, round=round)
+        except AggregationError as exc:  # e.g. too few devices came for the f the task's aggregator survives
+            METRICS.inc("fl_aggregation_refused")
+            log.error("%s: round %d: no update from this fog: %s", self.id, round, exc)
+            return None
         ts = time.time_ns() // 1_000_000
         receipt = await self.ledger.submit(record_tx(agg, self.id, self.session.signer.key, refs=agg.refs,
                                                      model=agg.model, ts_ms=ts))
