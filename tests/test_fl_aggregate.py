@@ -438,3 +438,27 @@ def test_a_cloud_refuses_aggregators_a_fog_cannot_run_or_bad_options():
     with pytest.raises(ConfigError, match="ml.cloud_aggregator_options.*beta"):
         CloudNode.check(load_config(overrides=["ml.cloud_aggregator=krum", 'ml.cloud_aggregator_options=["beta=1"]']))
     CloudNode.check(load_config(overrides=["ml.aggregator=clip", 'ml.aggregator_options=["inner=krum", "f=1"]']))
+
+
+@pytest.mark.parametrize("name, options", [("median", {}), ("fltrust", {})])
+def test_in_process_rounds_learn_under_a_robust_aggregator(name, options):
+    from edgefl.fl.simulation import SimDevice, run_rounds
+    from edgefl.ml.backends import open_backend
+    from edgefl.ml.data import synthetic_digits
+    from edgefl.ml.export import export
+    from edgefl.ml.extractor import ExtractorWeights
+    from edgefl.ml.privacy import NoNoise, Privatiser
+
+    digits = synthetic_digits(300, seed=1)
+    feats = open_backend("onnxruntime", export(ExtractorWeights.random(seed=0), "onnx")).run(digits.images)
+    cfg = T.TrainConfig(layers=[3920, 32, 10], optimizer="adam", lr=1e-3, batch_size=16, seed=0)
+    devices = [SimDevice(f"d{i}", feats[i * 40:(i + 1) * 40], digits.labels[i * 40:(i + 1) * 40],
+                         Privatiser(NoNoise(), epsilon=1.0, batch_size=16)) for i in range(5)]
+    kw = dict(config=cfg, rounds=2, epochs=3, test_features=feats[250:], test_labels=digits.labels[250:],
+              aggregator=make(name, **options))
+    root = (feats[200:250], digits.labels[200:250])  # the server's own data, apart from the test items
+    if name == "fltrust":
+        with pytest.raises(ValueError, match="root data"):
+            run_rounds(devices, **kw)
+    acc = run_rounds(devices, **kw, root=root)
+    assert len(acc) == 2 and acc[1] > 0.5, acc  # chance is 0.1

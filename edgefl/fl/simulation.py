@@ -34,8 +34,13 @@ class SimDevice:
 def run_rounds(devices: list[SimDevice], *, config: T.TrainConfig, rounds: int, epochs: int,
                test_features: np.ndarray, test_labels: np.ndarray, aggregator: Aggregator | None = None,
                task: str = "sim", model: T.DenseModel | None = None, warm_start: bool = False,
-               average_releases: bool = False) -> list[float]:
-    """Test accuracy of the global model after each round (test features normalised, no noise)."""
+               average_releases: bool = False, root: tuple[np.ndarray, np.ndarray] | None = None) -> list[float]:
+    """Test accuracy of the global model after each round (test features normalised, no noise).
+
+    ``root`` is the server's own (clean) features and labels: for an
+    aggregator that needs a reference (FLTrust), each round's model trained
+    on them, as the networked cloud does with its held-out data.
+    """
     aggregator = aggregator or FedAvg()
     model = model or T.init_model(config.layers, seed=config.seed)
     test = normalise(test_features, config.batch_size).astype(np.float32)
@@ -57,6 +62,12 @@ def run_rounds(devices: list[SimDevice], *, config: T.TrainConfig, rounds: int, 
             if len(y):
                 state = T.Trainer(config).fit(model, x, y, epochs=epochs)
                 updates.append(Update(state.model.params, weight=len(y), sender=d.name))
-        model = model.with_params(aggregator.aggregate(updates, origin=model.params).params)
+        reference = None
+        if aggregator.needs_reference:
+            if root is None:
+                raise ValueError(f"{aggregator.name} needs the server's root data: pass root=(features, labels)")
+            x, y = normalise(root[0], config.batch_size).astype(np.float32), root[1]
+            reference = T.Trainer(config).fit(model, x, y, epochs=epochs).model.params
+        model = model.with_params(aggregator.aggregate(updates, origin=model.params, reference=reference).params)
         accuracies.append(T.accuracy(model, test, test_labels))
     return accuracies
