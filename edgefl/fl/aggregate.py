@@ -15,15 +15,17 @@ order (numpy's pairwise sum over contiguous float64 for norms, never BLAS),
 stable sorts, ties broken by index, a fixed iteration count.
 
 ``origin`` is the model the round started from: clipping and FLTrust work on
-updates as differences from it (the others are unchanged by a common shift
-of every input).  ``reference`` is the server's own update for FLTrust (the
-origin trained on the cloud's held-out data).  ``f`` is the number of
-byzantine updates an aggregator is asked to survive; each checks its own
-condition on n and f.
+updates as differences from it, random selection seeds its draw with it
+(the others are unchanged by a common shift of every input).
+``reference`` is the server's own model for FLTrust (the origin trained on
+the cloud's held-out data).  ``f`` is the number of byzantine updates an
+aggregator is asked to survive; each checks its own condition on n and f,
+and ``check(n)`` says ahead whether n inputs are enough.
 
 Options have a canonical text form, ``["f=1", "inner=\\"krum\\""]`` (sorted,
-each value a TOML scalar): what a ``Task`` names, an ``Aggregation`` records
-and ``ml.aggregator_options`` holds (``options_text``, ``parse_options``).
+each value a TOML scalar, defaults spelt out): what a ``Task`` names, an
+``Aggregation`` records and ``ml.aggregator_options`` holds (``options_text``,
+``parse_options``, ``describe``).
 """
 
 from __future__ import annotations
@@ -188,15 +190,22 @@ def register(cls: type[Aggregator]) -> type[Aggregator]:
     return cls
 
 
-def _krum_scores(x: np.ndarray, rows: Sequence[int], f: int) -> list[float]:
-    """Blanchard et al. 2017: each row's sum of squared distances to its n − f − 2 nearest others (ascending)."""
-    n = len(rows)
+def _distances(x: np.ndarray) -> np.ndarray:
+    """Squared distances between every pair of rows (each pair once, each by the pairwise sum)."""
+    n = len(x)
     d = np.zeros((n, n))
     for a in range(n):
         for b in range(a + 1, n):
-            d[a, b] = d[b, a] = _sq(x[rows[a]] - x[rows[b]])
-    nearest = max(n - f - 2, 1)  # ≥ 1: Bulyan's last picks still depend on the values, not the order
-    return [math.fsum(np.sort(np.delete(d[a], a))[:nearest]) for a in range(n)]
+            d[a, b] = d[b, a] = _sq(x[a] - x[b])
+    return d
+
+
+def _krum_scores(d: np.ndarray, rows: Sequence[int], f: int) -> list[float]:
+    """Blanchard et al. 2017: each of ``rows``' sum of squared distances to its n − f − 2 nearest others among
+    them (ascending; ``d`` from ``_distances``)."""
+    sub = d[np.ix_(rows, rows)]
+    nearest = max(len(rows) - f - 2, 1)  # ≥ 1: Bulyan's last picks still depend on the values, not the order
+    return [math.fsum(np.sort(np.delete(sub[a], a))[:nearest]) for a in range(len(rows))]
 
 
 def _by_score(scores: Sequence[float]) -> list[int]:
@@ -221,7 +230,7 @@ class _Krum(Aggregator):
         self.check(n := len(updates))
         m, f = self._count(n), self.f
         x = _matrix(updates, None)
-        chosen = sorted(_by_score(_krum_scores(x, range(n), f))[:m])
+        chosen = sorted(_by_score(_krum_scores(_distances(x), list(range(n)), f))[:m])
         total = float(sum(updates[i].weight for i in chosen))
         shares = np.zeros(n)
         for i in chosen:
@@ -335,9 +344,9 @@ class Bulyan(Aggregator):
         self.check(n := len(updates))
         f = self.f
         x = _matrix(updates, None)
-        left, chosen = list(range(n)), []
+        d, left, chosen = _distances(x), list(range(n)), []
         while len(chosen) < n - 2 * f:
-            best = left[_by_score(_krum_scores(x, left, f))[0]]
+            best = left[_by_score(_krum_scores(d, left, f))[0]]
             chosen.append(best)
             left.remove(best)
         chosen.sort()
