@@ -1,7 +1,7 @@
 """Block wire format and the digests derived from it.
 
     block   = canonical CBOR {"header": bstr, "seal": {"sealer", "sigs"}, "txs": [bstr, ...]}
-    header  = canonical CBOR {chain, height, prev, ts, root, n, acc, proposer}
+    header  = canonical CBOR {chain, height, prev, ts, root, n, acc, proposer[, view, nonce, vrf]}
     hash    = tagged_hash("edgefl/ledger/block/v1", header)       what the seal signs; next block's prev
     content = tagged_hash("edgefl/ledger/content/v1", header without acc)
     element = accumulator.representative(content, height)         the prime this block adds
@@ -44,6 +44,11 @@ class Header(Message):
     n: Annotated[int, Range(0)]
     acc: Annotated[bytes, MaxLen(accumulator.ELEMENT_BYTES)]
     proposer: Annotated[str, MaxLen(128)]
+    # the proposer's claim under the chain's proposal rule (edgefl.consensus.proposal); absent fields are
+    # not encoded, so headers of chains without one keep their bytes
+    view: Annotated[int, Range(1, 1 << 62)] | None = None  # pbft: the view; credit: the round after prev
+    nonce: Annotated[int, Range(0, (1 << 64) - 1)] | None = None  # pow
+    vrf: Annotated[bytes, MaxLen(81)] | None = None  # credit: the VRF proof of eligibility
 
     def content(self) -> bytes:
         wire = self.to_wire()

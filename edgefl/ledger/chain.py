@@ -17,6 +17,7 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
+from edgefl.consensus.proposal import check_header
 from edgefl.crypto import accumulator
 from edgefl.crypto.envelope import KeyRegistry
 from edgefl.crypto.hashing import MerkleFrontier, merkle_path
@@ -185,21 +186,27 @@ class Chain:
 
     # ------------------------------------------------------------------ blocks
 
-    def propose(self, proposer: str, *, ts_ms: int | None = None, allow_empty: bool = False) -> Verified | None:
-        """The next block from the mempool, unsealed (for a committee to certify); None if there is nothing to do."""
+    def propose(self, proposer: str, *, ts_ms: int | None = None, allow_empty: bool = False,
+                claim=None) -> Verified | None:
+        """The next block from the mempool, unsealed (for a committee to certify); None if there is nothing to do.
+
+        ``claim``: fills in the proposal rule's header fields (``edgefl.consensus.proposal``).
+        """
         if not self._blocks and not allow_empty:
             return None
         pending = self._blocks[0] if self._blocks else _Pending()
         block = propose_block(self.tip, self.id, pending.txs, proposer,
                               time.time_ns() // 1_000_000 if ts_ms is None else ts_ms, sealer=self.spec.sealer,
-                              root=pending.tree.root(), framed=pending.framed)
+                              root=pending.tree.root(), framed=pending.framed, claim=claim)
+        check_header(self.spec, block.header, self.tip)  # never build what the chain's proposal rule refuses
         if len(block.raw) > self.spec.max_block:  # the overhead reserve makes this unreachable; guard it anyway
             raise LedgerError(f"proposed a {len(block.raw)}-byte block over the limit", reason="too_large")
         return block
 
-    def build(self, sealer: Sealer, *, ts_ms: int | None = None, allow_empty: bool = False) -> Verified | None:
+    def build(self, sealer: Sealer, *, ts_ms: int | None = None, allow_empty: bool = False,
+              claim=None) -> Verified | None:
         """Build and seal the next block from the mempool, without committing it; None if there is nothing to do."""
-        block = self.propose(sealer.proposer, ts_ms=ts_ms, allow_empty=allow_empty)
+        block = self.propose(sealer.proposer, ts_ms=ts_ms, allow_empty=allow_empty, claim=claim)
         if block is None:
             return None
         block = finish_block(block, sealer.seal(block.hash), framed=self._blocks[0].framed if self._blocks else b"")
@@ -207,9 +214,10 @@ class Chain:
             raise LedgerError(f"built a {len(block.raw)}-byte block over the limit", reason="too_large")
         return block
 
-    def mine(self, sealer: Sealer, *, ts_ms: int | None = None, allow_empty: bool = False) -> Verified | None:
+    def mine(self, sealer: Sealer, *, ts_ms: int | None = None, allow_empty: bool = False,
+             claim=None) -> Verified | None:
         """Build, seal and durably commit the next block from the mempool; None if there is nothing to do."""
-        block = self.build(sealer, ts_ms=ts_ms, allow_empty=allow_empty)
+        block = self.build(sealer, ts_ms=ts_ms, allow_empty=allow_empty, claim=claim)
         if block is None:
             return None
         state = self.state.copy()

@@ -36,13 +36,15 @@ from typing import Annotated, Any, ClassVar, Iterable
 from edgefl import codec
 from edgefl.codec import MaxLen, Message, Range, message
 from edgefl.consensus import policy as policies
+from edgefl.consensus import proposal as proposals
 from edgefl.consensus.policy import PolicySpec
+from edgefl.consensus.proposal import ProposalSpec
 from edgefl.crypto import accumulator
 from edgefl.crypto.envelope import IdentityRejected, KeyRegistry
 from edgefl.crypto.hashing import tagged_hash
 from edgefl.crypto.keys import SigningKey
 from edgefl.ledger.block import Header, decode_header
-from edgefl.ledger.committee import Committee, Sig, sign_all
+from edgefl.ledger.committee import Committee, Sig, bft_threshold, sign_all
 from edgefl.ledger.errors import InvalidTx, LedgerError, relabel
 from edgefl.transport.topics import TopicError, check_segment
 
@@ -130,6 +132,7 @@ class ChainSpec(Message):
     subchains: Annotated[dict[str, Committee], MaxLen(1024)] | None = None  # main: who signs Type-II
     # record type (or "*") -> who must endorse such a record (edgefl.consensus.policy); None: its signer alone
     policies: Annotated[dict[Annotated[str, MaxLen(64)], PolicySpec], MaxLen(256)] | None = None
+    proposal: ProposalSpec | None = None  # who may propose a block (edgefl.consensus.proposal); None: any member
 
 
 @message("ledger.record", max_size=128 << 10)
@@ -298,6 +301,13 @@ def check_spec(spec: ChainSpec, field: str = "genesis") -> None:
             committee.validate(f"{field}.subchains[{name!r}]")
         for rtype, p in (spec.policies or {}).items():
             policies.from_spec(p, f"{field}.policies[{rtype!r}]")
+        if spec.proposal is not None:
+            rule = proposals.from_spec(spec.proposal, spec.committee, f"{field}.proposal")
+            n, need = len(spec.committee.members), bft_threshold(len(spec.committee.members))
+            if rule.bft and spec.sealer == "quorum" and spec.committee.threshold < need:
+                raise LedgerError(f"a {rule.name} committee of {n} tolerates f of 3f+1 only with a quorum of at "
+                                  f"least ceil((2n+1)/3) = {need}, not {spec.committee.threshold}",
+                                  field=f"{field}.committee.threshold")
     except TopicError as exc:
         raise InvalidTx(str(exc), field=f"{field}.chain", reason="schema") from None
     except LedgerError as exc:

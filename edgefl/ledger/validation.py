@@ -19,6 +19,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
+from edgefl.consensus.proposal import check_header
 from edgefl.crypto import accumulator
 from edgefl.crypto.envelope import KeyRegistry
 from edgefl.crypto.hashing import merkle_root
@@ -113,6 +114,7 @@ def _validate(raw, tip, state, registry, seen, admitted, *, sealed: bool) -> tup
         check_seal(Verified(raw, header, block.header, h, block.seal, [], 0, 0), spec)
     elif spec.committee.key_of(header.proposer) is None:
         _fail(f"proposer {header.proposer!r} is not in the committee", "header.proposer", "bad_seal")
+    check_header(spec, header, tip)  # the proposer's claim under the chain's proposal rule
     if header.height:
         ids: set[bytes] = set()
         infos = []
@@ -147,16 +149,20 @@ def _tx(raw: bytes, i: int, state: State, registry, admitted=None, seen=None, id
 
 
 def propose_block(tip: Tip, chain: str, txs: list[TxInfo], proposer: str, ts_ms: int, *, sealer: str = "quorum",
-                  root: bytes | None = None, framed: bytes | None = None) -> Verified:
+                  root: bytes | None = None, framed: bytes | None = None,
+                  claim: Callable[[Header], Header] | None = None) -> Verified:
     """The unsealed block after ``tip`` holding ``txs`` (already validated in this order).
 
     Its seal names ``sealer`` and holds no signatures yet.  ``root`` and
     ``framed``: the Merkle root of the transaction ids and the framed
     transactions, when the caller kept them up to date as they came.
+    ``claim``: the proposal rule's header fields (``consensus.proposal``).
     """
     header = Header(chain=chain, height=tip.height + 1, prev=tip.hash, ts=max(ts_ms, tip.ts),
                     root=merkle_root([t.id for t in txs]) if root is None else root, n=len(txs), acc=b"",
                     proposer=proposer)
+    if claim is not None:  # the proposal rule's proof (view, VRF proof, mined nonce): before the accumulator
+        header = claim(header)
     element = header.element()
     acc = accumulator.update(tip.acc, element)
     header = dataclasses.replace(header, acc=accumulator.to_bytes(acc))
