@@ -437,7 +437,26 @@ def test_a_cloud_refuses_aggregators_a_fog_cannot_run_or_bad_options():
         CloudNode.check(load_config(overrides=["ml.aggregator=fltrust"]))
     with pytest.raises(ConfigError, match="ml.cloud_aggregator_options.*beta"):
         CloudNode.check(load_config(overrides=["ml.cloud_aggregator=krum", 'ml.cloud_aggregator_options=["beta=1"]']))
+    with pytest.raises(ConfigError, match="ml.aggregator.*fltrust"):  # not even inside the clipping
+        CloudNode.check(load_config(overrides=["ml.aggregator=clip", 'ml.aggregator_options=["inner=fltrust"]']))
     CloudNode.check(load_config(overrides=["ml.aggregator=clip", 'ml.aggregator_options=["inner=krum", "f=1"]']))
+    CloudNode.check(load_config(overrides=["ml.cloud_aggregator=fltrust"]))
+
+
+def test_a_task_names_no_fog_aggregator_that_needs_root_data():
+    from edgefl.fl.protocol import Extractor, Task
+    from edgefl.ml.export import ModelRelease, export
+    from edgefl.ml.extractor import ExtractorWeights
+
+    w = ExtractorWeights.random(seed=1)
+    onnx = export(w, "onnx")
+    fields = dict(task="t", rounds=1, epsilon=1.0, unit="feature", noise="discrete_laplace",
+                  config=T.TrainConfig(layers=[3920, 16, 10]), epochs=1, trainer="dense",
+                  extractors=[Extractor(ModelRelease.of(onnx, w, "onnx"), b"\1" * 32)], model=b"\0" * 32)
+    assert Task(**fields).aggregator == AggregatorSpec("fedavg")  # what a task says when it says nothing
+    assert Task(**fields, cloud_aggregator=AggregatorSpec.of("fltrust")).cloud_aggregator.name == "fltrust"
+    with pytest.raises(SchemaError, match="fl.task.aggregator"):
+        Task(**fields, aggregator=AggregatorSpec.of("clip", inner="fltrust"))
 
 
 @pytest.mark.parametrize("name, options", [("median", {}), ("fltrust", {})])

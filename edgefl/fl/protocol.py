@@ -80,6 +80,10 @@ class AggregatorSpec(Message):
     def build(self) -> agg.Aggregator:
         return agg.from_spec(self.name, self.options)
 
+    def label(self) -> str:
+        """For messages: ``clip(inner="krum", max_norm=5.0)``."""
+        return f"{self.name}({', '.join(self.options)})" if self.options else self.name
+
     @classmethod
     def of(cls, name: str, **options) -> "AggregatorSpec":
         """The spec of ``make(name, **options)``: defaults filled in, canonical."""
@@ -122,7 +126,7 @@ class Task(Message):
             raise SchemaError(f"a warm start needs every hidden layer at least {2 * self.config.layers[-1]} wide, "
                               f"got {self.config.layers}", field="fl.task.warm_start")
         if self.aggregator.build().needs_reference:
-            raise SchemaError(f"{self.aggregator.name} needs a server's root data; a fog has none",
+            raise SchemaError(f"{self.aggregator.label()} needs a server's root data; a fog has none",
                               field="fl.task.aggregator")
 
     @property

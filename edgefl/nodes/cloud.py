@@ -55,7 +55,7 @@ def aggregator_specs(cfg: Config) -> tuple[AggregatorSpec, AggregatorSpec]:
             raise ConfigError(f"ml.{key}_options", str(exc)) from None
         out.append(spec)
     if out[0].build().needs_reference:
-        raise ConfigError("ml.aggregator", f"{out[0].name} needs a server's root data, which a fog does not have")
+        raise ConfigError("ml.aggregator", f"{out[0].label()} needs a server's root data, which a fog does not have")
     return out[0], out[1]
 
 
