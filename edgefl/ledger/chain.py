@@ -384,41 +384,44 @@ class Chain:
 def verify_blocks(blocks, *, registry: KeyRegistry | None = None, store: Store | None = None) -> int:
     """Validate a sequence of blocks from genesis; with ``store``, also its derived columns. Returns the count."""
     tip, state, ids, n = Tip.genesis(), State(), set(), 0
+    derived = store.derived() if store is not None else None
     for raw in blocks:
         try:
             block, state = validate_block(raw, tip, state, registry, seen=ids.__contains__)
         except InvalidBlock as exc:
             raise InvalidBlock(f"block {tip.height + 1}: {exc.detail}", field=exc.field, reason=exc.reason) from None
-        if store is not None:
-            _check_derived(store, block)
+        if derived is not None:
+            _check_derived(block, next(derived, None))
         ids.update(t.id for t in block.txs)
         tip = block.tip
         n += 1
-    if store is not None and store.tip().height != tip.height:
-        raise InvalidBlock(f"store tip {store.tip().height} but blocks end at {tip.height}", field="store",
-                           reason="corrupt")
+    if derived is not None:
+        extra = next(derived, None)
+        if extra is not None:
+            raise InvalidBlock(f"block {extra[0]}: stored rows after the last block", field="store", reason="corrupt")
+        if store.tip().height != tip.height:
+            raise InvalidBlock(f"store tip {store.tip().height} but blocks end at {tip.height}", field="store",
+                               reason="corrupt")
     return n
 
 
-def _check_derived(store: Store, block: Verified) -> None:
+def _check_derived(block: Verified, stored) -> None:
+    """Compare a validated block with its stored derived columns (one item of ``Store.derived``)."""
     h = block.header.height
-    row = store.block_row(h)
-    if row is None or row[0] != block.hash or row[3] != block.header.acc or row[4] != block.element:
-        raise InvalidBlock(f"block {h}: stored hash, accumulator or element differs from the block", field="blocks",
-                           reason="corrupt")
-    stored = store.db.execute("SELECT id, kind, rtype, signer, device, model FROM txs WHERE height = ? ORDER BY idx",
-                              (h,)).fetchall()
-    expect = []
-    for t in block.txs:
-        ix = t.kind.index(t)
-        expect.append((t.id, t.kind.name, ix.rtype, ix.signer, ix.device, ix.model))
-    if stored != expect:
-        raise InvalidBlock(f"block {h}: stored transaction ids or index columns differ", field="txs", reason="corrupt")
-    refs = sorted(store.db.execute("SELECT r.cid, t.idx FROM refs r JOIN txs t ON t.seq = r.seq WHERE t.height = ?",
-                                   (h,)).fetchall())
-    if refs != sorted((c, i) for i, t in enumerate(block.txs) for c in t.kind.index(t).refs):
-        raise InvalidBlock(f"block {h}: stored blob references differ", field="refs", reason="corrupt")
-    anchors = sorted(store.db.execute("SELECT a.chain, a.height, a.acc FROM anchors a WHERE a.block = ?",
-                                      (h,)).fetchall())
-    if anchors != sorted(t.kind.index(t).anchor for t in block.txs if t.kind.index(t).anchor):
-        raise InvalidBlock(f"block {h}: stored anchors differ", field="anchors", reason="corrupt")
+
+    def corrupt(what: str, column: str):
+        return InvalidBlock(f"block {h}: stored {what} differ", field=column, reason="corrupt")
+
+    if stored is None or stored[0] != h or stored[1] is None:
+        raise corrupt("rows", "blocks")
+    _, (hash_, acc, element), txs, refs, anchors = stored
+    if hash_ != block.hash or acc != block.header.acc or element != block.element:
+        raise corrupt("hash, accumulator or element", "blocks")
+    indexes = [t.kind.index(t) for t in block.txs]
+    if txs != [(h, i, t.id, t.kind.name, ix.rtype, ix.signer, ix.device, ix.model)
+               for i, (t, ix) in enumerate(zip(block.txs, indexes))]:
+        raise corrupt("transaction ids or index columns", "txs")
+    if refs != sorted((c, i) for i, ix in enumerate(indexes) for c in ix.refs):
+        raise corrupt("blob references", "refs")
+    if anchors != sorted(ix.anchor for ix in indexes if ix.anchor):
+        raise corrupt("anchors", "anchors")

@@ -25,7 +25,7 @@ from edgefl.ledger.block import Seal, Tip, decode_header, encode_block, frame_tx
 from edgefl.ledger.errors import StoreError
 from edgefl.ledger.tx import Index, State, decode_tx
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks(
@@ -56,6 +56,7 @@ CREATE INDEX IF NOT EXISTS txs_model ON txs(model) WHERE model IS NOT NULL;
 CREATE INDEX IF NOT EXISTS txs_rtype ON txs(rtype) WHERE rtype IS NOT NULL;
 CREATE TABLE IF NOT EXISTS refs(cid BLOB NOT NULL, seq INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS refs_cid ON refs(cid);
+CREATE INDEX IF NOT EXISTS refs_seq ON refs(seq);
 CREATE TABLE IF NOT EXISTS anchors(
     chain   TEXT NOT NULL,
     height  INTEGER NOT NULL,
@@ -64,6 +65,7 @@ CREATE TABLE IF NOT EXISTS anchors(
     block   INTEGER NOT NULL,
     PRIMARY KEY (chain, height)
 );
+CREATE INDEX IF NOT EXISTS anchors_block ON anchors(block);
 CREATE TRIGGER IF NOT EXISTS blocks_append_only_u BEFORE UPDATE ON blocks
     BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS blocks_append_only_d BEFORE DELETE ON blocks
@@ -73,6 +75,13 @@ CREATE TRIGGER IF NOT EXISTS txs_append_only_u BEFORE UPDATE ON txs
 CREATE TRIGGER IF NOT EXISTS txs_append_only_d BEFORE DELETE ON txs
     BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
 """
+
+# version -> statements that bring a database of that version to the next; each runs in one transaction with
+# its version bump, so a crash mid-migration leaves the old version, migrated again on the next open
+MIGRATIONS = {
+    1: ["CREATE INDEX IF NOT EXISTS refs_seq ON refs(seq)",  # verify read refs by block: a scan per block
+        "CREATE INDEX IF NOT EXISTS anchors_block ON anchors(block)"],
+}
 
 
 class Store:
@@ -91,13 +100,28 @@ class Store:
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=FULL")  # WAL fsynced at every COMMIT: durable on ack
                 version = self.db.execute("PRAGMA user_version").fetchone()[0]
-                if version not in (0, SCHEMA_VERSION):
+                if version not in (0, *MIGRATIONS, SCHEMA_VERSION):
                     raise StoreError(f"{self.path}: schema version {version}, this edgefl reads {SCHEMA_VERSION}")
+                if version:
+                    self._migrate(version)
                 self.db.executescript(SCHEMA)
                 self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self.db.execute("PRAGMA busy_timeout=5000")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: {exc}") from None
+
+    def _migrate(self, version: int) -> None:
+        while version < SCHEMA_VERSION:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for sql in MIGRATIONS[version]:
+                    self.db.execute(sql)
+                self.db.execute(f"PRAGMA user_version={version + 1}")  # transactional: commits with the DDL
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+            version += 1
 
     def close(self) -> None:
         self.db.close()
@@ -233,12 +257,63 @@ class Store:
                         chain, (1 << 62) if upto_block is None else upto_block)
         return row
 
+    def derived(self) -> Iterator[tuple[int, tuple | None, list[tuple], list[tuple], list[tuple]]]:
+        """Every block's derived columns in one pass, in height order.
+
+        Yields (height, (hash, acc, element) or None, [(height, idx, id, kind,
+        rtype, signer, device, model)] in seq order, sorted [(cid, idx)] of
+        its refs, sorted [(chain, height, acc)] of its anchors).  Four cursors
+        walked side by side read each table once, so checking them is linear
+        in the chain (a query per block joining refs to txs scanned refs each
+        time).  Rows that belong to no block (a gap in the heights, a ref of
+        no transaction, rows past the last block) come out where they cannot
+        match what the blocks say, so ``verify`` sees them.
+        """
+        db = self.db
+        try:
+            blocks = db.execute("SELECT height, hash, acc, element FROM blocks ORDER BY height")
+            txs = _Peek(db.execute("SELECT seq, height, idx, id, kind, rtype, signer, device, model FROM txs "
+                                   "ORDER BY seq"))
+            refs = _Peek(db.execute("SELECT seq, cid FROM refs ORDER BY seq"))
+            anchors = _Peek(db.execute("SELECT block, chain, height, acc FROM anchors ORDER BY block"))
+            height = -1
+            for height, hash_, acc, element in blocks:
+                rows = txs.take_while(lambda r: r[1] <= height)
+                idx = {r[0]: r[2] if r[1] == height else -1 for r in rows}
+                top = rows[-1][0] if rows else -1
+                block_refs = [(cid, idx.get(seq, -1)) for seq, cid in refs.take_while(lambda r: r[0] <= top)]
+                block_anchors = [(c, h, a) if b == height else (c, -1, a)
+                                 for b, c, h, a in anchors.take_while(lambda r: r[0] <= height)]
+                yield (height, (hash_, acc, int.from_bytes(element, "big")), [r[1:] for r in rows],
+                       sorted(block_refs), sorted(block_anchors))
+            rest = [txs.take_while(lambda r: True), refs.take_while(lambda r: True),
+                    anchors.take_while(lambda r: True)]
+            if any(rest):
+                yield height + 1, None, [r[1:] for r in rest[0]], [(r[1], -1) for r in rest[1]], rest[2]
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: {exc}") from None
+
     def referenced(self) -> set[bytes]:
         return {r[0] for r in self._all("SELECT DISTINCT cid FROM refs")}
 
     def header_at(self, height: int):
         row = self._one("SELECT header FROM blocks WHERE height = ?", height)
         return None if row is None else decode_header(row[0])
+
+
+class _Peek:
+    """Rows of a cursor with one row of look-ahead."""
+
+    def __init__(self, rows):
+        self._rows = iter(rows)
+        self._next = next(self._rows, None)
+
+    def take_while(self, pred) -> list:
+        out = []
+        while self._next is not None and pred(self._next):
+            out.append(self._next)
+            self._next = next(self._rows, None)
+        return out
 
 
 def _int_bytes(n: int) -> bytes:
