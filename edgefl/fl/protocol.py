@@ -23,6 +23,7 @@ devices on the fog's chain, before the first round's steps the fog's
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import field
 from typing import Annotated, Callable
 
@@ -292,7 +293,13 @@ class TaskView:
         self.on_change = on_change
 
     async def follow(self, session, cloud: str) -> None:
-        async with session.subscribe(topics.pattern(node=cloud)) as sub:
+        # the two kinds it needs, not everything the cloud publishes (its beacons go to fogs' chains only)
+        async with asyncio.TaskGroup() as tg:
+            for kind in ("task", "model"):
+                tg.create_task(self._follow(session, topics.pattern(node=cloud, kind=kind)))
+
+    async def _follow(self, session, pattern: str) -> None:
+        async with session.subscribe(pattern) as sub:
             async for rx in sub:
                 msg = rx.message
                 if isinstance(msg, Task) and msg != self.task:

@@ -28,11 +28,30 @@ from edgefl.transport.session import Session
 log = logging.getLogger("edgefl.node")
 
 
-async def watch_liveness(session: Session) -> None:
-    async with session.subscribe(topics.pattern(kind="status")) as sub:
-        async for rx in sub:
-            if rx.envelope.sender != session.node_id:
-                log.info("peer %s (%s) is %s", rx.envelope.sender, rx.topic.role, rx.message.state)
+def watched_statuses(cfg: Config) -> list[str]:
+    """Whose liveness a node follows: the node above it and the nodes directly below it.
+
+    Never every status of the site: each connect publishes one (retained), so
+    N nodes watching all of them is N² deliveries for nothing the node uses.
+    """
+    if cfg.node.role == "device":
+        return [topics.pattern(node=cfg.node.fog, kind="status")] if cfg.node.fog else []
+    if cfg.node.role == "fog":
+        return [topics.pattern(site=cfg.node.site, role="device", kind="status"),
+                topics.pattern(node=cfg.ledger.main_node, kind="status")]
+    return [topics.pattern(role="fog", kind="status")]
+
+
+async def watch_liveness(session: Session, patterns: list[str]) -> None:
+    async def watch(pattern: str) -> None:
+        async with session.subscribe(pattern) as sub:
+            async for rx in sub:
+                if rx.envelope.sender != session.node_id:
+                    log.info("peer %s (%s) is %s", rx.envelope.sender, rx.topic.role, rx.message.state)
+
+    async with asyncio.TaskGroup() as tg:
+        for pattern in patterns:
+            tg.create_task(watch(pattern))
 
 
 async def crl_service(session: Session, registry: PkiRegistry, own_crl: Path | None = None,
@@ -115,7 +134,7 @@ async def running(cfg: Config, *, handle_signals: bool = True) -> AsyncIterator[
         node = cls(cfg, session)
         try:
             async with Supervisor(handle_signals=handle_signals) as sup:
-                sup.spawn("liveness", lambda: watch_liveness(session))
+                sup.spawn("liveness", lambda: watch_liveness(session, watched_statuses(cfg)))
                 sup.spawn("metrics", report_metrics)
                 if isinstance(session.verifier.registry, PkiRegistry):
                     own = cfg.path(cfg.security.crl_dir) / f"{cfg.node.id}.crl" if cfg.node.role != "device" else None
