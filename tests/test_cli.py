@@ -197,6 +197,7 @@ def test_bench_ml_quick_writes_rows_grid_and_plots(tmp_path):
     assert 0 < rows["laplace_delta_eps1"]["median"] < rows["laplace_delta_eps10"]["median"] < 1e-6
     for r in ("accuracy_eps1_round2", "accuracy_epsinf_round2"):
         assert 10 < rows[r]["median"] <= 100  # generated digits: better than chance (10 %)
+    assert rows["aggregate_fedavg_n10"]["ratio"] == 1.0 and rows["aggregate_bulyan_n10"]["median"] > 0
     runs = json.loads((tmp_path / "grid.json").read_text())
     assert {(r["method"], r["epsilon"], r["batch"]) for r in runs} == {("warm", 1.0, 64), ("warm", None, 64)}
     assert all(len(r["accuracy"]) == 2 for r in runs)

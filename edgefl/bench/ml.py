@@ -14,6 +14,9 @@
   ``laplace_delta_eps{1,10}`` — the δ for which the sampler as implemented is
   (ε, δ)-DP (feature unit, N = 64), computed from its exact probabilities.
 * ``dense_step_b64`` — one deterministic Adam step of the dense part, ms.
+* ``aggregate_{name}_n{10,50}`` — one aggregation (``edgefl.fl.aggregate``)
+  of n models of the networked default 3920-100-30-20-10, ms, every
+  aggregator interleaved; ``ratio`` = that / FedAvg's (``--quick``: n = 10).
 * ``accuracy_eps{1,2,5,10,inf}_round{1,2}`` — test accuracy (%) after each of
   two federated rounds, 10 devices with equal IID shares, batch 64, mean of
   ``--seeds`` seeds (``p99`` column: the worst seed), with the fog's method
@@ -44,6 +47,7 @@ import numpy as np
 from edgefl.bench.harness import Report, Row, Samples, ab, interleave, measure, ratio_row
 from edgefl.crypto.envelope import Signer
 from edgefl.crypto.keys import SigningKey
+from edgefl.fl import aggregate as agg
 from edgefl.fl.simulation import SimDevice, run_rounds
 from edgefl.ml import export as E
 from edgefl.ml import trainer as T
@@ -92,6 +96,7 @@ async def run(*, quick: bool = False, data: str | None = None, weights: str | No
     dataset = load_mnist(data) if data else synthetic_digits(2000 if quick else 10000, seed=0)
     await _extraction(report, w, models, dataset, quick=quick, threads=threads, tflite_python=tflite_python)
     _laplace_and_step(report, models, dataset, quick=quick, threads=threads)
+    _aggregation(report, quick=quick)
     if not no_accuracy:
         _accuracy(report, models["onnx"], dataset, quick=quick, seeds=1 if quick else seeds, epochs=epochs,
                   batches=[64] if quick else batches,
@@ -211,6 +216,25 @@ def _laplace_and_step(report, models, dataset: Dataset, *, quick, threads) -> No
     x, y = rng.standard_normal((64, 3920)).astype(np.float32), rng.integers(0, 10, 64)
     step = measure(lambda: T.train_step(state, state.model, x, y, cfg), iterations=3 if quick else 20, warmup=2)
     report.add(step.row("dense_step_b64", note="Adam, 3920-600-100-30-20-10, BLAS on one thread (recorded steps)"))
+
+
+def _aggregation(report, *, quick) -> None:
+    base = T.init_model([3920, 100, 30, 20, 10], seed=0)
+    rng = np.random.default_rng(0)
+    for n in (10,) if quick else (10, 50):
+        updates = [agg.Update([np.float32(p + rng.normal(0, 0.01, p.shape)) for p in base.params], 64.0, f"d{i}")
+                   for i in range(n)]
+        reference = [p + np.float32(0.001) for p in base.params]
+        f = max(1, (n - 3) // 4)  # as many as Bulyan survives
+        options = {"krum": {"f": f}, "multikrum": {"f": f}, "bulyan": {"f": f}, "trimmedmean": {"f": f}}
+        runs = {name: (lambda a=agg.make(name, **options.get(name, {})):
+                       a.aggregate(updates, origin=base.params, reference=reference)) for name in agg.AGGREGATORS}
+        samples = interleave(runs, rounds=2 if quick else 5)
+        fedavg = samples["fedavg"].row(f"aggregate_fedavg_n{n}")
+        for name, s in samples.items():
+            row = s.row(f"aggregate_{name}_n{n}", note=f"{n} models, f = {f} where it applies")
+            row.ratio = row.median / fedavg.median
+            report.add(row)
 
 
 METHODS = {
