@@ -1,0 +1,704 @@
+"""PBFT (Castro–Liskov) for a chain's committee, linear variant, as a sans-I/O state machine.
+
+Inputs: ``receive(sender, msg)`` (a message whose envelope the shell has
+opened), ``validated(view, height, hash, ok)`` (the chain's own validation of a
+proposal, run off the protocol path), ``timeout(now)`` and ``propose(raw, hash)``
+on the leader.  Outputs, drained with ``take()``: ``Send`` (to one member or
+to all), ``Validate`` (check this proposal against the chain), ``Commit`` (a
+block and its commit certificate, in height order), ``Serve`` (answer a peer's
+state-transfer request from the store) and ``Evidence`` (Behaviour records).
+
+Normal case, view v, leader ids[v mod n], quorum q = the committee's threshold
+(⌈(2n+1)/3⌉):
+
+    leader   Propose(PrePrepare(v, h, hash) signed, block)        → all
+    replica  validates the block, Vote(prepare)                    → leader
+    leader   q prepare votes: Cert(prepare)                        → all
+    replica  prepared; Vote(commit) = signature over the block hash → leader
+    leader   q commit votes: Cert(commit)                          → all
+    replica  commits: the commit certificate is the block's ``quorum`` seal
+
+Linear rather than all-to-all: every vote goes to the leader, which
+broadcasts the quorum certificate (as SBFT and HotStuff do), so a block costs
+about 5(n−1) received messages instead of 2n² (docs/consensus.md).  Several
+heights are in flight between the watermarks (stable checkpoint, +window);
+every ``checkpoint_every`` blocks the replicas exchange signed checkpoints, q
+of them make it stable and the log below it is dropped.  A replica whose
+timer expires (or that holds proof its leader equivocated) moves to view v+1
+with a ViewChange carrying its prepared certificates; the new leader sends
+NewView with q view changes and re-proposes, for each height, the block of
+the highest-view prepared certificate (stopping at the first height with none,
+or whose block does not extend the previous: nothing above it can have
+committed).  Every signature a replica gives goes through its ``VoteLog``
+first, so it never signs two different digests for one slot, even across a
+kill -9 and restart.  A replica that learns of committed heights beyond its
+own asks a peer for the blocks and checks each commit certificate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Annotated, Callable
+
+from edgefl import codec
+from edgefl.codec import MaxLen, Message, Range, message
+from edgefl.consensus.evidence import Behaviour, Statement, encode_statement, equivocation
+from edgefl.consensus.votelog import VoteLog
+from edgefl.crypto.hashing import tagged_hash
+from edgefl.crypto.keys import SigningKey
+from edgefl.ledger.committee import Committee, Sig
+from edgefl.ledger.errors import LedgerError
+from edgefl.runtime.metrics import METRICS, Metrics
+
+log = logging.getLogger("edgefl.pbft")
+
+TAG = b"edgefl/pbft/v1"
+Id = Annotated[str, MaxLen(128)]
+Hash = Annotated[bytes, MaxLen(32)]
+Signature = Annotated[bytes, MaxLen(64)]
+Sigs = Annotated[list[Sig], MaxLen(64)]
+MAX_BLOCK = 64 << 20
+
+
+def _digest(*parts) -> bytes:
+    return tagged_hash(TAG, codec.encode(list(parts)))
+
+
+# --------------------------------------------------------------------------- messages
+
+
+@message("pbft.pre-prepare", max_size=1024)
+class PrePrepare(Statement):
+    chain: Annotated[str, MaxLen(64)]
+    view: Annotated[int, Range(0)]
+    height: Annotated[int, Range(0)]
+    hash: Hash
+    signer: Id
+    sig: Signature = b""
+
+    def digest(self) -> bytes:
+        return _digest("pre-prepare", self.chain, self.view, self.height, self.hash)
+
+    def slot(self):
+        return ("pre-prepare", self.chain, self.view, self.height)
+
+
+@message("pbft.vote", max_size=1024)
+class Vote(Statement):
+    """A prepare (signs the phase, view, height and hash) or a commit (signs the block hash: the seal)."""
+
+    chain: Annotated[str, MaxLen(64)]
+    phase: Annotated[str, MaxLen(8)]
+    view: Annotated[int, Range(0)]
+    height: Annotated[int, Range(0)]
+    hash: Hash
+    signer: Id
+    sig: Signature = b""
+
+    def digest(self) -> bytes:
+        return vote_digest(self.chain, self.phase, self.view, self.height, self.hash)
+
+    def slot(self):
+        # a commit signs only the block hash, which does not bind the view: it proves no equivocation by itself
+        return ("prepare", self.chain, self.view, self.height) if self.phase == "prepare" else None
+
+
+def vote_digest(chain: str, phase: str, view: int, height: int, h: bytes) -> bytes:
+    return h if phase == "commit" else _digest(phase, chain, view, height, h)
+
+
+@message("pbft.propose", max_size=MAX_BLOCK + 4096)
+class Propose(Message):
+    pre: PrePrepare
+    block: bytes
+
+
+@message("pbft.cert", max_size=16 << 10)
+class Cert(Message):
+    """q votes of one phase for one (view, height, hash), gathered by the leader."""
+
+    phase: Annotated[str, MaxLen(8)]
+    view: Annotated[int, Range(0)]
+    height: Annotated[int, Range(0)]
+    hash: Hash
+    sigs: Sigs
+
+
+@message("pbft.checkpoint", max_size=1024)
+class Checkpoint(Statement):
+    chain: Annotated[str, MaxLen(64)]
+    height: Annotated[int, Range(0)]
+    hash: Hash
+    signer: Id
+    sig: Signature = b""
+
+    def digest(self) -> bytes:
+        return _digest("checkpoint", self.chain, self.height, self.hash)
+
+
+@message("pbft.prepared", max_size=MAX_BLOCK + (20 << 10))
+class Prepared(Message):
+    cert: Cert
+    block: bytes
+
+
+@message("pbft.view-change", max_size=MAX_BLOCK * 4)
+class ViewChange(Statement):
+    chain: Annotated[str, MaxLen(64)]
+    view: Annotated[int, Range(0)]  # the view it moves to
+    stable: Annotated[int, Range(-1)]  # its stable checkpoint height
+    stable_hash: Hash
+    stable_sigs: Sigs  # the checkpoint certificate (empty for -1 / genesis)
+    prepared: Annotated[list[Prepared], MaxLen(256)]
+    signer: Id
+    sig: Signature = b""
+
+    def digest(self) -> bytes:
+        body = [[p.cert.view, p.cert.height, p.cert.hash] for p in self.prepared]
+        return _digest("view-change", self.chain, self.view, self.stable, self.stable_hash, body, self.signer)
+
+
+@message("pbft.new-view", max_size=MAX_BLOCK * 8)
+class NewView(Message):
+    view: Annotated[int, Range(0)]
+    changes: Annotated[list[ViewChange], MaxLen(64)]
+
+
+@message("pbft.fetch", max_size=256)
+class Fetch(Message):
+    """State transfer: send me your committed blocks from ``height`` on."""
+
+    height: Annotated[int, Range(0)]
+
+
+@message("pbft.blocks", max_size=MAX_BLOCK + (64 << 10))
+class Blocks(Message):
+    start: Annotated[int, Range(0)]
+    blocks: Annotated[list[bytes], MaxLen(64)]
+    seals: Annotated[list[Sigs], MaxLen(64)]
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    to: str | None  # None: every other member
+    msg: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Validate:
+    view: int
+    height: int
+    hash: bytes
+    block: bytes
+    prev: bytes  # the hash it must extend
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    height: int
+    hash: bytes
+    block: bytes
+    sigs: list[Sig]  # the commit certificate: a ``quorum`` seal over ``hash``
+
+
+@dataclass(frozen=True, slots=True)
+class Serve:
+    to: str
+    height: int
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    record: Behaviour
+
+
+class App:
+    """What the core needs from the chain, all pure: the hash of a block's bytes and the hash it extends."""
+
+    def block_hash(self, raw: bytes) -> bytes:
+        raise NotImplementedError
+
+    def prev_hash(self, raw: bytes) -> bytes:
+        raise NotImplementedError
+
+
+@dataclass
+class _Slot:
+    """One height in the current view."""
+
+    hash: bytes | None = None
+    block: bytes | None = None
+    pre: PrePrepare | None = None
+    valid: bool = False
+    asked: bool = False  # Validate emitted
+    prepare_votes: dict[str, bytes] = field(default_factory=dict)
+    commit_votes: dict[str, bytes] = field(default_factory=dict)
+    prepared: Cert | None = None
+    certs: dict[str, Cert] = field(default_factory=dict)  # leader: the certificates it sent, by phase
+
+
+class Replica:
+    def __init__(self, me: str, key: SigningKey, committee: Committee, chain: str, app: App, *,
+                 height: int = 0, tip_hash: bytes = bytes(32), tip_sigs: list[Sig] | None = None, votelog: VoteLog | None = None,
+                 window: int = 8, checkpoint_every: int = 16, view_timeout: float = 1.0,
+                 now: float = 0.0, metrics: Metrics = METRICS):
+        self.me, self.key, self.committee, self.chain, self.app = me, key, committee, chain, app
+        self.ids = committee.ids
+        self.n, self.q = len(self.ids), committee.threshold
+        self.f = committee.faults
+        self.votelog = votelog or VoteLog()
+        self.window, self.checkpoint_every, self.view_timeout = window, checkpoint_every, view_timeout
+        self.metrics = metrics
+        self.view = self.votelog.view
+        self.changing = self.view > 0  # restarted mid-run: wait for the current view's NewView (or move on)
+        self.committed, self.committed_hash = height, tip_hash  # the last height handed out as Commit
+        # the stable point: a checkpoint certificate, or the tip's own commit certificate (its seal) after a restart
+        self.stable, self.stable_hash, self.stable_sigs = height, tip_hash, list(tip_sigs or [])
+        self.slots: dict[int, _Slot] = {}
+        # certified blocks waiting for the heights below, by height and hash: a certificate at h counts only on
+        # top of the block committed at h-1 (one certified in an earlier view may extend a block that never was)
+        self.done: dict[int, dict[bytes, tuple[bytes, list[Sig]]]] = {}
+        self.early: list[tuple[str, Message]] = []  # proposals and certificates of a view not entered yet
+        self.resend_at: float | None = None
+        self.prepared: dict[int, Prepared] = {}  # highest-view prepared certificate per height (for view changes)
+        self.checkpoints: dict[tuple[int, bytes], dict[str, bytes]] = {}
+        self.changes: dict[int, dict[str, ViewChange]] = {}
+        self.seen_pre: dict[tuple[int, int], PrePrepare] = {}  # (view, height) → the leader's first statement
+        self.out: list = []
+        self.now = now
+        self.deadline: float | None = None
+        self.next_height = height + 1  # leader: the next height to propose
+        self.last_proposed = tip_hash
+        self.fetch_until = -1.0  # a state-transfer request is outstanding until then
+        self.mandated: dict[int, bytes] = {}  # what the NewView obliges the leader to re-propose, by height
+        self.attempts = 0  # view changes since the last NewView: each waits twice as long
+        self.my_checkpoint: Checkpoint | None = None
+        self.ahead_peer: str | None = None  # who last showed us a certificate above our next height
+
+    # ------------------------------------------------------------------ helpers
+
+    def leader(self, view: int | None = None) -> str:
+        return self.ids[(self.view if view is None else view) % self.n]
+
+    @property
+    def is_leader(self) -> bool:
+        return not self.changing and self.leader() == self.me
+
+    def take(self) -> list:
+        out, self.out = self.out, []
+        return out
+
+    def _send(self, to: str | None, msg: Message) -> None:
+        if to == self.me:
+            self.receive(self.me, msg)
+        else:
+            self.out.append(Send(to, msg))
+
+    def _sign(self, st: Statement, slot: tuple | None = None) -> Statement | None:
+        """``st`` signed, unless this replica already signed something else in its slot (then None)."""
+        digest = st.digest()
+        if slot is not None and not self.votelog.guard(slot, digest):
+            self.metrics.inc("pbft_refused_to_sign", kind=st.TYPE)
+            return None
+        return dataclasses.replace(st, sig=self.key.sign(digest))
+
+    def _drop(self, why: str, sender: str) -> None:
+        self.metrics.inc("pbft_rejected", reason=why)
+        log.debug("%s: dropped a message from %s: %s", self.me, sender, why)
+
+    def _verified(self, st: Statement, sender: str) -> bool:
+        key = self.committee.key_of(st.signer)
+        if st.signer != sender or key is None or not key.verify(st.sig, st.digest()):
+            self._drop("bad_signature", sender)
+            return False
+        return True
+
+    def _quorum(self, cert: Cert, digest: bytes) -> bool:
+        try:
+            self.committee.verify_quorum(digest, cert.sigs, field="cert.sigs")
+            return True
+        except LedgerError:
+            return False
+
+    def _in_window(self, height: int) -> bool:
+        """Between the watermarks: above the stable checkpoint, at most two checkpoint intervals beyond it."""
+        return self.stable < height <= self.stable + 2 * self.checkpoint_every
+
+    def _arm(self) -> None:
+        if self.deadline is None:
+            self.deadline = self.now + self.view_timeout
+        if self.resend_at is None:
+            self.resend_at = self.now + self.view_timeout / 4
+
+    def _resend(self) -> None:
+        """Leader: messages get lost; propose again (and certify again) what is not committed yet."""
+        self.resend_at = None
+        for height, slot in sorted(self.slots.items()):
+            if height > self.committed and slot.pre is not None:
+                self.out.append(Send(None, Propose(slot.pre, slot.block)))
+                self.resend_at = self.now + self.view_timeout / 4
+
+    def pending(self, now: float) -> None:
+        """The shell holds requests not yet committed: expect progress within the view timeout."""
+        self.now = now
+        self._arm()
+
+    def _progress(self) -> None:
+        waiting = any(s.pre is not None and h > self.committed for h, s in self.slots.items())
+        self.deadline = (self.now + self.view_timeout) if waiting else None
+        self.resend_at = (self.now + self.view_timeout / 4) if waiting else None
+
+    # ------------------------------------------------------------------ leader
+
+    def can_propose(self) -> bool:
+        return (self.is_leader and self._in_window(self.next_height)
+                and self.next_height <= self.committed + self.window)  # at most ``window`` heights in flight
+
+    @property
+    def tip_for_proposal(self) -> tuple[int, bytes]:
+        """The height and prev hash the leader's next block must have."""
+        return self.next_height, self.last_proposed
+
+    def propose(self, raw: bytes, h: bytes | None = None) -> bool:
+        """Leader: put ``raw`` (a block extending ``tip_for_proposal``) to the committee."""
+        if not self.can_propose():
+            return False
+        h = h or self.app.block_hash(raw)
+        pre = self._sign(PrePrepare(self.chain, self.view, self.next_height, h, self.me),
+                         ("pre-prepare", self.chain, self.view, self.next_height))
+        if pre is None:
+            return False
+        self.next_height += 1
+        self.last_proposed = h
+        self.out.append(Send(None, Propose(pre, raw)))
+        self._on_propose(self.me, Propose(pre, raw))
+        return True
+
+    # ------------------------------------------------------------------ inputs
+
+    def timeout(self, now: float) -> None:
+        self.now = now
+        if now >= self.fetch_until:
+            self.fetch_until = -1.0
+        if self.is_leader and self.resend_at is not None and now >= self.resend_at:
+            self._resend()
+        if self.deadline is not None and now >= self.deadline:
+            if self.my_checkpoint is not None and self.my_checkpoint.height > self.stable:
+                self.out.append(Send(None, self.my_checkpoint))  # it may have been lost: the log waits on it
+            ahead = [h for h in self.done if h > self.committed + 1]
+            if ahead and self.ahead_peer is not None and not self.changing:
+                # the others are certifying blocks: we lost some, fetch them rather than depose a working leader
+                self.fetch_until = -1.0
+                self._fetch(self.ahead_peer)
+                self.deadline = now + self.view_timeout
+                return
+            self.metrics.inc("pbft_view_timeout")
+            self.fetch_until = -1.0
+            self._fetch(self.ahead_peer or self.leader())  # perhaps only we lost the last certificates
+            self._start_view_change(self.view + 1)
+
+    def receive(self, sender: str, msg: Message) -> None:
+        if sender not in self.ids:
+            return self._drop("not_member", sender)
+        handler = {Propose: self._on_propose, Vote: self._on_vote, Cert: self._on_cert,
+                   Checkpoint: self._on_checkpoint, ViewChange: self._on_view_change, NewView: self._on_new_view,
+                   Fetch: self._on_fetch, Blocks: self._on_blocks}.get(type(msg))
+        if handler is None:
+            return self._drop("unknown_type", sender)
+        handler(sender, msg)
+
+    def _on_propose(self, sender: str, m: Propose) -> None:
+        pre = m.pre
+        if pre.chain != self.chain or sender != self.leader(pre.view) or not self._verified(pre, sender):
+            return self._drop("not_leader", sender) if pre.chain == self.chain else self._drop("wrong_chain", sender)
+        first = self.seen_pre.get((pre.view, pre.height))
+        if first is not None and first.hash != pre.hash:
+            return self._equivocated(first, pre)
+        self.seen_pre.setdefault((pre.view, pre.height), pre)
+        if pre.view > self.view or (pre.view == self.view and self.changing):
+            return self._defer(sender, m)
+        if pre.view != self.view:
+            return self._drop("stale_view", sender)
+        if not self._in_window(pre.height) or pre.height <= self.committed:
+            return self._drop("outside_window", sender)
+        if self.mandated.get(pre.height, pre.hash) != pre.hash:
+            return self._drop("violates_new_view", sender)
+        if len(self.seen_pre) > 4 * self.window * self.n:
+            self._trim_seen()
+        h = self.app.block_hash(m.block)
+        if h != pre.hash:
+            return self._drop("hash_mismatch", sender)
+        slot = self.slots.setdefault(pre.height, _Slot())
+        if slot.pre is not None:  # a duplicate: the leader resends what it lacks votes for
+            if slot.hash == h and slot.valid:
+                self._vote("commit" if slot.prepared else "prepare", pre.height, h)
+            return
+        prev = self._prev_for(pre.height)
+        if self.app.prev_hash(m.block) != prev and prev is not None:
+            return self._drop("does_not_extend", sender)
+        slot.hash, slot.block, slot.pre = h, m.block, pre
+        self._arm()
+        if prev is not None:  # else the block below is not known yet; validated when it is
+            self._ask(pre.height, slot, prev)
+
+    def _ask(self, height: int, slot: _Slot, prev: bytes) -> None:
+        if not slot.asked:
+            slot.asked = True
+            self.out.append(Validate(self.view, height, slot.hash, slot.block, prev))
+
+    def _defer(self, sender: str, m: Message) -> None:
+        """Keep what the leader of a view we have not entered sent (it may overtake the NewView)."""
+        if len(self.early) < 4 * (self.window + 2 * self.checkpoint_every):
+            self.early.append((sender, m))
+
+    def _prev_for(self, height: int) -> bytes | None:
+        if height == self.committed + 1:
+            return self.committed_hash
+        below = self.slots.get(height - 1)
+        return below.hash if below is not None and below.hash is not None else None
+
+    def validated(self, view: int, height: int, h: bytes, ok: bool) -> None:
+        slot = self.slots.get(height)
+        if view != self.view or self.changing or slot is None or slot.hash != h or slot.valid:
+            return
+        if not ok:
+            self.metrics.inc("pbft_invalid_proposal")
+            return self._start_view_change(self.view + 1)
+        slot.valid = True
+        self._vote("prepare", height, h)
+        nxt = self.slots.get(height + 1)  # a proposal that waited for this one
+        if nxt is not None and nxt.pre is not None:
+            self._ask(height + 1, nxt, h)
+
+    def _on_vote(self, sender: str, v: Vote) -> None:
+        if v.chain != self.chain or not self._verified(v, sender):
+            return
+        if v.view != self.view or self.changing or self.leader() != self.me or v.phase not in ("prepare", "commit"):
+            return self._drop("stale_view", sender)
+        slot = self.slots.get(v.height)
+        if slot is None or slot.hash != v.hash:
+            return self._drop("unknown_proposal", sender)
+        sent = slot.certs.get(v.phase)
+        if sent is not None:  # a late or repeated vote: its sender missed the certificate
+            if v.signer != self.me:
+                self.out.append(Send(v.signer, sent))
+            return
+        votes = slot.prepare_votes if v.phase == "prepare" else slot.commit_votes
+        votes[v.signer] = v.sig
+        if len(votes) >= self.q:
+            cert = slot.certs[v.phase] = Cert(v.phase, v.view, v.height, v.hash,
+                                              [Sig(s, votes[s]) for s in sorted(votes)])
+            self.out.append(Send(None, cert))
+            self._on_cert(self.me, cert)
+
+    def _on_cert(self, sender: str, c: Cert) -> None:
+        if c.phase == "commit":
+            return self._on_commit_cert(sender, c)
+        if c.phase == "prepare" and (c.view > self.view or (c.view == self.view and self.changing)):
+            return self._defer(sender, c)
+        if c.phase != "prepare" or c.view != self.view:
+            return self._drop("stale_view", sender)
+        slot = self.slots.get(c.height)
+        if slot is None or slot.hash != c.hash or not slot.valid or slot.prepared is not None:
+            return
+        if not self._quorum(c, vote_digest(self.chain, "prepare", c.view, c.height, c.hash)):
+            return self._drop("bad_quorum", sender)
+        slot.prepared = c
+        self.prepared[c.height] = Prepared(c, slot.block)
+        self._vote("commit", c.height, c.hash)
+
+    def _vote(self, phase: str, height: int, h: bytes) -> None:
+        vote = self._sign(Vote(self.chain, phase, self.view, height, h, self.me), (phase, self.chain, self.view, height))
+        if vote is not None:
+            self._send(self.leader(), vote)
+
+    def _on_commit_cert(self, sender: str, c: Cert) -> None:
+        if c.height <= self.committed or c.hash in self.done.get(c.height, ()):
+            return
+        if not self._quorum(c, c.hash):
+            return self._drop("bad_quorum", sender)
+        slot = self.slots.get(c.height)
+        if slot is None or slot.hash != c.hash or slot.block is None:
+            self.ahead_peer = sender
+            self._fetch(sender)  # certified, but we lack the block: state transfer fetches it
+            return
+        self.done.setdefault(c.height, {})[c.hash] = (slot.block, c.sigs)
+        self._deliver()
+        if c.height > self.committed + 1 and self.committed + 1 not in self.done:
+            self.ahead_peer = sender
+            self._fetch(sender)  # the certificate of a height below went missing
+
+    def _deliver(self) -> None:
+        while self.committed + 1 in self.done:
+            found = [(h, b, sigs) for h, (b, sigs) in self.done.pop(self.committed + 1).items()
+                     if self.app.prev_hash(b) == self.committed_hash]
+            if not found:
+                break
+            h, block, sigs = found[0]
+            self.committed += 1
+            self.committed_hash = h
+            self.slots.pop(self.committed, None)
+            self.out.append(Commit(self.committed, h, block, sigs))
+            self.metrics.inc("pbft_committed")
+            if self.committed % self.checkpoint_every == 0:
+                cp = self.my_checkpoint = self._sign(Checkpoint(self.chain, self.committed, h, self.me))
+                self.out.append(Send(None, cp))
+                self._on_checkpoint(self.me, cp)
+        if self.next_height <= self.committed:
+            self.next_height, self.last_proposed = self.committed + 1, self.committed_hash
+        nxt = self.slots.get(self.committed + 1)
+        if nxt is not None and nxt.pre is not None and not self.changing:
+            self._ask(self.committed + 1, nxt, self.committed_hash)
+        self._progress()
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _on_checkpoint(self, sender: str, cp: Checkpoint) -> None:
+        if cp.chain != self.chain or not self._verified(cp, sender) or cp.height <= self.stable:
+            return
+        votes = self.checkpoints.setdefault((cp.height, cp.hash), {})
+        votes[cp.signer] = cp.sig
+        if len(votes) >= self.q:
+            if cp.height > self.committed:
+                self._fetch(sender)  # q members have it: we are behind
+                return
+            self.stable, self.stable_hash = cp.height, cp.hash
+            self.stable_sigs = [Sig(s, votes[s]) for s in sorted(votes)]
+            self._truncate()
+
+    def _truncate(self) -> None:
+        low = self.stable
+        self.checkpoints = {k: v for k, v in self.checkpoints.items() if k[0] > low}
+        self.prepared = {h: p for h, p in self.prepared.items() if h > low}
+        self.seen_pre = {k: v for k, v in self.seen_pre.items() if k[1] > low}
+        self.votelog.truncate(low)
+
+    def _trim_seen(self) -> None:
+        self.seen_pre = {k: v for k, v in self.seen_pre.items() if k[0] >= self.view - 1}
+
+    # ------------------------------------------------------------------ view change
+
+    def _equivocated(self, a: PrePrepare, b: PrePrepare) -> None:
+        self.metrics.inc("pbft_equivocation")
+        self.out.append(Evidence(equivocation(a, b, chain=self.chain, view=a.view, height=a.height)))
+        if a.view == self.view:
+            self._start_view_change(self.view + 1)
+
+    def _start_view_change(self, view: int) -> None:
+        if view <= self.view and self.changing:
+            return
+        if view < self.view:
+            return
+        self.view, self.changing = view, True
+        self.votelog.enter_view(view)
+        self.slots = {}
+        self.deadline = None
+        stable = self.stable
+        vc = self._sign(ViewChange(self.chain, view, stable, self.stable_hash, self.stable_sigs,
+                                   [p for h, p in sorted(self.prepared.items()) if h > stable], self.me),
+                        ("view-change", self.chain, view, 1 << 62))
+        self.attempts += 1
+        self.deadline = self.now + self.view_timeout * 2 ** min(self.attempts, 6)  # this one stalls: try the next
+        if vc is None:
+            return
+        self.out.append(Send(None, vc))
+        self._on_view_change(self.me, vc)
+
+    def _check_vc(self, vc: ViewChange) -> bool:
+        if vc.stable > 0:  # block 0, the genesis, is fixed by the chain spec
+            cp = Cert("checkpoint", 0, vc.stable, vc.stable_hash, vc.stable_sigs)
+            if not (self._quorum(cp, _digest("checkpoint", self.chain, vc.stable, vc.stable_hash))
+                    or self._quorum(cp, vc.stable_hash)):
+                return False
+        for p in vc.prepared:
+            c = p.cert
+            if (c.phase != "prepare" or c.view >= vc.view or self.app.block_hash(p.block) != c.hash
+                    or not self._quorum(c, vote_digest(self.chain, "prepare", c.view, c.height, c.hash))):
+                return False
+        return True
+
+    def _on_view_change(self, sender: str, vc: ViewChange) -> None:
+        if vc.chain != self.chain or not self._verified(vc, sender) or vc.view < self.view:
+            return
+        if not self._check_vc(vc):
+            return self._drop("bad_view_change", sender)
+        got = self.changes.setdefault(vc.view, {})
+        got[vc.signer] = vc
+        if vc.view > self.view and len(got) > self.f:  # f+1 want a later view: one of them is honest, join
+            self._start_view_change(vc.view)
+        if vc.view == self.view and self.changing and self.leader() == self.me and len(got) >= self.q:
+            nv = NewView(vc.view, [got[s] for s in sorted(got)][:self.q])
+            self.out.append(Send(None, nv))
+            self._on_new_view(self.me, nv)
+
+    def _on_new_view(self, sender: str, nv: NewView) -> None:
+        if nv.view < self.view or (nv.view == self.view and not self.changing) or sender != self.leader(nv.view):
+            return self._drop("stale_view", sender)
+        signers = {vc.signer for vc in nv.changes}
+        if len(signers) < self.q or len(signers) != len(nv.changes) or any(
+                vc.view != nv.view or vc.chain != self.chain or not self._verified(vc, vc.signer)
+                or not self._check_vc(vc) for vc in nv.changes):
+            return self._drop("bad_new_view", sender)
+        self.view, self.changing = nv.view, False
+        self.votelog.enter_view(nv.view)
+        self.slots = {}
+        self.changes = {v: c for v, c in self.changes.items() if v > nv.view}
+        top = max(nv.changes, key=lambda vc: vc.stable)
+        best: dict[int, Prepared] = {}
+        for vc in nv.changes:
+            for p in vc.prepared:
+                c = p.cert
+                if c.height > top.stable and (c.height not in best or c.view > best[c.height].cert.view):
+                    best[c.height] = p
+        # re-propose the highest-view prepared block of each height, as long as they chain from the checkpoint
+        redo, prev, h = [], top.stable_hash, top.stable + 1
+        while h in best and self.app.prev_hash(best[h].block) == prev:
+            redo.append((h, best[h].cert.hash, best[h].block))
+            prev, h = best[h].cert.hash, h + 1
+        self.mandated = {height: hsh for height, hsh, _ in redo}
+        if top.stable > self.committed:
+            self._fetch(top.signer)
+        self.next_height, self.last_proposed = self.committed + 1, self.committed_hash
+        self.attempts = 0
+        self.deadline = self.now + self.view_timeout if redo else None
+        self.metrics.inc("pbft_new_view")
+        if self.leader() == self.me:
+            for height, hsh, block in redo:
+                if height == self.next_height:
+                    self.propose(block, hsh)
+        early, self.early = self.early, []
+        for sender, m in early:
+            if (m.pre.view if isinstance(m, Propose) else m.view) >= self.view:
+                self.receive(sender, m)
+
+    # ------------------------------------------------------------------ state transfer
+
+    def _fetch(self, peer: str) -> None:
+        if self.fetch_until < 0 and peer != self.me:
+            self.fetch_until = self.now + self.view_timeout / 2
+            self.out.append(Send(peer, Fetch(self.committed + 1)))
+
+    def _on_fetch(self, sender: str, m: Fetch) -> None:
+        if m.height <= self.committed:
+            self.out.append(Serve(sender, m.height))
+
+    def _on_blocks(self, sender: str, m: Blocks) -> None:
+        self.fetch_until = -1.0
+        if len(m.blocks) != len(m.seals):
+            return self._drop("malformed", sender)
+        for i, (raw, sigs) in enumerate(zip(m.blocks, m.seals)):
+            height = m.start + i
+            if height != self.committed + 1:
+                continue
+            h = self.app.block_hash(raw)
+            if not self._quorum(Cert("commit", 0, height, h, sigs), h):
+                return self._drop("bad_quorum", sender)
+            self.done.setdefault(height, {})[h] = (raw, sigs)
+            self._deliver()
+        if m.blocks:
+            self._fetch(sender)  # more may follow; an empty answer ends it

@@ -1,0 +1,58 @@
+"""What a replica has signed, kept before the signature leaves it, so a restart never signs a conflict.
+
+One entry per slot (e.g. ("prepare", view, height)) → the digest signed there.
+``guard`` says whether signing ``digest`` at ``slot`` is safe (the slot is
+empty or already holds the same digest) and, when it was empty, makes the
+entry durable first: the file is replaced atomically (runtime.files.write_atomic,
+fsynced), so a kill -9 at any point leaves either the old or the new log.
+Entries at or below the stable checkpoint are dropped (``truncate``), which
+keeps the file small: a window of slots, not the history.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from edgefl import codec
+from edgefl.runtime.files import write_atomic
+
+LIMITS = codec.Limits(max_size=4 << 20, max_depth=4, max_items=1 << 16)
+
+
+class VoteLog:
+    """In memory when ``path`` is None (simulations), else durable."""
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = Path(path) if path is not None else None
+        self.entries: dict[tuple, bytes] = {}
+        self.view = 0  # the highest view this replica entered (a restart does not go back)
+        if self.path is not None and self.path.exists():
+            data = codec.decode(self.path.read_bytes(), LIMITS)
+            self.view = data["view"]
+            self.entries = {tuple(k): bytes(v) for k, v in data["entries"]}
+
+    def guard(self, slot: tuple, digest: bytes) -> bool:
+        held = self.entries.get(slot)
+        if held is not None:
+            return held == digest
+        self.entries[slot] = digest
+        self._save()
+        return True
+
+    def enter_view(self, view: int) -> None:
+        if view > self.view:
+            self.view = view
+            self._save()
+
+    def truncate(self, height: int) -> None:
+        """Forget slots of heights ≤ ``height`` (the slot's last item is its height)."""
+        old = len(self.entries)
+        self.entries = {k: v for k, v in self.entries.items() if k[-1] > height}
+        if len(self.entries) != old:
+            self._save()
+
+    def _save(self) -> None:
+        if self.path is not None:
+            write_atomic(self.path, codec.encode({"view": self.view,
+                                                  "entries": [[list(k), v] for k, v in self.entries.items()]}))
