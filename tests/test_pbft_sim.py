@@ -84,9 +84,19 @@ def test_a_restarted_replica_never_signs_against_its_vote_log_and_catches_up(tmp
     def kill():
         sim.nodes[victim].crash_at = sim.now  # stops mid-protocol, its messages in flight are lost
 
+    refused = []
+
     def restart():
         sim.nodes[victim].crash_at = None
-        sim.restart(victim, VoteLog(tmp_path / f"{victim}.votes"))  # reread from disk
+        log = VoteLog(tmp_path / f"{victim}.votes")  # reread from disk
+        sim.restart(victim, log)
+        # what it signed before the kill binds it after the restart
+        r = sim.nodes[victim].replica
+        for slot, digest in list(log.entries.items()):
+            if slot[0] == "prepare":
+                _, chain, view, height = slot
+                refused.append(r._sign(Vote(chain, "prepare", view, height, b"\xee" * 32, victim), slot) is None)
+                assert r._sign(Vote(chain, "prepare", view, height, bytes(32), victim)) is not None  # slotless
 
     sim.call(0.2, kill)
     sim.call(0.35, restart)
@@ -94,14 +104,8 @@ def test_a_restarted_replica_never_signs_against_its_vote_log_and_catches_up(tmp
     sim.check_safety()
     heights = [len(n.committed) for n in sim.nodes.values()]
     assert heights[2] >= min(heights) and heights[2] > 10, heights  # it caught up (state transfer)
-    # what it signed before the kill binds it after the restart
-    reread = VoteLog(tmp_path / f"{victim}.votes")
-    slot, digest = next((k, v) for k, v in reread.entries.items() if k[0] == "prepare")
-    r = sim.nodes[victim].replica
-    r.votelog = reread
-    _, chain, view, height = slot
-    assert r._sign(Vote(chain, "prepare", view, height, b"\xee" * 32, victim), slot) is None
-    assert r._sign(Vote(chain, "prepare", view, height, b"\xee" * 32, victim)) is not None  # slotless: no vote
+    assert refused and all(refused)
+    assert sim.metrics.get("pbft_refused_to_sign", kind="pbft.vote") == len(refused)
 
 
 def test_checkpoints_truncate_the_log():

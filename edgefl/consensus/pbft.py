@@ -546,6 +546,10 @@ class Replica:
             self.out.append(Commit(self.committed, h, block, sigs))
             self.metrics.inc("pbft_committed")
             if self.committed % self.checkpoint_every == 0:
+                # a committed block's own certificate makes it stable here; the checkpoint shares tell
+                # lagging members that they are behind
+                self.stable, self.stable_hash, self.stable_sigs = self.committed, h, list(sigs)
+                self._truncate()
                 cp = self.my_checkpoint = self._sign(Checkpoint(self.chain, self.committed, h, self.me))
                 self.out.append(Send(None, cp))
                 self._on_checkpoint(self.me, cp)
