@@ -10,6 +10,7 @@ main chain alone.
 import dataclasses
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -188,3 +189,54 @@ async def test_a_device_dropping_out_does_not_stop_the_round_and_coins_recompute
     finally:
         for node in list(site.nodes):
             await site.stop(node)
+
+
+# Krum sees the attackers only when local training may move away from the round's model: no warm start
+# (its ridge is fitted to every batch, the poisoned ones too) and no FedProx pull; measured with both on,
+# Multi-Krum kept the label flipper and the backdoor in both rounds.
+ROBUST = ["ml.aggregator=multikrum", 'ml.aggregator_options=["f=2"]', "fl.warm_start=false", "ml.prox_mu=0"]
+ATTACKERS = {"dev-3": ["fl.attack=labelflip", 'fl.attack_options=["source=1", "target=7"]'],
+             "dev-5": ["fl.attack=backdoor", 'fl.attack_options=["fraction=1.0"]']}
+
+
+async def test_two_rounds_with_a_label_flipper_and_a_backdoor_under_multikrum(broker, tmp_path):
+    """Accuracy rises, the attackers' reputation falls and they earn less; balances recompute from the ledger
+    alone, every chain verifies, every aggregation replays and a random step audits."""
+    from edgefl.fl.protocol import run_id
+    from edgefl.fl.round import check_aggregation
+    from edgefl.ledger.audit import LocalSource, audit
+    from edgefl.nodes.site import LocalSite
+
+    devices = [f"dev-{i}" for i in range(1, 8)]
+    site = LocalSite(tmp_path, broker.port, {"fog-a": devices}, clients=("auditor",), settings=SETTINGS,
+                     per_node={"cloud-1": ["fl.items=200", *ROBUST], **ATTACKERS})
+    async with site:
+        await final_model(site, rounds=2, timeout=120)
+        acc = site.nodes["cloud-1"].accuracy
+        assert acc[0] < acc[1] < acc[2] and acc[2] > 0.5, acc  # chance is 0.1
+        main, sub = chain_of(site, "cloud-1"), chain_of(site, "fog-a")
+        fog_aggs = [a for _, a in records(sub, Aggregation)]
+        assert [(a.round, a.aggregator) for a in fog_aggs] == [(0, "multikrum"), (1, "multikrum")]
+        blobs = site.nodes["fog-a"].blobs
+        assert all(check_aggregation(a, blobs.get) for a in fog_aggs)
+        assert all(check_aggregation(a, site.nodes["cloud-1"].blobs.get) for r, a in records(main, Aggregation)
+                   if r.signer == "cloud-1")
+        honest = [d for d in devices if d not in ATTACKERS]
+        for st in (fold(chain_records(main)), fold(chain_records(sub))):  # the global view and the fog's
+            assert max(st.of(d) for d in ATTACKERS) < INITIAL < min(st.of(d) for d in honest), st.reputation
+        # coins: what the main chain's records alone give, the attackers less than any honest device
+        st = fold(chain_records(main))
+        [(_, task)] = records(main, Task)
+        updates = {(u.fog, u.round): u for _, u in records(main, FogUpdate)}
+        expected = {}
+        for r, a in records(main, Aggregation):
+            for c in payout(task, a, {f: u for (f, rnd), u in updates.items() if rnd == a.round}):
+                expected[c.account] = expected.get(c.account, 0) + c.delta
+        assert dict(st.balances) == expected
+        assert max(st.balances.get(d, 0) for d in ATTACKERS) < min(st.balances.get(d, 0) for d in honest)
+        assert main.verify() == main.tip.height + 1 and sub.verify() == sub.tip.height + 1
+        device = random.Random().choice(devices)
+        report = await audit(LocalSource(sub, blobs), device, task=run_id("digits", 1), samples=1)
+        assert report.ok and len(report.steps) == 1, report
+        main.close()
+        sub.close()

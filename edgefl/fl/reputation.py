@@ -10,7 +10,8 @@ share (its examples over all examples) adds 1 to good; one rejected (share 0)
 adds 1 to bad; one down-weighted adds the fraction it kept to good and the
 rest to bad.  An ``Offence`` (a batch that fails its provenance, a failed
 audit, a bad signature) recorded by a node other than the offender adds
-``OFFENCE`` to bad.  On the main chain the scores come from the cloud's
+``OFFENCE`` to bad, and so does a consensus ``Behaviour`` (equivocation and
+the like, ``edgefl.consensus.evidence``) of a committee member.  On the main chain the scores come from the cloud's
 ``Aggregation`` (the fogs) and every ``FogUpdate``'s shares (its devices); on
 a fog's chain from the fog's ``Aggregation`` (its devices) — fold one chain.
 
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Iterable
 
 from edgefl.codec import MaxLen, Message, Range, message
+from edgefl.consensus.evidence import Behaviour
 from edgefl.fl.protocol import Aggregation, FogUpdate, Task
 from edgefl.ledger.records import CoinUpdate
 
@@ -101,6 +103,10 @@ def fold(records: Iterable) -> Standing:
             o = rec.unwrap()
             if o.account != rec.signer:  # nobody lowers, or games, its own score
                 st.bad[o.account] += OFFENCE
+        elif rec.type == Behaviour.TYPE:  # consensus misbehaviour, proven by the record (consensus.evidence)
+            b = rec.unwrap()
+            if b.member != rec.signer:
+                st.bad[b.member] += OFFENCE
         elif rec.type == CoinUpdate.TYPE:
             c = rec.unwrap()
             if rec.signer in st.payers:
@@ -108,7 +114,7 @@ def fold(records: Iterable) -> Standing:
     return st
 
 
-FOLDED = (Task.TYPE, Aggregation.TYPE, FogUpdate.TYPE, Offence.TYPE, CoinUpdate.TYPE)
+FOLDED = (Task.TYPE, Aggregation.TYPE, FogUpdate.TYPE, Offence.TYPE, Behaviour.TYPE, CoinUpdate.TYPE)
 
 
 def chain_records(chain) -> list:

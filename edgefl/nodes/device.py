@@ -26,7 +26,7 @@ from edgefl.ml.backends import BackendUnavailable, backend_class
 from edgefl.ml.device import FeatureExtractor
 from edgefl.ml.export import ModelError
 from edgefl.ml.privacy import PrivacyAccountant, Privatiser, mechanism
-from edgefl.nodes.node import local_data
+from edgefl.nodes.node import local_data, node_attack
 from edgefl.runtime.config import Config, ConfigError
 from edgefl.runtime.metrics import METRICS
 from edgefl.runtime.state import StateFile
@@ -50,6 +50,9 @@ class DeviceNode:
         self.cfg, self.session = cfg, session
         self.id, self.fog, self.cloud = cfg.node.id, cfg.node.fog, cfg.ledger.main_node
         self.data = local_data(cfg)
+        self.attack = node_attack(cfg)
+        if self.attack.kind == "update":
+            raise ConfigError("fl.attack", f"{self.attack.name} attacks a sent model; a device sends features")
         self.blobs = BlobStore(cfg.path(cfg.ledger.blob_dir), max_blob=cfg.ledger.max_blob_bytes)
         self.state = StateFile(cfg.path(cfg.fl.state_file))
         self.sent = self.state.load({"task": "", "rounds": {}})  # round -> {"batch": cid, "acked": bool}
@@ -101,9 +104,9 @@ class DeviceNode:
             try:
                 if "batch" not in entry:
                     ids = np.arange(len(self.data))
+                    images, labels = self.attack.data(self.data.images, self.data.labels, seed=round)
                     # the accountant blocks until the fog's chain holds the spend: a worker thread
-                    batch = await asyncio.to_thread(fx.batch, ids, self.data.images, self.data.labels,
-                                                    task=task.task, round=round)
+                    batch = await asyncio.to_thread(fx.batch, ids, images, labels, task=task.task, round=round)
                     entry["batch"] = await asyncio.to_thread(self.blobs.put, codec.encode_message(batch))
                     self.state.save(self.sent)
                     log.info("%s: released %d items for %s round %d at ε=%g (spend recorded on %s)", self.id,

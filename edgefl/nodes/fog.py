@@ -23,11 +23,12 @@ import time
 
 from edgefl import codec
 from edgefl.fl.aggregate import AggregationError
+from edgefl.fl.attacks import poison_aggregate
 from edgefl.fl.protocol import (Aggregation, BatchAck, FogUpdate, ProtocolError, Task, TaskView, WarmStart,
                                 decode_batch, run_id)
 from edgefl.fl.reputation import OFFENCES, Offence, shares_of
-from edgefl.fl.round import (Contribution, aggregate, kept_releases, release_mean, steps_per_round, train_device,
-                             warm_start)
+from edgefl.fl.round import (Contribution, aggregate, kept_releases, params_of, release_mean, steps_per_round,
+                             train_device, warm_start)
 from edgefl.ledger.audit import Tracker
 from edgefl.ledger.blobs import cid_of, fetch
 from edgefl.ledger.errors import LedgerError
@@ -38,7 +39,8 @@ from edgefl.ledger.tx import decode_tx, record_tx
 from edgefl.ml.device import FeatureBatch
 from edgefl.ml.privacy import PrivacySpend, items_root
 from edgefl.ml.trainer import DenseModel, TrainState
-from edgefl.runtime.config import Config
+from edgefl.nodes.node import node_attack
+from edgefl.runtime.config import Config, ConfigError
 from edgefl.runtime.metrics import METRICS
 from edgefl.runtime.state import StateFile
 from edgefl.transport.messages import Error
@@ -60,6 +62,9 @@ class FogNode:
         self.view = TaskView(self.wake.set)
         self.closed: set[int] = set()  # rounds that take no more batches
         self.offences: set[tuple] = set()  # (device, kind, task, round) recorded
+        self.attack = node_attack(cfg)
+        if self.attack.kind == "data":
+            raise ConfigError("fl.attack", f"{self.attack.name} poisons data; a fog can only poison its aggregate")
         session.serve(FeatureBatch, self._on_batch)
 
     @staticmethod
@@ -327,10 +332,20 @@ class FogNode:
     def _update_tx(self, agg: Aggregation, agg_txid: bytes, ts_ms: int) -> bytes:
         """Deterministic (the aggregation's time, RFC 6979 signatures): a resubmission is the same transaction."""
         stragglers = sorted(set(self.cfg.fl.devices) - set(self._batches(agg.round)))
-        update = FogUpdate(task=agg.task, round=agg.round, fog=self.id, model=agg.model,
+        model = self._poisoned(agg) if self.attack.kind == "update" else agg.model
+        update = FogUpdate(task=agg.task, round=agg.round, fog=self.id, model=model,
                            examples=int(sum(agg.weights)), devices=list(agg.senders), aggregation=agg_txid,
                            weights=list(agg.weights), shares=shares_of(agg), stragglers=stragglers)
-        return record_tx(update, self.id, self.session.signer.key, refs=[agg.model], model=agg.model, ts_ms=ts_ms)
+        return record_tx(update, self.id, self.session.signer.key, refs=[model], model=model, ts_ms=ts_ms)
+
+    def _poisoned(self, agg: Aggregation) -> bytes:
+        """A byzantine fog (``fl.attack``, experiments only): the model it sends up instead of its recorded
+        aggregate — what an audit of its update against its own aggregation record exposes."""
+        base = DenseModel.from_bytes(self.blobs.get(agg.model))
+        inputs = [params_of(self.blobs.get(c)) for c in agg.models]
+        origin = DenseModel.from_bytes(self.blobs.get(agg.origin)).params
+        params = poison_aggregate(self.attack, base.params, inputs, origin=origin, seed=agg.round)
+        return self.blobs.put(base.with_params(params).to_bytes())
 
     async def _deliver(self, task: Task, round: int, tx: bytes) -> bool:
         """Submit the update to the main chain until it is recorded (True) or the round is over (False)."""

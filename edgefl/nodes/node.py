@@ -18,8 +18,10 @@ from typing import AsyncIterator, Awaitable, Callable, Protocol
 
 from edgefl import codec
 from edgefl.crypto.pki import Crl, PkiError, PkiRegistry
+from edgefl.fl import attacks
+from edgefl.fl.aggregate import parse_options
 from edgefl.ml.data import Dataset, load_dataset
-from edgefl.runtime.config import Config
+from edgefl.runtime.config import Config, ConfigError
 from edgefl.runtime.loop import Supervisor
 from edgefl.runtime.metrics import METRICS
 from edgefl.transport import topics
@@ -100,6 +102,17 @@ async def report_metrics(every_s: float = 60.0) -> None:
 def local_data(cfg: Config) -> Dataset:
     """``fl.data`` of this node (at most ``fl.items``); generated digits are seeded by the node id: each differs."""
     return load_dataset(cfg.fl.data, cfg.fl.items, seed=zlib.crc32(cfg.node.id.encode()))
+
+
+def node_attack(cfg: Config) -> attacks.Attack:
+    """The behaviour ``fl.attack`` names (experiments and the demo; "none" by default)."""
+    try:
+        attack = attacks.make(cfg.fl.attack, **parse_options(cfg.fl.attack_options))
+    except ValueError as exc:
+        raise ConfigError("fl.attack_options", str(exc)) from None
+    if attack.name != "none":
+        log.warning("%s behaves maliciously: %s %s", cfg.node.id, attack.name, attack.options())
+    return attack
 
 
 class Role(Protocol):

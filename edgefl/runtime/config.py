@@ -20,8 +20,10 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from edgefl import resources
 from edgefl.fl.aggregate import AGGREGATORS
+from edgefl.fl.attacks import ATTACKS
 
 _AGGREGATORS = tuple(sorted(AGGREGATORS))  # the config accepts exactly the registry's names
+_ATTACKS = tuple(sorted(ATTACKS))
 
 
 class ConfigError(ValueError):
@@ -167,6 +169,11 @@ class FlSection:
     quorum: float = field(default=0.5, metadata=_range(0.0, 1.0))
     reward: int = field(default=1000, metadata=_range(0, 1 << 40))  # cloud: coins its tasks pay out per round
     state_file: str = "{data_dir}/fl/state.cbor"  # device, fog: what a restart must not lose
+    # Experiments and the demo only (edgefl.fl.attacks; "none" unless set): a device applies a data
+    # attack to its own images before extraction, a fog an update attack to the aggregate it sends up
+    # (a byzantine fog); options as key=value. `edgefl demo --attack --malicious` picks who.
+    attack: Literal[_ATTACKS] = "none"
+    attack_options: list[str] = field(default_factory=list)
 
 
 @dataclass
