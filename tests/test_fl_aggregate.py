@@ -481,3 +481,17 @@ def test_in_process_rounds_learn_under_a_robust_aggregator(name, options):
             run_rounds(devices, **kw)
     acc = run_rounds(devices, **kw, root=root)
     assert len(acc) == 2 and acc[1] > 0.5, acc  # chance is 0.1
+
+
+def test_an_aggregation_of_the_most_parties_fits_a_recorded_transaction():
+    from edgefl.crypto.keys import SigningKey
+    from edgefl.fl.protocol import MAX_PARTIES
+    from edgefl.ledger.tx import decode_tx, record_tx
+
+    n = MAX_PARTIES
+    rec = Aggregation(task="digits", round=3, aggregator="clip", senders=[f"site-alpha/device-{i:04d}" for i in range(n)],
+                      models=[i.to_bytes(32, "big") for i in range(n)], weights=[float(64 + i) for i in range(n)],
+                      model=b"m" * 32, options=['f=1', 'inner="krum"', 'max_norm=5.0'], kept=list(range(n)),
+                      shares=[1 / 3 + i * 1e-9 for i in range(n)], origin=b"o" * 32, reference=b"r" * 32)
+    tx = record_tx(rec, "fog-a", SigningKey(b"\1" * 32), refs=rec.refs, model=rec.model)
+    assert decode_tx(tx).body and Aggregation.from_wire(rec.to_wire()) == rec
