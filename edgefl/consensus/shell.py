@@ -1,0 +1,182 @@
+"""The asyncio shell around the PBFT replica: a ledger ``Producer`` for a chain kept by a committee.
+
+It carries the replica's messages in signed envelopes over the node's MQTT
+session (kind ``pbft``: broadcast on the sender's topic, or addressed to one
+member), runs every chain operation on the ledger node's worker thread
+(``validate_proposal``, ``commit_sealed``, reading blocks for state transfer),
+and reports committed blocks to the node, which answers the submitters.
+
+One action worker applies the replica's outputs in order, so commits reach the
+store in height order.  The chain validates a proposal against its committed
+tip, so this shell keeps one height in flight (``window`` 1); batching many
+transactions per block is what carries the throughput.
+
+Requests: a client hands a transaction to any member (``Submit``); members
+admit it to their own mempools, and whichever member leads proposes it, so a
+deposed leader does not strand what it held: submit to every member to be
+independent of who leads (as PBFT clients broadcast on a timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+
+from edgefl import codec
+from edgefl.consensus.pbft import (App, Blocks, Commit, Evidence, Replica, Send, Serve, Validate)
+from edgefl.consensus.proposal import claimer
+from edgefl.consensus.votelog import VoteLog
+from edgefl.crypto.keys import SigningKey
+from edgefl.ledger.block import Seal, block_hash, decode_block, decode_header
+from edgefl.ledger.errors import LedgerError
+from edgefl.ledger.service import LedgerNode, Producer
+from edgefl.ledger.tx import record_tx
+from edgefl.transport import topics
+
+log = logging.getLogger("edgefl.pbft")
+KIND = "pbft"
+
+
+class ChainApp(App):
+    def __init__(self, max_block: int):
+        self.max_block = max_block
+
+    def block_hash(self, raw: bytes) -> bytes:
+        return block_hash(decode_block(raw, self.max_block).header)
+
+    def prev_hash(self, raw: bytes) -> bytes:
+        return decode_header(decode_block(raw, self.max_block).header).prev
+
+
+class PbftProducer(Producer):
+    name = "pbft"
+
+    def __init__(self, node: LedgerNode, key: SigningKey, *, votelog: str | Path | None = None,
+                 view_timeout: float = 1.0, checkpoint_every: int = 16, tick: float = 0.01):
+        super().__init__(node)
+        chain = node.chain
+        self.me = node.session.signer.node_id
+        self.key = key
+        self.spec = chain.spec
+        seal = chain.store.block_row(chain.tip.height)[2]
+        sigs = Seal.from_wire(codec.decode(seal)).sigs if seal else []  # the tip's certificate: our stable point
+        self.replica = Replica(self.me, key, self.spec.committee, chain.id, ChainApp(self.spec.max_block),
+                               height=chain.tip.height, tip_hash=chain.tip.hash, tip_sigs=sigs,
+                               votelog=VoteLog(votelog) if votelog else None, window=1,
+                               checkpoint_every=checkpoint_every, view_timeout=view_timeout, now=time.monotonic(),
+                               metrics=node.metrics)
+        self.tick = tick
+        self._checked: dict[bytes, tuple] = {}  # proposals validated here: hash -> (Verified, State)
+        self._actions: asyncio.Queue = asyncio.Queue()
+        self._kick = asyncio.Event()
+        self.messages_in = 0
+
+    def wake(self) -> None:
+        self._kick.set()
+
+    async def run(self) -> None:
+        s = self.node.session
+        async with contextlib.AsyncExitStack() as stack:
+            subs = [await stack.enter_async_context(s.subscribe(topics.pattern(site=s.site, kind=KIND))),
+                    await stack.enter_async_context(s.subscribe(topics.pattern(site=s.site, kind=KIND,
+                                                                               target=self.me)))]
+            async with asyncio.TaskGroup() as tg:
+                for sub in subs:
+                    tg.create_task(self._receive(sub))
+                tg.create_task(self._clock())
+                tg.create_task(self._work())
+
+    # ------------------------------------------------------------------ inputs
+
+    async def _receive(self, sub) -> None:
+        async for rx in sub:
+            sender = rx.envelope.sender
+            if sender == self.me or (rx.envelope.to is not None and rx.envelope.to != self.me):
+                continue
+            self.messages_in += 1
+            self.replica.now = time.monotonic()
+            self.replica.receive(sender, rx.message)
+            self._flush()
+
+    async def _clock(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.tick):
+                    await self._kick.wait()
+            self._kick.clear()
+            r, chain = self.replica, self.node.chain
+            now = time.monotonic()
+            r.timeout(now)
+            if chain.pending:
+                r.pending(now)
+                if r.can_propose() and r.tip_for_proposal == (chain.tip.height + 1, chain.tip.hash):
+                    claim = claimer(self.spec, chain.tip, self.me, self.key, view=r.view)
+                    try:
+                        block = await self.node.call(lambda: chain.propose(self.me, claim=claim))
+                    except LedgerError as exc:
+                        log.error("%s: cannot propose: %s", chain.id, exc)
+                        block = None
+                    if block is not None and r.can_propose() and block.header.prev == r.tip_for_proposal[1]:
+                        self._checked[block.hash] = (block, None)
+                        r.propose(block.raw, block.hash)
+            self._flush()
+
+    def _flush(self) -> None:
+        for action in self.replica.take():
+            self._actions.put_nowait(action)
+
+    # ------------------------------------------------------------------ outputs, in order
+
+    async def _work(self) -> None:
+        s, node, chain = self.node.session, self.node, self.node.chain
+        while True:
+            a = await self._actions.get()
+            try:
+                if isinstance(a, Send):
+                    await s.publish(KIND, a.msg, to=a.to)
+                elif isinstance(a, Validate):
+                    ok = False
+                    with contextlib.suppress(LedgerError):  # counted and logged by the chain
+                        if chain.tip.hash == a.prev:
+                            self._checked[a.hash] = await node.call(chain.validate_proposal, a.block)
+                            ok = True
+                    self.replica.now = time.monotonic()
+                    self.replica.validated(a.view, a.height, a.hash, ok)
+                elif isinstance(a, Commit):
+                    await self._commit(a)
+                elif isinstance(a, Serve):
+                    raws = await node.call(lambda: list(chain.store.blocks(a.height, min(chain.tip.height,
+                                                                                         a.height + 15))))
+                    seals = [decode_block(r, self.spec.max_block).seal.sigs for r in raws]
+                    await s.publish(KIND, Blocks(a.height, raws, seals), to=a.to)
+                elif isinstance(a, Evidence):
+                    node.metrics.inc("pbft_evidence", kind=a.record.kind)
+                    log.warning("%s: %s %s at view %d height %d", chain.id, a.record.member, a.record.kind,
+                                a.record.view, a.record.height)
+                    tx = record_tx(a.record, self.me, self.key)
+                    asyncio.get_running_loop().create_task(self._record(tx))
+            except LedgerError as exc:
+                log.error("%s: %s failed: %s", chain.id, type(a).__name__, exc)
+            self._flush()
+
+    async def _record(self, tx: bytes) -> None:
+        with contextlib.suppress(LedgerError):
+            await self.node.submit(tx)
+
+    async def _commit(self, a: Commit) -> None:
+        node, chain = self.node, self.node.chain
+        checked = self._checked.pop(a.hash, None)
+        if chain.tip.height >= a.height:
+            return
+        if checked is not None:
+            verified, state = checked
+            block = await node.call(chain.commit_sealed, verified, Seal(self.spec.sealer, a.sigs), state)
+        else:  # fetched by state transfer, or validated before a view change: check it again, then seal
+            verified, state = await node.call(chain.validate_proposal, a.block)
+            block = await node.call(chain.commit_sealed, verified, Seal(self.spec.sealer, a.sigs), state)
+        self._checked = {h: c for h, c in self._checked.items() if c[0].header.height > block.header.height}
+        node.committed(block)
+        self._kick.set()  # the leader may propose the next one
