@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edgefl import codec
 from edgefl.codec import SchemaError
 from edgefl.fl.aggregate import (AGGREGATORS, AggregationError, Update, describe, from_spec, make, options_text,
                                  parse_options)
@@ -495,3 +496,31 @@ def test_an_aggregation_of_the_most_parties_fits_a_recorded_transaction():
                       shares=[1 / 3 + i * 1e-9 for i in range(n)], origin=b"o" * 32, reference=b"r" * 32)
     tx = record_tx(rec, "fog-a", SigningKey(b"\1" * 32), refs=rec.refs, model=rec.model)
     assert decode_tx(tx).body and Aggregation.from_wire(rec.to_wire()) == rec
+
+
+def test_another_process_replays_the_record(tmp_path):
+    """A fresh interpreter (another hash seed, other allocations) recomputes every aggregator's record."""
+    import os
+    import subprocess
+    import sys
+
+    blobs, base, contributions, reference = _inputs(tmp_path)
+    recs = []
+    for name, options in SPECS:
+        spec = AggregatorSpec.of(name, **options)
+        _, rec = aggregate(spec, base, contributions, blobs, task="t", round=1,
+                           reference=reference if spec.build().needs_reference else None)
+        recs.append(rec)
+    (tmp_path / "recs.cbor").write_bytes(codec.encode([r.to_wire() for r in recs]))
+    script = ("import sys; from edgefl import codec; from edgefl.fl.protocol import Aggregation; "
+              "from edgefl.fl.round import check_aggregation; from edgefl.ledger.blobs import BlobStore; "
+              "b = BlobStore(sys.argv[1]); "
+              "recs = [Aggregation.from_wire(w) for w in codec.decode(open(sys.argv[2], 'rb').read())]; "
+              "print([check_aggregation(r, b.get) for r in recs])")
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PYTHONHASHSEED": "12345"}
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "blobs"), str(tmp_path / "recs.cbor")],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str([True] * len(SPECS))
