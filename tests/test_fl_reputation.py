@@ -148,7 +148,8 @@ async def test_a_device_dropping_out_does_not_stop_the_round_and_coins_recompute
     from edgefl.nodes.site import LocalSite
 
     fogs = {"fog-a": ["dev-1", "dev-2", "dev-3"], "fog-b": ["dev-4"]}
-    site = LocalSite(tmp_path, broker.port, fogs, clients=("auditor",), settings=[*SETTINGS, "fl.round_timeout_s=5", "fl.quorum=0.6"],
+    site = LocalSite(tmp_path, broker.port, fogs, clients=("auditor",),
+                     settings=[*SETTINGS, "fl.round_timeout_s=5", "fl.quorum=0.6"],
                      per_node={"cloud-1": ["fl.items=200", "fl.reward=1000"]})
     for node in site.roles:
         if node not in site.clients:
@@ -242,3 +243,29 @@ async def test_two_rounds_with_a_label_flipper_and_a_backdoor_under_multikrum(br
     for node in ("cloud-1", "fog-a"):  # every chain verifies from genesis, once nobody writes any more
         with chain_of(site, node) as chain:
             assert chain.verify() == chain.tip.height + 1
+
+
+async def test_the_demo_under_attack_writes_its_report(broker, tmp_path):
+    from edgefl.nodes.demo import demo, topology
+
+    assert topology(2, 5) == {"fog-a": ["dev-a1", "dev-a2", "dev-a3"], "fog-b": ["dev-b1", "dev-b2"]}
+    lines = []
+    result = await demo(port=broker.port, out=lines.append, devices=4, rounds=2, aggregator="median",
+                        attack="labelflip", malicious=0.5, seed=3, report=tmp_path / "report")
+    text = "\n".join(lines)
+    assert len(result["attackers"]) == 2 and text.count("(attacker)") == 2
+    assert "malicious (labelflip, 50 % drawn with seed 3): " + ", ".join(result["attackers"]) in text
+    assert result["audit_ok"] and result["accuracy"][2] > result["accuracy"][0]
+    assert set(result["devices"]) == {"dev-a1", "dev-a2", "dev-b1", "dev-b2"}
+    assert sum(d["coins"] for d in result["devices"].values()) <= 2 * 1000  # two rounds' reward at most
+    report = (tmp_path / "report" / "report.md").read_text()
+    for d, row in result["devices"].items():
+        assert f"| {d} | {'yes' if row['attacker'] else ''} | {row['reputation']:.3f} | {row['coins']} |" in report
+    assert "| main |" in report and "| fog-b |" in report
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["attackers"] == result["attackers"]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "no plot" in report
+    else:
+        assert (tmp_path / "report" / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

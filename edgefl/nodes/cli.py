@@ -13,6 +13,15 @@ def register(sub) -> None:
     p = sub.add_parser("demo", help="a federated task over a local Mosquitto: a cloud, two fogs, four devices, "
                                     "two rounds, cross-chain verification and audit")
     p.add_argument("--port", type=int, help="use the Mosquitto already on 127.0.0.1:PORT")
+    p.add_argument("--fogs", type=int, default=2, help="fogs (at least 2; default 2)")
+    p.add_argument("--devices", type=int, default=4, help="devices, dealt out over the fogs (default 4)")
+    p.add_argument("--rounds", type=int, default=2, help="rounds (default 2)")
+    p.add_argument("--epsilon", type=float, default=10.0, help="ε per feature per round (default 10)")
+    p.add_argument("--aggregator", default="fedavg", help="the fogs' aggregator (edgefl.fl.aggregate; default fedavg)")
+    p.add_argument("--attack", default="none", help="the malicious devices' attack (edgefl.fl.attacks; default none)")
+    p.add_argument("--malicious", type=float, default=0.0, help="the fraction of devices that attack")
+    p.add_argument("--seed", type=int, default=0, help="who attacks")
+    p.add_argument("--report", help="the report folder (default: edgefl-demo-<date>-<time> in the temp dir)")
     p.set_defaults(func=demo_cmd)
 
 
@@ -31,5 +40,13 @@ def demo_cmd(args) -> int:
 
     if args.log_level is None:  # the nodes' INFO lines would drown the demo's own
         logging.getLogger().setLevel(logging.WARNING)
-    run(demo(port=args.port))
+    from edgefl.fl.aggregate import AGGREGATORS
+    from edgefl.fl.attacks import ATTACKS
+
+    for name, known, what in ((args.aggregator, AGGREGATORS, "aggregator"), (args.attack, ATTACKS, "attack")):
+        if name not in known:
+            raise SystemExit(f"edgefl demo: unknown {what} {name!r}; known: {', '.join(sorted(known))}")
+    run(demo(port=args.port, fogs=args.fogs, devices=args.devices, rounds=args.rounds, epsilon=args.epsilon,
+             aggregator=args.aggregator, attack=args.attack, malicious=args.malicious, seed=args.seed,
+             report=args.report))
     return 0

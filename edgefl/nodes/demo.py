@@ -6,19 +6,27 @@
    accumulator interlock, the global model's test accuracy;
 4. verify one device's recorded training step from the other fog's side (Protocol 1) and replay it, and
    recompute that fog's recorded warm start from its blobs;
-5. a tampered copy of a device's batch rejected on the wire; the genuine copy, sent again, counted once.
+5. a tampered copy of a device's batch rejected on the wire; the genuine copy, sent again, counted once;
+6. every device's reputation and coins as anyone folds them from the main chain (edgefl.fl.reputation),
+   the attackers marked, and a report folder (Markdown, the accuracy curve as PNG, JSON).
+
+The size, the privacy, the aggregator and an attack are options (``edgefl demo --devices --fogs --rounds
+--epsilon --aggregator --attack --malicious``); the defaults are two fogs, four devices, two rounds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
 
+from edgefl.fl.attacks import choose_attackers
 from edgefl.fl.protocol import Aggregation, FogUpdate, Task, WarmStart, decode_batch, run_id
+from edgefl.fl.reputation import chain_records, fold
 from edgefl.fl.round import check_warm_start
 from edgefl.ledger.audit import RemoteSource, audit_step
 from edgefl.ledger.blobs import BlobStore, fetch
@@ -32,12 +40,22 @@ from edgefl.runtime.metrics import METRICS
 from edgefl.transport import topics
 from edgefl.transport.mosquitto import LocalMosquitto
 
-FOGS = {"fog-a": ["dev-a1", "dev-a2"], "fog-b": ["dev-b1", "dev-b2"]}
 EPSILON, BUDGET, ITEMS = 10.0, 50.0, 160
-SETTINGS = ["fl.rounds=2", "fl.hidden=[20]", f"fl.items={ITEMS}", "ml.batch_size=32", "ml.optimizer=adam",
-            "ml.lr=0.01", "ml.local_epochs=2", f"ml.epsilon={EPSILON}", f"ml.epsilon_budget={BUDGET}",
-            "fl.round_timeout_s=60"]
-PER_NODE = {"cloud-1": ["fl.items=800"], "dev-a2": ["ml.backend=litert"]}
+SETTINGS = ["fl.hidden=[20]", f"fl.items={ITEMS}", "ml.batch_size=32", "ml.optimizer=adam", "ml.lr=0.01",
+            "ml.local_epochs=2", "fl.round_timeout_s=60"]
+# Under attack the fogs train from the global model as it is: a warm start fitted to every batch, the
+# poisoned ones too, and the FedProx pull keep the attackers' models too close for a robust rule to tell.
+UNDER_ATTACK = ["fl.warm_start=false", "ml.prox_mu=0"]
+
+
+def topology(fogs: int, devices: int) -> dict[str, list[str]]:
+    """fog-a, fog-b, …, the devices dealt out in turn: dev-a1, dev-b1, dev-a2, …"""
+    names = [f"fog-{chr(ord('a') + i)}" for i in range(fogs)]
+    out = {f: [] for f in names}
+    for i in range(devices):
+        f = names[i % fogs]
+        out[f].append(f"dev-{f[4:]}{len(out[f]) + 1}")
+    return out
 
 
 def _short(b: bytes) -> str:
@@ -47,8 +65,8 @@ def _short(b: bytes) -> str:
 class _Chains:
     """Read-only views of every chain, as `edgefl ledger show` opens them."""
 
-    def __init__(self, site: LocalSite):
-        self.site = site
+    def __init__(self, site: LocalSite, fogs: dict[str, list[str]]):
+        self.site, self.fogs = site, fogs
 
     def open(self, node: str) -> Chain:
         cfg = self.site.cfgs[node]
@@ -57,7 +75,7 @@ class _Chains:
     def round_summary(self, task: Task, round: int, out) -> None:
         rid = run_id(task.task, round)
         with self.open(self.site.cloud) as main:
-            for fog, devices in FOGS.items():
+            for fog, devices in self.fogs.items():
                 with self.open(fog) as sub:
                     spends = sorted((s for _, r in sub.records(PrivacySpend.TYPE, limit=1000)
                                      if (s := r.unwrap()).task == task.task and s.round == round),
@@ -98,8 +116,19 @@ class _Chains:
         return " · ".join(parts) or "not interlocked yet"
 
 
-async def demo(*, port: int | None = None, out=print) -> dict:
+async def demo(*, port: int | None = None, out=print, fogs: int = 2, devices: int = 4, rounds: int = 2,
+               epsilon: float = EPSILON, aggregator: str = "fedavg", attack: str = "none", malicious: float = 0.0,
+               seed: int = 0, report: str | Path | None = None) -> dict:
+    if fogs < 2 or devices < fogs:
+        raise ValueError(f"the demo needs at least 2 fogs and a device per fog (got {fogs} fogs, {devices} devices)")
     t0 = time.perf_counter()
+    layout = topology(fogs, devices)
+    everyone = [d for ds in layout.values() for d in ds]
+    attackers = choose_attackers(everyone, malicious, seed) if attack != "none" else []
+    settings = [*SETTINGS, f"fl.rounds={rounds}", f"ml.epsilon={epsilon}",
+                f"ml.epsilon_budget={max(BUDGET, epsilon * rounds)}", *(UNDER_ATTACK if attackers else [])]
+    per_node = {"cloud-1": ["fl.items=800", f"ml.aggregator={aggregator}"], "dev-a2": ["ml.backend=litert"],
+                **{d: [f"fl.attack={attack}"] for d in attackers}}
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgefl-demo-")))
         if port is None:
@@ -108,17 +137,21 @@ async def demo(*, port: int | None = None, out=print) -> dict:
             out(f"[1] Mosquitto ({broker.binary}) listening on 127.0.0.1:{port}")
         else:
             out(f"[1] using the Mosquitto on 127.0.0.1:{port}")
-        site = LocalSite(workdir, port, FOGS, clients=("auditor",), settings=SETTINGS, per_node=PER_NODE)
-        chains = _Chains(site)
-        out("[2] cloud-1 (main chain), " + ", ".join(f"{f} (sub-chain; devices {', '.join(d)})" for f, d in FOGS.items())
+        site = LocalSite(workdir, port, layout, clients=("auditor",), settings=settings, per_node=per_node)
+        chains = _Chains(site, layout)
+        out("[2] cloud-1 (main chain), "
+            + ", ".join(f"{f} (sub-chain; devices {', '.join(d)})" for f, d in layout.items())
             + f": each with its own key, MQTT session, SQLite file and data directory under {workdir}; "
               "dev-a2 runs the TFLite export on LiteRT, the others ONNX Runtime")
+        if attackers:
+            out(f"    malicious ({attack}, {100 * malicious:g} % drawn with seed {seed}): {', '.join(attackers)}; "
+                f"the fogs aggregate with {aggregator}, from the global model as it is (no warm start, no FedProx)")
         async with site:
             auditor = site.session("auditor")
             async with auditor, auditor.subscribe(topics.pattern(node=site.cloud, kind="model")) as models:
                 accuracy = {}
                 task = None
-                async with asyncio.timeout(120):
+                async with asyncio.timeout(120 + 60 * rounds):
                     async for rx in models:
                         gm = rx.message
                         accuracy[gm.round] = gm.accuracy
@@ -126,7 +159,8 @@ async def demo(*, port: int | None = None, out=print) -> dict:
                             task = _recorded_task(chains)
                             _describe_task(task, out)
                         if gm.round == 0:
-                            out(f"    initial model: test accuracy {100 * gm.accuracy:.1f} % (cloud-1's held-out digits)")
+                            out(f"    initial model: test accuracy {100 * gm.accuracy:.1f} % "
+                                "(cloud-1's held-out digits)")
                             continue
                         out(f"[{3 + gm.round}] round {gm.round - 1} done ({time.perf_counter() - t0:.1f} s): "
                             f"global model {_short(gm.model)} test accuracy {100 * gm.accuracy:.1f} %")
@@ -135,9 +169,71 @@ async def demo(*, port: int | None = None, out=print) -> dict:
                             break
                 step = await _verify_and_audit(site, chains, auditor, task, out, n=4 + task.rounds)
                 warm = task.warm_start and await _check_warm_start(site, chains, auditor, task, out, n=6 + task.rounds)
-                rejected = await _tamper(site, task, out, n=6 + task.rounds + task.warm_start)
-        out(f"done in {time.perf_counter() - t0:.1f} s")
-        return {"accuracy": accuracy, "audit_ok": step, "warm_start_ok": warm, "rejected": rejected}
+                n = 6 + task.rounds + task.warm_start
+                rejected = await _tamper(site, task, out, n=n)
+                standing = _standing(chains, everyone, attackers, out, n=n + 1)
+        result = {"accuracy": accuracy, "audit_ok": step, "warm_start_ok": warm, "rejected": rejected,
+                  "attackers": attackers, **standing,
+                  "options": {"fogs": fogs, "devices": devices, "rounds": rounds, "epsilon": epsilon,
+                              "aggregator": aggregator, "attack": attack, "malicious": malicious, "seed": seed}}
+    folder = Path(report) if report else Path(tempfile.gettempdir()) / time.strftime("edgefl-demo-%Y%m%d-%H%M%S")
+    write_report(folder, result)
+    out(f"done in {time.perf_counter() - t0:.1f} s; report in {folder}/report.md")
+    return result
+
+
+def _standing(chains: _Chains, devices: list[str], attackers: list[str], out, n: int) -> dict:
+    """Every device's reputation and coins, folded from the main chain alone; every chain's height."""
+    with chains.open(chains.site.cloud) as main:
+        st = fold(chain_records(main))
+        heights = {"main": main.tip.height}
+    for fog in chains.fogs:
+        with chains.open(fog) as sub:
+            heights[fog] = sub.tip.height
+    rows = {d: {"reputation": round(st.of(d), 3), "coins": st.balances.get(d, 0), "attacker": d in attackers}
+            for d in devices}
+    out(f"[{n}] reputation and coins, folded from the main chain's records (edgefl ledger show --reputation "
+        f"--balances): " + ", ".join(f"{d}{' (attacker)' if r['attacker'] else ''} {r['reputation']:.2f} / "
+                                      f"{r['coins']} coins" for d, r in rows.items()))
+    out("    chain heights: " + ", ".join(f"{c} {h}" for c, h in heights.items()))
+    return {"devices": rows, "heights": heights}
+
+
+def write_report(folder: Path, result: dict) -> None:
+    """report.md (with accuracy.png when matplotlib, the bench extra, is installed) and report.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    acc = result["accuracy"]
+    (folder / "report.json").write_text(json.dumps(result, indent=2, default=str))
+    plot = ""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 3))
+        ax.plot(list(acc), [100 * a for a in acc.values()], marker="o")
+        ax.set_xlabel("rounds")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylim(0, 100)
+        fig.tight_layout()
+        fig.savefig(folder / "accuracy.png", dpi=100)
+        plt.close(fig)
+        plot = "\n![test accuracy per round](accuracy.png)\n"
+    except ImportError:
+        plot = "\n(matplotlib is not installed — `pip install edgefl[bench]` — so no plot)\n"
+    o = result["options"]
+    lines = ["# edgefl demo", "",
+             f"{o['fogs']} fogs, {o['devices']} devices, {o['rounds']} rounds at ε = {o['epsilon']:g}; the fogs "
+             f"aggregate with {o['aggregator']}; attack: {o['attack']}"
+             + (f" by {', '.join(result['attackers'])}" if result["attackers"] else ""), "",
+             "| after round | test accuracy |", "|---|---|",
+             *(f"| {r} | {100 * a:.1f} % |" for r, a in acc.items()), plot,
+             "| device | attacker | reputation | coins |", "|---|---|---|---|",
+             *(f"| {d} | {'yes' if r['attacker'] else ''} | {r['reputation']:.3f} | {r['coins']} |"
+               for d, r in result["devices"].items()), "",
+             "| chain | height |", "|---|---|", *(f"| {c} | {h} |" for c, h in result["heights"].items()), ""]
+    (folder / "report.md").write_text("\n".join(lines))
 
 
 def _recorded_task(chains: _Chains) -> Task:
