@@ -7,6 +7,7 @@ import time
 import pytest
 
 from edgefl.consensus.proposal import ProposalSpec
+from edgefl.consensus.byzantine import ByzantineProducer
 from edgefl.consensus.shell import PbftProducer
 from edgefl.ledger.blobs import BlobStore
 from edgefl.ledger.chain import Chain
@@ -21,9 +22,10 @@ from tests.conftest import Nodes, connected
 pytestmark = pytest.mark.broker
 
 
-class Committee4:
-    def __init__(self, tmp_path, port, n=4, view_timeout=0.5):
-        self.ids = ["fog-a"] + [f"dev-{i}" for i in range(1, n)]
+class Members:
+    def __init__(self, tmp_path, port, n=4, view_timeout=0.5, byzantine=None):
+        self.ids = ["fog-a"] + [f"dev-{i:02}" for i in range(1, n)]
+        self.byzantine = byzantine or {}
         self.nodes = Nodes(port, *self.ids, "client")
         keys = self.nodes.keys
         self.committee = Committee.bft([(i, keys[i].public_key) for i in self.ids])
@@ -41,8 +43,13 @@ class Committee4:
             self.ledgers[i] = LedgerNode(
                 chain, session, BlobStore(tmp_path / i / "blobs"), genesis, keys={i: keys[i]}, main_node="cloud-1",
                 metrics=self.nodes.metrics[i],
-                producer=lambda node, i=i: PbftProducer(node, keys[i], votelog=tmp_path / f"{i}.votes",
-                                                        view_timeout=view_timeout))
+                producer=lambda node, i=i: self.producer(node, i))
+
+    def producer(self, node, i):
+        kw = dict(votelog=self.tmp / f"{i}.votes", view_timeout=self.view_timeout)
+        if i in self.byzantine:
+            return ByzantineProducer(node, self.nodes.keys[i], self.byzantine[i], **kw)
+        return PbftProducer(node, self.nodes.keys[i], **kw)
 
     async def __aenter__(self):
         for node in self.ledgers.values():
@@ -62,8 +69,7 @@ class Committee4:
         node = self.ledgers[i] = LedgerNode(
             chain, self.nodes.session(i, "fog" if i == "fog-a" else "device"), old.blobs, old.sealer,
             keys={i: keys[i]}, main_node="cloud-1", metrics=self.nodes.metrics[i],
-            producer=lambda n: PbftProducer(n, keys[i], votelog=self.tmp / f"{i}.votes",
-                                            view_timeout=self.view_timeout))
+            producer=lambda n: self.producer(n, i))
         await node.session.__aenter__()
         await connected(node.session)
         self.tasks[i] = asyncio.create_task(node.producer.run())
@@ -100,28 +106,28 @@ def note(i, signer="client", nodes=None):
 
 
 async def test_four_replicas_commit_blocks_sealed_by_the_committee(broker, tmp_path):
-    async with Committee4(tmp_path, broker.port) as c:
+    async with Members(tmp_path, broker.port) as c:
         raws = [note(i, nodes=c.nodes) for i in range(6)]
         async with asyncio.timeout(15):
             receipts = [await c.submit_all(raw) for raw in raws]
         for rs in receipts:
             assert len({(r.height, r.block) for r in rs}) == 1  # the same block at every member
         assert c.check_safety() >= 1
-        seal = c.ledgers["dev-1"].chain.store.blocks(1, 1)
+        seal = c.ledgers[c.ids[1]].chain.store.blocks(1, 1)
         from edgefl.ledger.block import decode_block
         sigs = decode_block(next(seal), 1 << 20).seal.sigs
         assert len(sigs) >= c.committee.threshold == 3
 
 
 async def test_progress_after_the_leader_is_stopped_and_it_catches_up_after_restart(broker, tmp_path):
-    async with Committee4(tmp_path, broker.port, view_timeout=0.4) as c:
+    async with Members(tmp_path, broker.port, view_timeout=0.4) as c:
         leader = c.committee.ids[0]
         await c.submit_all(note(0, nodes=c.nodes))
         await c.stop(leader)
         others = [i for i in c.ids if i != leader]
         async with asyncio.timeout(20):
-            for i in range(1, 4):
-                await c.submit_all(note(i, nodes=c.nodes), among=others)
+            for i in range(1, 4):  # to one member only: it shares the request with whoever leads
+                await c.submit_all(note(i, nodes=c.nodes), among=[others[i % len(others)]])
         assert c.check_safety(others) >= 2
         assert c.ledgers[others[0]].producer.replica.view >= 1
         await c.restart(leader)
@@ -130,3 +136,21 @@ async def test_progress_after_the_leader_is_stopped_and_it_catches_up_after_rest
             while c.ledgers[leader].chain.tip.height < c.ledgers[others[0]].chain.tip.height:
                 await asyncio.sleep(0.05)  # state transfer from its peers
         assert c.check_safety() >= 4
+
+
+async def test_sixteen_members_with_five_byzantine_never_fork_and_make_progress(broker, tmp_path):
+    ids = ["fog-a"] + [f"dev-{i:02}" for i in range(1, 16)]
+    order = sorted(ids)  # the leader of view v is order[v % 16]
+    byz = {order[0]: "equivocate", order[5]: "silent", order[7]: "bad_sig", order[9]: "replay", order[11]: "silent"}
+    async with Members(tmp_path, broker.port, n=16, view_timeout=0.5, byzantine=byz) as c:
+        honest = [i for i in c.ids if i not in byz]
+        async with asyncio.timeout(25):
+            for i in range(3):
+                await c.submit_all(note(i, nodes=c.nodes), among=[honest[i]])
+            while min(c.ledgers[i].chain.tip.height for i in honest) < 3:
+                await asyncio.sleep(0.05)
+        assert c.check_safety(honest) >= 3
+        assert c.ledgers[honest[0]].producer.replica.view >= 1  # the equivocating leader was deposed
+        seen = sum(c.nodes.metrics[i].get("pbft_equivocation") for i in honest)
+        assert seen >= 1  # and its two signed proposals were caught
+        assert sum(c.nodes.metrics[i].get("pbft_rejected", reason="bad_signature") for i in honest) >= 1

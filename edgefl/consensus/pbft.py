@@ -180,6 +180,13 @@ class Blocks(Message):
     seals: Annotated[list[Sigs], MaxLen(64)]
 
 
+@message("pbft.requests", max_size=MAX_BLOCK + 4096)
+class Requests(Message):
+    """Transactions a member admitted, shared so that whoever leads can propose them (a shell-level message)."""
+
+    txs: Annotated[list[bytes], MaxLen(4096)]
+
+
 # --------------------------------------------------------------------------- outputs
 
 

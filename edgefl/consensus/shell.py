@@ -26,14 +26,14 @@ import time
 from pathlib import Path
 
 from edgefl import codec
-from edgefl.consensus.pbft import (App, Blocks, Commit, Evidence, Replica, Send, Serve, Validate)
+from edgefl.consensus.pbft import App, Blocks, Commit, Evidence, Replica, Requests, Send, Serve, Validate
 from edgefl.consensus.proposal import claimer
 from edgefl.consensus.votelog import VoteLog
 from edgefl.crypto.keys import SigningKey
 from edgefl.ledger.block import Seal, block_hash, decode_block, decode_header
-from edgefl.ledger.errors import LedgerError
+from edgefl.ledger.errors import InvalidTx, LedgerError
 from edgefl.ledger.service import LedgerNode, Producer
-from edgefl.ledger.tx import record_tx
+from edgefl.ledger.tx import record_tx, txid
 from edgefl.transport import topics
 
 log = logging.getLogger("edgefl.pbft")
@@ -73,9 +73,22 @@ class PbftProducer(Producer):
         self._actions: asyncio.Queue = asyncio.Queue()
         self._kick = asyncio.Event()
         self.messages_in = 0
+        self._share: list[bytes] = []  # admitted here, to pass on to the peers at the next tick
+        self._share_bytes = 0
 
     def wake(self) -> None:
         self._kick.set()
+
+    def admitted(self, raw: bytes) -> None:
+        self._share.append(raw)
+        self._share_bytes += len(raw)
+        if self._share_bytes > self.spec.max_block // 2 or len(self._share) >= 4096:
+            self._send_requests()
+
+    def _send_requests(self) -> None:
+        if self._share:
+            self._actions.put_nowait(Send(None, Requests(self._share)))
+            self._share, self._share_bytes = [], 0
 
     async def run(self) -> None:
         s = self.node.session
@@ -97,9 +110,21 @@ class PbftProducer(Producer):
             if sender == self.me or (rx.envelope.to is not None and rx.envelope.to != self.me):
                 continue
             self.messages_in += 1
+            if isinstance(rx.message, Requests):
+                if sender in self.replica.ids:
+                    await self.node.call(self._admit, rx.message.txs)
+                continue
             self.replica.now = time.monotonic()
             self.replica.receive(sender, rx.message)
             self._flush()
+
+    def _admit(self, txs: list[bytes]) -> None:
+        """A peer's requests into our mempool (worker thread); duplicates and invalid ones are counted and dropped."""
+        chain = self.node.chain
+        for raw in txs:
+            if not chain.has(txid(raw)):  # most arrive from several members: skip the known ones quietly
+                with contextlib.suppress(InvalidTx):
+                    chain.submit(raw)
 
     async def _clock(self) -> None:
         while True:
@@ -107,6 +132,7 @@ class PbftProducer(Producer):
                 async with asyncio.timeout(self.tick):
                     await self._kick.wait()
             self._kick.clear()
+            self._send_requests()
             r, chain = self.replica, self.node.chain
             now = time.monotonic()
             r.timeout(now)
@@ -121,7 +147,7 @@ class PbftProducer(Producer):
                         block = None
                     if block is not None and r.can_propose() and block.header.prev == r.tip_for_proposal[1]:
                         self._checked[block.hash] = (block, None)
-                        r.propose(block.raw, block.hash)
+                        await self._propose(block)
             self._flush()
 
     def _flush(self) -> None:
@@ -136,7 +162,7 @@ class PbftProducer(Producer):
             a = await self._actions.get()
             try:
                 if isinstance(a, Send):
-                    await s.publish(KIND, a.msg, to=a.to)
+                    await self._publish(a)
                 elif isinstance(a, Validate):
                     ok = False
                     with contextlib.suppress(LedgerError):  # counted and logged by the chain
@@ -161,6 +187,12 @@ class PbftProducer(Producer):
             except LedgerError as exc:
                 log.error("%s: %s failed: %s", chain.id, type(a).__name__, exc)
             self._flush()
+
+    async def _propose(self, block) -> None:
+        self.replica.propose(block.raw, block.hash)
+
+    async def _publish(self, a: Send) -> None:
+        await self.node.session.publish(KIND, a.msg, to=a.to)
 
     async def _record(self, tx: bytes) -> None:
         with contextlib.suppress(LedgerError):

@@ -38,6 +38,18 @@ from edgefl.runtime.metrics import Metrics
 LIMITS = codec.Limits(max_size=64 << 20, max_depth=16, max_items=1 << 16)
 
 
+def corrupt(msg):
+    """``msg`` with its statement's signature (or the pre-prepare's inside a proposal) broken."""
+    if isinstance(getattr(msg, "sig", None), bytes) and msg.sig:
+        return dataclasses.replace(msg, sig=bytes(b ^ 1 for b in msg.sig))
+    if isinstance(msg, Propose):
+        return dataclasses.replace(msg, pre=corrupt(msg.pre))
+    if isinstance(msg, pbft.Cert):
+        return dataclasses.replace(msg, sigs=[dataclasses.replace(s, sig=bytes(b ^ 1 for b in s.sig))
+                                              for s in msg.sigs])
+    return msg
+
+
 class ToyApp(App):
     def block_hash(self, raw: bytes) -> bytes:
         return hashlib.sha256(b"toy/" + raw).digest()
@@ -223,11 +235,7 @@ class Sim:
     # ------------------------------------------------------------------ byzantine behaviours
 
     def _corrupt(self, msg):
-        if hasattr(msg, "sig") and isinstance(getattr(msg, "sig"), bytes) and msg.sig:
-            return dataclasses.replace(msg, sig=bytes(b ^ 1 for b in msg.sig))
-        if isinstance(msg, Propose):
-            return dataclasses.replace(msg, pre=self._corrupt(msg.pre))
-        return msg
+        return corrupt(msg)
 
     def _equivocate(self, node: Node, height: int, prev: bytes, todo: list[bytes]) -> None:
         r = node.replica

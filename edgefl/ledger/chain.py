@@ -153,6 +153,10 @@ class Chain:
         self.metrics.inc("ledger_tx_accepted")
         return info
 
+    def has(self, txid: bytes) -> bool:
+        """Whether transaction ``txid`` is in the mempool or on the chain."""
+        return txid in self._pool or self.store.has_tx(txid)
+
     def _queue(self, info: TxInfo) -> None:
         self._pool[info.id] = info
         self._pool_bytes += len(info.raw)

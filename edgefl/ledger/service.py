@@ -103,6 +103,9 @@ class Producer:
     def wake(self) -> None:
         """The mempool holds a full block: make it now rather than at the next interval."""
 
+    def admitted(self, raw: bytes) -> None:
+        """``raw`` entered this node's mempool from a local submitter (a committee shares it with its peers)."""
+
 
 class SingleProducer(Producer):
     """This node alone seals a block every ``block_interval_s``, or as soon as the mempool fills one."""
@@ -230,6 +233,7 @@ class LedgerNode:
         """Admit ``raw`` to the mempool and wait until a durable block holds it."""
         try:
             info = await self.call(self.chain.submit, raw)
+            self.producer.admitted(raw)
         except InvalidTx as exc:
             if exc.reason != "duplicate":
                 raise
