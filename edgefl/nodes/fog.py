@@ -26,9 +26,10 @@ from edgefl.fl.aggregate import AggregationError
 from edgefl.fl.attacks import poison_aggregate
 from edgefl.fl.protocol import (Aggregation, BatchAck, FogUpdate, ProtocolError, Task, TaskView, WarmStart,
                                 decode_batch, run_id)
-from edgefl.fl.reputation import OFFENCES, Offence, shares_of
+from edgefl.fl.reputation import OFFENCES, Offence, chain_records, fold, shares_of
 from edgefl.fl.round import (Contribution, aggregate, kept_releases, params_of, release_mean, steps_per_round,
                              train_device, warm_start)
+from edgefl.fl.selection import Selection, select, selection_seed, weight
 from edgefl.ledger.audit import Tracker
 from edgefl.ledger.blobs import cid_of, fetch
 from edgefl.ledger.errors import LedgerError
@@ -244,6 +245,8 @@ class FogNode:
 
     async def _train(self, task: Task, round: int, model: bytes, batches: dict[str, bytes]) -> bytes | None:
         origin = await self._fetch(model)  # M_O, the global model (kept here: the step records point at it)
+        if 0 < self.cfg.fl.participants < len(batches):
+            batches = await self._select(task, round, model, batches)
         if round == 0 and task.warm_start:
             origin = await self._warm_start(task, round, model, batches)
         rid, contributions, steps = run_id(task.task, round), [], 0
@@ -279,6 +282,27 @@ class FogNode:
         log.info("%s: round %d: %d steps recorded for %d devices, aggregated (%s) in block %d", self.id, round,
                  steps, len(contributions), agg.aggregator, receipt.height)
         return self._update_tx(agg, receipt.txid, ts)
+
+    async def _select(self, task: Task, round: int, model: bytes, batches: dict[str, bytes]) -> dict[str, bytes]:
+        """``fl.participants`` of the devices that sent, drawn by reputation on this chain; recorded once."""
+        def draw():
+            for _, rec in self.ledger.chain.records(Selection.TYPE, limit=64):
+                sel = rec.unwrap()
+                if (sel.task, sel.round) == (task.task, round) and rec.signer == self.id:
+                    return sel, False  # drawn before a restart: the same participants
+            standing = fold(chain_records(self.ledger.chain))
+            names = sorted(batches)
+            weights = [weight(standing.of(d)) for d in names]
+            seed = selection_seed(task.task, round, self.id, model)
+            k = self.cfg.fl.participants
+            return Selection(task.task, round, seed, names, weights, k, select(names, weights, k, seed=seed)), True
+
+        sel, new = await self.ledger.call(draw)
+        if new:
+            await self.ledger.submit(record_tx(sel, self.id, self.session.signer.key))
+            log.info("%s: round %d: %s drawn of %d devices by reputation", self.id, round, ", ".join(sel.chosen),
+                     len(sel.candidates))
+        return {d: batches[d] for d in sel.chosen if d in batches}
 
     def _earlier_releases(self, device: str, round: int) -> list[FeatureBatch]:
         """The device's batches of this task's rounds before ``round`` that this fog kept, oldest first."""

@@ -167,6 +167,9 @@ class FlSection:
     # the stragglers once a quorum (this fraction of fl.devices; of the registered fogs) is there
     round_timeout_s: float = field(default=60.0, metadata=_range(0.1))
     quorum: float = field(default=0.5, metadata=_range(0.0, 1.0))
+    # fog: train only this many of the devices whose batches came, drawn with probability growing with
+    # their reputation on its chain (edgefl.fl.selection; recorded); 0: every one
+    participants: int = field(default=0, metadata=_range(0, 1024))
     reward: int = field(default=1000, metadata=_range(0, 1 << 40))  # cloud: coins its tasks pay out per round
     state_file: str = "{data_dir}/fl/state.cbor"  # device, fog: what a restart must not lose
     # Experiments and the demo only (edgefl.fl.attacks; "none" unless set): a device applies a data
