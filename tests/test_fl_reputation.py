@@ -254,6 +254,8 @@ async def test_the_demo_under_attack_writes_its_report(broker, tmp_path):
                         attack="labelflip", malicious=0.5, seed=3, report=tmp_path / "report")
     text = "\n".join(lines)
     assert len(result["attackers"]) == 2 and text.count("(attacker)") == 2
+    for r in (0, 1):  # each round's phases as they completed
+        assert f"· round {r}, " in text and text.count(f"· round {r}, ") == 2, text
     assert "malicious (labelflip, 50 % drawn with seed 3): " + ", ".join(result["attackers"]) in text
     assert result["audit_ok"] and result["accuracy"][2] > result["accuracy"][0]
     assert set(result["devices"]) == {"dev-a1", "dev-a2", "dev-b1", "dev-b2"}

@@ -151,6 +151,7 @@ async def demo(*, port: int | None = None, out=print, fogs: int = 2, devices: in
             async with auditor, auditor.subscribe(topics.pattern(node=site.cloud, kind="model")) as models:
                 accuracy = {}
                 task = None
+                progress = asyncio.create_task(_progress(out, t0, len(everyone), fogs))
                 async with asyncio.timeout(120 + 60 * rounds):
                     async for rx in models:
                         gm = rx.message
@@ -167,6 +168,7 @@ async def demo(*, port: int | None = None, out=print, fogs: int = 2, devices: in
                         chains.round_summary(task, gm.round - 1, out)
                         if gm.round == gm.rounds:
                             break
+                progress.cancel()
                 step = await _verify_and_audit(site, chains, auditor, task, out, n=4 + task.rounds)
                 warm = task.warm_start and await _check_warm_start(site, chains, auditor, task, out, n=6 + task.rounds)
                 n = 6 + task.rounds + task.warm_start
@@ -180,6 +182,23 @@ async def demo(*, port: int | None = None, out=print, fogs: int = 2, devices: in
     write_report(folder, result)
     out(f"done in {time.perf_counter() - t0:.1f} s; report in {folder}/report.md")
     return result
+
+
+async def _progress(out, t0: float, devices: int, fogs: int) -> None:
+    """Each round's phases as they complete: the devices' batches stored at their fogs, the fogs' updates on
+    the main chain (the nodes' own counters; the training and the aggregations come in between)."""
+    phases = (("fl_batch_accepted", devices, "every device's batch stored at its fog (spend and provenance "
+                                             "recorded first); the fogs train and aggregate"),
+              ("fl_update_recorded", fogs, "every fog's update on the main chain; the cloud aggregates"))
+    seen = {name: METRICS.get(name) for name, _, _ in phases}
+    done = {name: 0 for name, _, _ in phases}
+    while True:
+        for name, total, what in phases:
+            new = METRICS.get(name) - seen[name]
+            if new >= total * (done[name] + 1):
+                done[name] += 1
+                out(f"    · round {done[name] - 1}, {time.perf_counter() - t0:.1f} s: {what}")
+        await asyncio.sleep(0.05)
 
 
 def _standing(chains: _Chains, devices: list[str], attackers: list[str], out, n: int) -> dict:
