@@ -36,10 +36,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Iterable
 
-from edgefl.codec import MaxLen, Range, message
+from edgefl.codec import MaxLen, Message, Range, message
 from edgefl.consensus.evidence import Behaviour, InvalidEvidence, Statement, encode_statement, equivocation
 from edgefl.crypto.keys import SigningKey
 from edgefl.ledger.committee import Committee
+from edgefl.ledger.errors import LedgerError
 
 HASH = 32
 
@@ -247,7 +248,89 @@ class HonestVoter:
         """The vote for ``target`` (a checkpoint on this member's branch), or None if the rule forbids one."""
         source = max((c for c in view.justified.values() if view.is_ancestor(c.hash, target.hash)
                       and c.epoch < target.epoch), key=lambda c: c.epoch, default=None)
-        if source is None or target.epoch <= self.last_target or source.epoch < self.last_source:
+        return None if source is None else self.cast((source.epoch, source.hash), (target.epoch, target.hash))
+
+    def cast(self, source: tuple[int, bytes], target: tuple[int, bytes]) -> Vote | None:
+        """Sign source -> target unless that could double or surround one of this member's own votes.
+
+        A member that does not hold the chain (a fog voting on the main chain) takes the source from the
+        chain's node: whatever that node claims, this rule alone keeps the member unslashable.
+        """
+        if target[0] <= max(self.last_target, source[0]) or source[0] < self.last_source:
             return None  # a lower source than before could surround our own earlier vote
-        self.last_target, self.last_source = target.epoch, source.epoch
-        return vote(self.chain, self.member, self.key, (source.epoch, source.hash), (target.epoch, target.hash))
+        self.last_target, self.last_source = target[0], source[0]
+        return vote(self.chain, self.member, self.key, source, target)
+
+
+@message("consensus.ffg-call")
+class FfgCall(Message):
+    """The main chain's node asks the final committee to vote source -> target (its justified head -> its tip)."""
+
+    chain: Annotated[str, MaxLen(64)]
+    source_epoch: Annotated[int, Range(0)]
+    source: Annotated[bytes, MaxLen(HASH)]
+    target_epoch: Annotated[int, Range(1)]
+    target: Annotated[bytes, MaxLen(HASH)]
+
+
+# --------------------------------------------------------------------------- over a stored chain
+
+
+def enabled(spec) -> bool:
+    """Whether a chain runs FFG: its spec names the final committee's weights (``ChainSpec.finality``)."""
+    return bool(getattr(spec, "finality", None))
+
+
+class ChainFinality:
+    """FFG over a stored chain: every block is a checkpoint (epoch = height), votes are its Type-I vote records.
+
+    The votes travel as ordinary records (``record_tx(vote, member, key)``), so every replica and every later
+    audit replays the same finality from the chain alone.  A vote record that does not check out (bad
+    signature, unknown member, a link between blocks of no branch) is skipped and counted.  ``update`` reads
+    the blocks committed since the last call.
+    """
+
+    def __init__(self, chain, metrics=None):
+        from edgefl.runtime.metrics import METRICS
+
+        spec = chain.spec
+        self.chain = chain
+        self.metrics = metrics or METRICS
+        self.core = Finality(spec.chain, spec.committee, dict(spec.finality), chain.store.block_row(0)[0])
+        self.height = 0
+        self.content = 0  # the last height holding anything but votes
+
+    def update(self) -> Outcome:
+        from edgefl.ledger.block import decode_header
+        from edgefl.ledger.tx import decode_tx
+
+        out = Outcome()
+        store = self.chain.store
+        while self.height < self.chain.tip.height:
+            h = self.height + 1
+            row = store.block_row(h)
+            self.core._merge(out, self.core.add_checkpoint(h, row[0], decode_header(row[1]).prev))
+            rows = store.db.execute("SELECT data, rtype FROM txs WHERE height = ? ORDER BY idx", (h,)).fetchall()
+            for data, rtype in rows:
+                if rtype != Vote.TYPE:
+                    if rtype != Behaviour.TYPE:  # evidence about votes needs no votes itself
+                        self.content = h
+                    continue
+                try:
+                    self.core._merge(out, self.core.on_vote(decode_tx(data).body.unwrap()))
+                except LedgerError as exc:  # InvalidEvidence, or a record that is no vote
+                    self.metrics.inc("ffg_vote_rejected", reason=exc.reason)
+            self.height = h
+        return out
+
+    @property
+    def finalized_height(self) -> int:
+        return self.core.last_finalized.epoch
+
+    @property
+    def justified(self) -> Checkpoint:
+        return self.core.last_justified
+
+    def needs_votes(self) -> bool:
+        """Whether a block holding more than votes is not final yet (votes for vote-only blocks stop there)."""
+        return self.content > self.finalized_height

@@ -271,7 +271,15 @@ def show_cmd(args) -> int:
             spec = c.spec
             n = store.db.execute("SELECT COUNT(*) FROM txs").fetchone()[0]
             anchors = {ch: h for ch, (h, _) in c.state.anchors.items()}
-            _emit({"chain": spec.chain, "role": spec.role, "height": c.tip.height, "head": c.tip.hash.hex(),
+            from edgefl.consensus import finality
+
+            final = c.tip.height  # without FFG every block is final as it commits
+            if finality.enabled(spec):
+                ffg = finality.ChainFinality(c)
+                ffg.update()
+                final = ffg.finalized_height
+            _emit({"chain": spec.chain, "role": spec.role, "height": c.tip.height, "finalized": final,
+                   "head": c.tip.hash.hex(),
                    "accumulator": accumulator.to_bytes(c.tip.acc)[:16].hex() + "…", "transactions": n,
                    "sealer": spec.sealer, "committee": [m.id for m in spec.committee.members],
                    "max_block": spec.max_block,

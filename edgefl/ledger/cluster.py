@@ -29,7 +29,8 @@ MAIN_NODE = "cloud-1"
 class LocalCluster:
     def __init__(self, workdir: str | Path, port: int, *, subchains=("fog-a", "fog-b"), clients=("dev-1", "auditor"),
                  block_interval_s: float = 0.05, interlock_interval_s: float = 0.15, max_block: int = 1 << 20,
-                 keys: dict[str, SigningKey] | None = None):
+                 keys: dict[str, SigningKey] | None = None, finality: dict[str, int] | None = None):
+        """``finality``: FFG weights of the main chain's final committee (the cloud and the fogs it names)."""
         self.workdir = Path(workdir)
         self.port = port
         self.keys = {n: (keys or {}).get(n) or SigningKey() for n in (MAIN_NODE, *subchains, *clients)}
@@ -42,8 +43,10 @@ class LocalCluster:
         def committee(node: str) -> Committee:
             return Committee.of([(node, self.keys[node].public_key)])
 
-        specs = {MAIN_NODE: ChainSpec(chain="main", role="main", sealer="single", committee=committee(MAIN_NODE),
-                                      max_block=max_block, ts=ts, subchains={s: committee(s) for s in subchains})}
+        final = Committee.of([(n, self.keys[n].public_key) for n in finality]) if finality else committee(MAIN_NODE)
+        specs = {MAIN_NODE: ChainSpec(chain="main", role="main", sealer="single", committee=final,
+                                      max_block=max_block, ts=ts, subchains={s: committee(s) for s in subchains},
+                                      finality=dict(finality) if finality else None)}
         for s in subchains:
             specs[s] = ChainSpec(chain=s, role="sub", sealer="single", committee=committee(s), max_block=max_block,
                                  ts=ts, parent="main", parent_committee=committee(MAIN_NODE))

@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, ClassVar
 
+from edgefl.consensus.finality import ChainFinality, FfgCall, HonestVoter, enabled as finality_enabled
 from edgefl.crypto.envelope import DirectoryKeyRegistry, StaticKeyRegistry
 from edgefl.crypto.keys import SigningKey
 from edgefl.ledger import blobs as blobstore
@@ -42,8 +43,9 @@ from edgefl.ledger.errors import InvalidTx, LedgerError, ProofError
 from edgefl.ledger.protocol import (AnchorProof, AnchorQuery, BatchProofQuery, BeaconTx, Find, Found, Head,
                                     HeadQuery, ProofQuery, Receipt, Submit)
 from edgefl.ledger.sealer import Sealer, make_sealer
-from edgefl.ledger.tx import beacon_tx, decode_tx, make_tx
+from edgefl.ledger.tx import beacon_tx, decode_tx, make_tx, record_tx
 from edgefl.runtime.config import Config
+from edgefl.runtime.files import write_atomic
 from edgefl.runtime.metrics import METRICS, Metrics
 from edgefl.transport import topics
 from edgefl.transport.messages import Error
@@ -160,6 +162,7 @@ class LedgerNode:
         self._waiters: dict[bytes, list[asyncio.Future]] = {}
         self._stopped = False
         self._beacon_cache: tuple[int, bytes] | None = None
+        self.finality = ChainFinality(chain) if finality_enabled(chain.spec) else None  # main chain: FFG
         self.producer = (producer(self) if producer is not None
                          else SingleProducer(self, sealer, block_interval_s))
 
@@ -192,9 +195,12 @@ class LedgerNode:
                 tg.create_task(self.producer.run(), name="ledger-blocks")
                 if self.role == "main":
                     tg.create_task(self._broadcast_beacons(), name="ledger-beacons")
+                    if self.finality is not None:
+                        tg.create_task(self._ffg_calls(), name="ledger-ffg")
                 else:
                     tg.create_task(self._anchor_loop(), name="ledger-anchors")
                     tg.create_task(self._listen_beacons(), name="ledger-beacon-listener")
+                    tg.create_task(self._ffg_votes(), name="ledger-ffg-votes")
         finally:
             self._stop()
 
@@ -305,7 +311,11 @@ class LedgerNode:
         if chain not in (self.chain.spec.subchains or {}):
             raise ProofError(f"{chain!r} is not a sub-chain of {self.chain.id!r}", field="chain",
                              reason="unknown_chain")
-        found = self.chain.store.latest_anchor(chain, upto_block=at)
+        upto = at
+        if self.finality is not None:  # a Type-II counts once final: until then Protocol 1 says pending
+            self.finality.update()
+            upto = min(at, self.finality.finalized_height)
+        found = self.chain.store.latest_anchor(chain, upto_block=upto)
         if found is None:
             raise ProofError(f"no Type-II of {chain!r} on the main chain up to height {at} yet", field="chain",
                              reason="not_anchored")
@@ -343,6 +353,72 @@ class LedgerNode:
             return
         with contextlib.suppress(InvalidTx):  # counted and logged by the chain
             await self.submit(raw)
+
+    # ------------------------------------------------------------------ FFG finality (main chain)
+
+    def _voter(self) -> HonestVoter:
+        """This node's FFG voter; what it last signed is kept on disk, so a restart cannot double or surround."""
+        member, key = next(iter(self.keys.items()))
+        voter = HonestVoter(member, key, self.chain.spec.parent if self.role == "sub" else self.chain.id)
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            voter.last_source, voter.last_target = map(int, self._vote_file().read_text().split())
+        return voter
+
+    def _vote_file(self) -> Path:
+        return Path(f"{self.chain.store.path}.ffg-vote")
+
+    def _cast(self, voter: HonestVoter, call: FfgCall) -> bytes | None:
+        """Our vote record for ``call``, the voter's state made durable before the vote leaves (None: refused)."""
+        v = voter.cast((call.source_epoch, call.source), (call.target_epoch, call.target))
+        if v is None:
+            return None
+        write_atomic(self._vote_file(), f"{voter.last_source} {voter.last_target}\n".encode())
+        return record_tx(v, voter.member, voter.key)
+
+    async def _ffg_calls(self) -> None:
+        """Main: after blocks that need finality, vote ourselves and ask the final committee to vote on the tip."""
+        voter = self._voter()
+        await self.call(self.finality.update)  # evidence already on the chain was reported before a restart
+        called = -1
+        member = voter.member
+        while True:
+            await asyncio.sleep(self.block_interval_s)
+            out = await self.call(self.finality.update)
+            for b in out.evidence:  # equivocation proofs for the incentive layer
+                asyncio.ensure_future(self._quiet(self.submit(record_tx(b, member, voter.key))))
+                self.metrics.inc("ffg_equivocation", member=b.member)
+                log.warning("%s: %s equivocated (FFG votes): evidence recorded", self.chain.id, b.member)
+            tip = self.chain.tip
+            if not self.finality.needs_votes() or tip.height <= called:
+                continue
+            called = tip.height
+            src = self.finality.justified
+            call = FfgCall(self.chain.id, src.epoch, src.hash, tip.height, tip.hash)
+            if member in self.chain.spec.finality:
+                raw = await self.call(self._cast, voter, call)
+                if raw is not None:
+                    asyncio.ensure_future(self._quiet(self.submit(raw)))
+            await self.session.publish("ffg", call)
+
+    async def _ffg_votes(self) -> None:
+        """Sub-chain node (a fog): vote on the main chain's calls with this node's key, through Submit."""
+        voter = self._voter()
+        async with self.session.subscribe(topics.pattern(node=self.main_node, kind="ffg")) as sub:
+            async for rx in sub:
+                call = rx.message
+                if not isinstance(call, FfgCall) or call.chain != self.chain.spec.parent:
+                    continue
+                raw = await self.call(self._cast, voter, call)
+                if raw is not None:
+                    self.metrics.inc("ffg_voted")
+                    asyncio.ensure_future(self._quiet(self.session.request(self.main_node, Submit(raw))))
+
+    @staticmethod
+    async def _quiet(aw) -> None:
+        try:
+            await aw
+        except (LedgerError, RemoteError, RequestTimeout, ConnectionError) as exc:
+            log.info("FFG vote not recorded: %s", exc)
 
     async def _anchor_loop(self) -> None:
         while True:

@@ -133,6 +133,8 @@ class ChainSpec(Message):
     # record type (or "*") -> who must endorse such a record (edgefl.consensus.policy); None: its signer alone
     policies: Annotated[dict[Annotated[str, MaxLen(64)], PolicySpec], MaxLen(256)] | None = None
     proposal: ProposalSpec | None = None  # who may propose a block (edgefl.consensus.proposal); None: any member
+    # FFG finality (edgefl.consensus.finality): each committee member's voting weight; None: every block final
+    finality: Annotated[dict[Annotated[str, MaxLen(128)], Annotated[int, Range(1, 1 << 32)]], MaxLen(64)] | None = None
 
 
 @message("ledger.record", max_size=128 << 10)
@@ -169,6 +171,7 @@ RECORD_MODULES = (
     "edgefl.crypto.pki",  # Crl: certificate revocation lists
     "edgefl.consensus.epoch",  # EpochSeed, ReputationPenalty
     "edgefl.consensus.evidence",  # Behaviour: proposing, voting, equivocating, silent committee members
+    "edgefl.consensus.finality",  # Vote: FFG votes of the main chain's final committee
     "edgefl.ml.privacy",  # PrivacySpend: privacy budget spent by a device
     "edgefl.ml.export",  # ModelRelease: the extractor model a device may run
     "edgefl.fl.protocol",  # Task, Aggregation, FogUpdate: a federated task and its rounds
@@ -301,6 +304,9 @@ def check_spec(spec: ChainSpec, field: str = "genesis") -> None:
             committee.validate(f"{field}.subchains[{name!r}]")
         for rtype, p in (spec.policies or {}).items():
             policies.from_spec(p, f"{field}.policies[{rtype!r}]")
+        if spec.finality is not None and set(spec.finality) != {m.id for m in spec.committee.members}:
+            raise LedgerError("finality weights name every committee member and only them",
+                              field=f"{field}.finality")
         if spec.proposal is not None:
             rule = proposals.from_spec(spec.proposal, spec.committee, f"{field}.proposal")
             n, need = len(spec.committee.members), bft_threshold(len(spec.committee.members))
