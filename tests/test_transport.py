@@ -180,3 +180,24 @@ async def test_last_will_reports_a_killed_peer(broker, tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+async def test_a_cancellation_racing_a_completed_mqtt_operation_is_not_lost():
+    """Python 3.11's wait_for (inside every aiomqtt call) returns a result that races a cancel; the session
+    must still stop, or a task group shutting down waits for it forever."""
+    from edgefl.transport.session import _mqtt
+
+    done = asyncio.get_running_loop().create_future()
+    after = []
+
+    async def operation():
+        await _mqtt(asyncio.wait_for(done, 5))
+        after.append("went on")
+
+    task = asyncio.create_task(operation())
+    await asyncio.sleep(0)  # the task waits inside wait_for
+    done.set_result(None)   # the operation completes ...
+    task.cancel()           # ... as the cancellation arrives
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert after == []

@@ -201,6 +201,9 @@ class LedgerNode:
                     tg.create_task(self._anchor_loop(), name="ledger-anchors")
                     tg.create_task(self._listen_beacons(), name="ledger-beacon-listener")
                     tg.create_task(self._ffg_votes(), name="ledger-ffg-votes")
+        except Exception:
+            log.exception("%s: the ledger node stopped on an error", self.chain.id)
+            raise
         finally:
             self._stop()
 

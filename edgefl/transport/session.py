@@ -51,6 +51,24 @@ from edgefl.transport.messages import Error, Ping, Pong, Status
 log = logging.getLogger("edgefl.session")
 
 
+
+async def _mqtt(aw: Awaitable):
+    """Await an aiomqtt operation without losing a cancellation.
+
+    aiomqtt waits with ``asyncio.wait_for``, which on Python 3.11 returns the result when a cancellation
+    arrives just as the operation completes: the caller went on as if never cancelled, and a task group
+    shutting down waited forever for it (fixed in 3.12).  A cancel still pending on the task is re-raised.
+    """
+    result = await aw
+    _raise_dropped_cancel()
+    return result
+
+
+def _raise_dropped_cancel() -> None:
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
 class _PipelineNoise(logging.Filter):
     """aiomqtt warns on every publish while more than 10 are unacknowledged: that is pipelining, not trouble."""
 
@@ -298,9 +316,9 @@ class Session:
         async with aiomqtt.Client(will=will, **self._client_args()) as client:
             self._client = client
             for pattern in [*self._internal, *self._patterns]:
-                await client.subscribe(pattern, qos=1)
-            await client.publish(self.topic("status"), self.signer.seal(Status(state="online", session=self._nonce)),
-                                 qos=1, retain=True)
+                await _mqtt(client.subscribe(pattern, qos=1))
+            await _mqtt(client.publish(self.topic("status"),
+                                       self.signer.seal(Status(state="online", session=self._nonce)), qos=1, retain=True))
             self.connected.set()
             self._attempt = 0
             log.info("%s: connected to %s:%d", self.node_id, self.cfg.host, self.cfg.port)
@@ -361,6 +379,7 @@ class Session:
             self._capacity.release()
             if not item.done.done():
                 item.done.set_result(None)
+        _raise_dropped_cancel()  # sent: only now honour a cancellation aiomqtt may have swallowed
         return True
 
     async def _send_loop(self, client: aiomqtt.Client) -> None:
@@ -418,7 +437,7 @@ class Session:
             self._patterns[sub.pattern] = None
             if self._client is not None:
                 with contextlib.suppress(aiomqtt.MqttError):  # on failure, the reconnect resubscribes
-                    await self._client.subscribe(sub.pattern, qos=1)
+                    await _mqtt(self._client.subscribe(sub.pattern, qos=1))
         early = [m for m in self._held if topics.matches(sub.pattern, m.topic.value)]
         for m in early:
             self._held.remove(m)
@@ -433,7 +452,7 @@ class Session:
         self._patterns.pop(pattern, None)
         if self._client is not None:
             with contextlib.suppress(aiomqtt.MqttError):
-                await self._client.unsubscribe(pattern)
+                await _mqtt(self._client.unsubscribe(pattern))
 
     # ------------------------------------------------------------------ incoming
 
