@@ -183,21 +183,41 @@ async def test_last_will_reports_a_killed_peer(broker, tmp_path):
 
 
 async def test_a_cancellation_racing_a_completed_mqtt_operation_is_not_lost():
-    """Python 3.11's wait_for (inside every aiomqtt call) returns a result that races a cancel; the session
-    must still stop, or a task group shutting down waits for it forever."""
+    """aiomqtt bounds its waits with wait_for, which on Python 3.11 drops a cancel that races the operation's
+    completion; the session's wrapper must keep it, or a task group shutting down waits forever."""
+    import math
+
     from edgefl.transport.session import _mqtt
 
     done = asyncio.get_running_loop().create_future()
     after = []
 
-    async def operation():
-        await _mqtt(asyncio.wait_for(done, 5))
+    async def operation(*, timeout):  # as aiomqtt's _wait_for: math.inf means no wait_for timeout
+        return await asyncio.wait_for(done, None if timeout == math.inf else timeout)
+
+    async def caller():
+        await _mqtt(operation, timeout=5)
         after.append("went on")
 
-    task = asyncio.create_task(operation())
-    await asyncio.sleep(0)  # the task waits inside wait_for
+    task = asyncio.create_task(caller())
+    await asyncio.sleep(0)  # the caller waits on the operation
     done.set_result(None)   # the operation completes ...
     task.cancel()           # ... as the cancellation arrives
     with pytest.raises(asyncio.CancelledError):
         await task
     assert after == []
+
+
+async def test_an_mqtt_operation_that_never_completes_times_out_as_an_mqtt_error():
+    import math
+
+    import aiomqtt
+
+    from edgefl.transport.session import _mqtt
+
+    async def operation(*, timeout):
+        assert timeout == math.inf
+        await asyncio.Event().wait()
+
+    with pytest.raises(aiomqtt.MqttError):
+        await _mqtt(operation, timeout=0.05)

@@ -27,6 +27,7 @@ import dataclasses
 import heapq
 import itertools
 import logging
+import math
 import os
 import random
 import socket
@@ -52,22 +53,19 @@ log = logging.getLogger("edgefl.session")
 
 
 
-async def _mqtt(aw: Awaitable):
-    """Await an aiomqtt operation without losing a cancellation.
+async def _mqtt(operation: Callable[..., Awaitable], *args, timeout: float, **kw):
+    """An aiomqtt operation bounded by ``timeout`` without losing a cancellation.
 
-    aiomqtt waits with ``asyncio.wait_for``, which on Python 3.11 returns the result when a cancellation
-    arrives just as the operation completes: the caller went on as if never cancelled, and a task group
-    shutting down waited forever for it (fixed in 3.12).  A cancel still pending on the task is re-raised.
+    aiomqtt bounds its own waits with ``asyncio.wait_for``, which on Python 3.11 returns the result when a
+    cancellation arrives just as the operation completes: the caller went on as if never cancelled, and a
+    task group shutting down waited forever for it (fixed in 3.12).  So aiomqtt is told not to time out
+    and ``asyncio.timeout``, which keeps every cancellation, bounds the wait.
     """
-    result = await aw
-    _raise_dropped_cancel()
-    return result
-
-
-def _raise_dropped_cancel() -> None:
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
+    try:
+        async with asyncio.timeout(timeout):
+            return await operation(*args, timeout=math.inf, **kw)
+    except TimeoutError:
+        raise aiomqtt.MqttError("Operation timed out") from None
 
 class _PipelineNoise(logging.Filter):
     """aiomqtt warns on every publish while more than 10 are unacknowledged: that is pipelining, not trouble."""
@@ -316,9 +314,10 @@ class Session:
         async with aiomqtt.Client(will=will, **self._client_args()) as client:
             self._client = client
             for pattern in [*self._internal, *self._patterns]:
-                await _mqtt(client.subscribe(pattern, qos=1))
-            await _mqtt(client.publish(self.topic("status"),
-                                       self.signer.seal(Status(state="online", session=self._nonce)), qos=1, retain=True))
+                await _mqtt(client.subscribe, pattern, qos=1, timeout=self.cfg.request_timeout_s)
+            online = self.signer.seal(Status(state="online", session=self._nonce))
+            await _mqtt(client.publish, self.topic("status"), online, qos=1, retain=True,
+                        timeout=self.cfg.request_timeout_s)
             self.connected.set()
             self._attempt = 0
             log.info("%s: connected to %s:%d", self.node_id, self.cfg.host, self.cfg.port)
@@ -365,7 +364,8 @@ class Session:
     async def _publish(self, client: aiomqtt.Client, item: _Out) -> bool:
         """One attempt for an in-flight item; on failure or cancellation it goes back to the outbox."""
         try:
-            await client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain)
+            await _mqtt(client.publish, item.topic, item.payload, qos=item.qos, retain=item.retain,
+                        timeout=self.cfg.request_timeout_s)
         except (aiomqtt.MqttError, OSError):
             self._requeue(item)
             return False
@@ -379,7 +379,6 @@ class Session:
             self._capacity.release()
             if not item.done.done():
                 item.done.set_result(None)
-        _raise_dropped_cancel()  # sent: only now honour a cancellation aiomqtt may have swallowed
         return True
 
     async def _send_loop(self, client: aiomqtt.Client) -> None:
@@ -437,7 +436,7 @@ class Session:
             self._patterns[sub.pattern] = None
             if self._client is not None:
                 with contextlib.suppress(aiomqtt.MqttError):  # on failure, the reconnect resubscribes
-                    await _mqtt(self._client.subscribe(sub.pattern, qos=1))
+                    await _mqtt(self._client.subscribe, sub.pattern, qos=1, timeout=self.cfg.request_timeout_s)
         early = [m for m in self._held if topics.matches(sub.pattern, m.topic.value)]
         for m in early:
             self._held.remove(m)
@@ -452,7 +451,7 @@ class Session:
         self._patterns.pop(pattern, None)
         if self._client is not None:
             with contextlib.suppress(aiomqtt.MqttError):
-                await _mqtt(self._client.unsubscribe(pattern))
+                await _mqtt(self._client.unsubscribe, pattern, timeout=self.cfg.request_timeout_s)
 
     # ------------------------------------------------------------------ incoming
 
