@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "edgefl.ledger.cli",
     "edgefl.bench.cli",
     "edgefl.ml.cli",
+    "edgefl.provision.cli",
 ]
 
 

@@ -7,6 +7,7 @@ A PKI directory has the layout of a node's data directory, so a node whose
     pki/ca.cert           the root certificate: the trust anchor (security.ca_cert)
     pki/certs/ID.cert     every certificate issued (security.cert_dir)
     pki/crl/ISSUER.crl    the current CRL of each CA (security.crl_dir)
+    trust/ID.pub          every certified public key, as `edgefl keygen` writes it (security.trust_dir)
     tls/ca.pem            the root X.509 CA: Mosquitto's cafile, clients' mqtt.tls_ca
     tls/ca.key            its key (root host only)
     tls/ID.pem, ID.key    a node's X.509 chain (leaf first) and P-256 key: mqtt.tls_cert / mqtt.tls_key,
@@ -54,6 +55,9 @@ class CaDirectory:
 
     def cert_path(self, node: str) -> Path:
         return self.path / "pki" / "certs" / f"{node}.cert"
+
+    def pub_path(self, node: str) -> Path:
+        return self.path / "trust" / f"{node}.pub"
 
     def crl_path(self, issuer: str) -> Path:
         return self.path / "pki" / "crl" / f"{issuer}.crl"
@@ -201,7 +205,7 @@ class CaDirectory:
         out = Path(out)
         wanted = [self.key_path(node), self.anchor_path, self.tls_path("ca", "pem"), self.tls_path(node, "pem"),
                   self.tls_path(node, "key"), self.tls_path(f"{node}-ca", "pem"), self.tls_path(f"{node}-ca", "key")]
-        for folder, pattern in (("pki/certs", "*.cert"), ("pki/crl", "*.crl"), ("tls", "crl*.pem")):
+        for folder, pattern in (("pki/certs", "*.cert"), ("pki/crl", "*.crl"), ("tls", "crl*.pem"), ("trust", "*.pub")):
             wanted += sorted((self.path / folder).glob(pattern))
         if not self.cert_path(node).exists():
             raise PkiError("unknown", f"no certificate for {node}: issue one first")
@@ -237,6 +241,8 @@ class CaDirectory:
 
     def _write_cert(self, cert: Certificate) -> None:
         write_atomic(self.cert_path(cert.subject), cert.to_bytes())
+        # the certified key as `edgefl keygen` writes it too, for nodes that trust a directory of keys
+        write_atomic(self.pub_path(cert.subject), (cert.key.hex() + "\n").encode())
 
     def _tls_leaf(self, cert: Certificate, issuer: Certificate, hosts: tuple[str, ...]) -> None:
         chain, signer = self._tls_ca(issuer)

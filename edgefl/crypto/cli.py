@@ -120,7 +120,8 @@ def pki_show(args) -> int:
 
     ca = _ca(args)
     path = Path(args.what)
-    data = path.read_bytes() if path.exists() else ca.cert_path(check_segment(args.what, "node id")).read_bytes()
+    # a file when one is named; otherwise a node id, even where a folder of that name exists
+    data = path.read_bytes() if path.is_file() else ca.cert_path(check_segment(args.what, "node id")).read_bytes()
     try:
         reg = ca.registry()
     except PkiError:

@@ -21,7 +21,8 @@ def register(sub) -> None:
                                    "else the node id)")
     p.add_argument("--role", choices=["main", "sub"], help="default: main on a cloud node, sub otherwise")
     p.add_argument("--committee", action="append", default=[], metavar="ID",
-                   help="committee member (repeatable; default: this node); keys from the trust directory")
+                   help="committee member (repeatable; default: this node); keys from the node's key registry "
+                        "(security.registry: the trust directory or the site PKI)")
     p.add_argument("--threshold", type=int, help="quorum (default: a majority of the committee)")
     p.add_argument("--subchain", action="append", default=[], metavar="CHAIN[=ID,ID...][:T]",
                    help="main chain: a sub-chain and its committee (default: the member named like the chain)")
@@ -100,11 +101,13 @@ def _open(cfg, chain: str | None, *, readonly: bool = True):
 
 
 def _public_key(cfg, member: str):
-    from edgefl.crypto.keys import SigningKey, load_public
+    """A committee member's key: this node's own, else what the node's key registry certifies."""
+    from edgefl.crypto.keys import SigningKey
+    from edgefl.ledger.service import registry_for
 
     if member == cfg.node.id:
         return SigningKey.load(cfg.path(cfg.security.key_file)).public_key
-    return load_public(cfg.path(cfg.security.trust_dir) / f"{member}.pub")
+    return registry_for(cfg).key_for(member, time.time())
 
 
 def _committee(cfg, spec: str, default: list[str]):
@@ -234,8 +237,8 @@ def _emit(obj, as_json: bool) -> None:
 
 def show_cmd(args) -> int:
     from edgefl.crypto import accumulator
-    from edgefl.ledger.block import decode_header
     from edgefl.ledger.blobs import parse_cid
+    from edgefl.ledger.block import decode_header
     from edgefl.ledger.tx import decode_tx
 
     with _open(args.config, args.chain) as c:

@@ -32,16 +32,29 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, ClassVar
 
-from edgefl.consensus.finality import ChainFinality, FfgCall, HonestVoter, enabled as finality_enabled
-from edgefl.crypto.envelope import DirectoryKeyRegistry, StaticKeyRegistry
+from edgefl.consensus.finality import ChainFinality, FfgCall, HonestVoter
+from edgefl.consensus.finality import enabled as finality_enabled
+from edgefl.crypto.envelope import DirectoryKeyRegistry, KeyRegistry, StaticKeyRegistry
 from edgefl.crypto.keys import SigningKey
+from edgefl.crypto.pki import PkiRegistry
 from edgefl.ledger import blobs as blobstore
 from edgefl.ledger.blobs import BlobStore
 from edgefl.ledger.block import decode_header
 from edgefl.ledger.chain import Chain
 from edgefl.ledger.errors import InvalidTx, LedgerError, ProofError
-from edgefl.ledger.protocol import (AnchorProof, AnchorQuery, BatchProofQuery, BeaconTx, Find, Found, Head,
-                                    HeadQuery, ProofQuery, Receipt, Submit)
+from edgefl.ledger.protocol import (
+    AnchorProof,
+    AnchorQuery,
+    BatchProofQuery,
+    BeaconTx,
+    Find,
+    Found,
+    Head,
+    HeadQuery,
+    ProofQuery,
+    Receipt,
+    Submit,
+)
 from edgefl.ledger.sealer import Sealer, make_sealer
 from edgefl.ledger.tx import beacon_tx, decode_tx, make_tx, record_tx
 from edgefl.runtime.config import Config
@@ -49,7 +62,7 @@ from edgefl.runtime.files import write_atomic
 from edgefl.runtime.metrics import METRICS, Metrics
 from edgefl.transport import topics
 from edgefl.transport.messages import Error
-from edgefl.transport.session import RemoteError, RequestTimeout, Session
+from edgefl.transport.session import RemoteError, RequestTimeout, Session, key_registry
 
 log = logging.getLogger("edgefl.ledger")
 
@@ -74,8 +87,14 @@ def server_of(cfg: Config, chain: str) -> str:
     return cfg.ledger.main_node if chain == cfg.ledger.main else chain
 
 
-def registry_for(cfg: Config) -> StaticKeyRegistry:
-    """Whose record signatures this node accepts: every key in the trust directory, and its own."""
+def registry_for(cfg: Config, shared: KeyRegistry | None = None) -> KeyRegistry:
+    """Whose record signatures this node accepts: the registry its envelopes are checked against.
+
+    ``security.registry = "pki"``: the site PKI (``shared``, the session's, when given, so a CRL
+    learned over MQTT binds the ledger too); otherwise every key in the trust directory, and its own.
+    """
+    if cfg.security.registry == "pki":
+        return shared if isinstance(shared, PkiRegistry) else key_registry(cfg)
     trust = cfg.path(cfg.security.trust_dir)
     registry = DirectoryKeyRegistry(trust) if trust.is_dir() else StaticKeyRegistry()
     key_file = cfg.path(cfg.security.key_file)
@@ -169,7 +188,7 @@ class LedgerNode:
     @classmethod
     def from_config(cls, cfg: Config, session: Session, *, metrics: Metrics = METRICS) -> "LedgerNode":
         key = SigningKey.load(cfg.path(cfg.security.key_file))
-        chain = Chain.open(db_path(cfg), registry=registry_for(cfg), metrics=metrics)
+        chain = Chain.open(db_path(cfg), registry=registry_for(cfg, session.verifier.registry), metrics=metrics)
         keys = {cfg.node.id: key}
         blobs = BlobStore(cfg.path(cfg.ledger.blob_dir), max_blob=cfg.ledger.max_blob_bytes)
         sealer = make_sealer(chain.spec.sealer, cfg.node.id, keys)
@@ -182,7 +201,7 @@ class LedgerNode:
         return await asyncio.get_running_loop().run_in_executor(self._exec, fn, *args)
 
     def close(self) -> None:
-        self._exec.shutdown(wait=True)
+        self._exec.shutdown(wait=True, cancel_futures=True)  # the running job finishes; queued ones are dropped
         self.chain.close()
 
     # ------------------------------------------------------------------ running

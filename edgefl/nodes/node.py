@@ -17,11 +17,14 @@ from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable, Protocol
 
 from edgefl import codec
+from edgefl.crypto import identity
 from edgefl.crypto.pki import Crl, PkiError, PkiRegistry
 from edgefl.fl import attacks
 from edgefl.fl.aggregate import parse_options
 from edgefl.ml.data import Dataset, load_dataset
+from edgefl.runtime import notify
 from edgefl.runtime.config import Config, ConfigError
+from edgefl.runtime.lock import DataDirLock
 from edgefl.runtime.loop import Supervisor
 from edgefl.runtime.metrics import METRICS
 from edgefl.transport import topics
@@ -143,10 +146,12 @@ async def running(cfg: Config, *, handle_signals: bool = True) -> AsyncIterator[
     """The node of ``cfg`` with its services running; yields (role node, supervisor). Leaving stops it."""
     cls = role_class(cfg.node.role)
     cls.check(cfg)  # settings only the role can judge: fail before connecting
-    async with Session.from_config(cfg) as session:
+    identity.check(cfg)  # its key, certificate and TLS files belong together and to it
+    async with DataDirLock(cfg.path("{data_dir}")), Session.from_config(cfg) as session:  # one process per dir
         node = cls(cfg, session)
         try:
-            async with Supervisor(handle_signals=handle_signals) as sup:
+            # exit within seconds of SIGTERM: the session's bounded drain, then at most a few seconds more
+            async with Supervisor(handle_signals=handle_signals, exit_deadline_s=cfg.mqtt.drain_timeout_s + 5) as sup:
                 sup.spawn("liveness", lambda: watch_liveness(session, watched_statuses(cfg)))
                 sup.spawn("metrics", report_metrics)
                 if isinstance(session.verifier.registry, PkiRegistry):
@@ -164,6 +169,11 @@ async def run_node(cfg: Config, *, stop_after: float | None = None) -> str:
     async with running(cfg) as (_, sup):
         if stop_after is not None:
             asyncio.get_running_loop().call_later(stop_after, sup.stop, "time limit")
+        if (interval := notify.watchdog_interval()) is not None:
+            sup.spawn("watchdog", lambda: notify.watchdog(interval))
         log.info("%s %s/%s running; broker %s:%d", cfg.node.role, cfg.node.site, cfg.node.id,
                  cfg.mqtt.host, cfg.mqtt.port)
-        return await sup.wait()
+        notify.notify("READY=1", f"STATUS={cfg.node.role} {cfg.node.id} running")  # systemd Type=notify
+        reason = await sup.wait()
+        notify.notify("STOPPING=1", f"STATUS=stopping: {reason}")
+        return reason

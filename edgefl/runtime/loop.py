@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import signal
+import threading
 from typing import Any, Awaitable, Callable, Coroutine
 
 from edgefl.runtime.metrics import METRICS, Metrics
@@ -67,8 +68,12 @@ class Supervisor:
     """``async with Supervisor() as sup: sup.spawn("name", factory); await sup.wait()``."""
 
     def __init__(self, *, handle_signals: bool = True, backoff: tuple[float, float] = (0.5, 30.0),
-                 metrics: Metrics = METRICS):
+                 metrics: Metrics = METRICS, exit_deadline_s: float | None = None):
         self.handle_signals = handle_signals
+        # for a process that ends when its supervisor stops: after SIGINT/SIGTERM it exits within this
+        # long, even if a worker thread is still busy (a thread cannot be cancelled, and interpreter exit
+        # would wait for it); what a node keeps on disk is crash-safe
+        self.exit_deadline_s = exit_deadline_s
         self.backoff = backoff
         self.metrics = metrics
         self.stopping = asyncio.Event()
@@ -104,7 +109,17 @@ class Supervisor:
             log.warning("second %s: exiting now", name)
             os._exit(128 + sig)
         log.info("%s received: shutting down gracefully", name)
+        if self.exit_deadline_s is not None:
+            timer = threading.Timer(self.exit_deadline_s, self._exit_now, (name, 128 + sig))
+            timer.daemon = True
+            timer.start()
         self.stop(name)
+
+    def _exit_now(self, name: str, code: int) -> None:
+        log.warning("still shutting down %.0f s after %s (a worker thread is busy): exiting now",
+                    self.exit_deadline_s, name)
+        logging.shutdown()
+        os._exit(code)
 
     def spawn(self, name: str, factory: Callable[[], Awaitable[Any]], *, restart: bool = True) -> asyncio.Task:
         """Run ``factory()`` as service ``name``; restart it after a crash when ``restart``."""

@@ -27,7 +27,10 @@ def register(sub) -> None:
     p.add_argument("--crlfile", help="X.509 CRLs (default: {data_dir}/tls/crl.pem when it exists)")
     p.add_argument("--anonymous", action="store_true", help="no identities or ACL (loopback demos only)")
     p.add_argument("--reader", action="append", default=[], help="identity allowed to read the whole tree (a fog)")
-    p.add_argument("--data-dir", default="/var/lib/mosquitto")
+    p.add_argument("--data-dir", help="the broker's persistence folder (default: {data_dir}/broker/data of the "
+                                      "profile: its own, never the system broker's /var/lib/mosquitto)")
+    p.add_argument("--user", help="the user Mosquitto runs as when started as root (default: the owner of "
+                                  "--keyfile, who can read it; else mosquitto)")
     p.add_argument("--max-packet-size", type=int, default=1 << 20)
     p.add_argument("--cloud-host", default="", help="fog only: bridge to this cloud broker")
     p.add_argument("--cloud-port", type=int, default=8883)
@@ -59,16 +62,20 @@ def broker_config(args) -> int:
         args.keyfile = args.keyfile or str(cfg.path("{data_dir}/tls/{id}.key"))
         crl = cfg.path("{data_dir}/tls/crl.pem")
         args.crlfile = args.crlfile or (str(crl) if crl.exists() else "")
+    data_dir = args.data_dir or str(args.config.path("{data_dir}/broker/data"))
+    user = args.user or (_owner(args.keyfile) if args.tls else None) or "mosquitto"
     settings = BrokerSettings(
-        role=args.role, port=args.port or (8883 if args.tls else 1883), bind=args.bind, data_dir=args.data_dir,
+        role=args.role, port=args.port or (8883 if args.tls else 1883), bind=args.bind, data_dir=data_dir,
+        run_user=user,
         max_packet_size=args.max_packet_size, auth="none" if args.anonymous else "tls" if args.tls else "password",
         readers=args.reader, cafile=args.cafile if args.tls else "", certfile=args.certfile if args.tls else "",
         keyfile=args.keyfile if args.tls else "", crlfile=args.crlfile if args.tls else "",
         cloud_host=args.cloud_host if args.role == "fog" else "",
         cloud_port=args.cloud_port, fog_id=args.fog_id, site=args.site,
-        acl_file=str(Path(args.out) / "acl") if args.out else "/etc/mosquitto/edgefl.acl",
+        acl_file=str(Path(args.out) / "acl") if args.out else str(args.config.path("{data_dir}/broker/acl")),
     )
     files = render(settings)
+    Path(data_dir).mkdir(parents=True, exist_ok=True)  # Mosquitto does not create it
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -79,6 +86,16 @@ def broker_config(args) -> int:
         for name, text in files.items():
             sys.stdout.write(f"# ---- {name}\n{text}")
     return 0
+
+
+def _owner(path: str) -> str | None:
+    import pwd
+
+    try:
+        name = pwd.getpwuid(os.stat(path).st_uid).pw_name
+    except (OSError, KeyError):
+        return None
+    return None if name == "root" else name
 
 
 def broker_run(args) -> int:

@@ -113,7 +113,9 @@ class LocalMosquitto:
 
     def __init__(self, workdir: str | os.PathLike, *, port: int | None = None, auth: str = "none",
                  users: dict[str, str] | None = None, readers: list[str] | None = None,
-                 max_packet_size: int = 1 << 20, tls: dict[str, str] | None = None):
+                 max_packet_size: int = 1 << 20, tls: dict[str, str] | None = None,
+                 conf: str | os.PathLike | None = None):
+        """``conf``: run this configuration as it is (listening on ``port``) instead of rendering one."""
         self.workdir = Path(workdir)
         self.port = port or free_port()
         self.users = users or {}
@@ -121,6 +123,10 @@ class LocalMosquitto:
         if self.binary is None:
             raise BrokerError("mosquitto is not installed (Debian: apt-get install mosquitto)")
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen | None = None
+        if conf is not None:
+            self.conf = Path(conf)
+            return
         (self.workdir / "data").mkdir(exist_ok=True)
         settings = BrokerSettings(
             role="fog", port=self.port, bind="127.0.0.1", data_dir=str(self.workdir / "data"),
@@ -133,7 +139,6 @@ class LocalMosquitto:
         if auth == "password":
             self._write_passwords()
         self.conf = self.workdir / "mosquitto.conf"
-        self.proc: subprocess.Popen | None = None
 
     def _write_passwords(self) -> None:
         tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
