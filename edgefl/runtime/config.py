@@ -52,6 +52,7 @@ class BoardSection:
     model: str = ""
     cpu_cores: int = field(default=4, metadata=_range(1, 256))
     ram_mb: int = field(default=1024, metadata=_range(128))
+    memory_max_mb: int = field(default=0, metadata=_range(0))  # the service's MemoryMax (systemd); 0: ram_mb / 2
 
 
 @dataclass
