@@ -84,11 +84,11 @@ def _extensions():
 
 
 class BuildPyWithData(build_py):
-    """Ship broker/ templates and firmware_profiles/ inside the package as edgefl/_data."""
+    """Ship broker/ templates, firmware_profiles/ and firstboot/ scripts inside the package as edgefl/_data."""
 
     def run(self):
         super().run()
-        for folder in ("broker", "firmware_profiles"):
+        for folder in ("broker", "firmware_profiles", "firstboot"):
             target = Path(self.build_lib) / "edgefl" / "_data" / folder
             if target.exists():
                 shutil.rmtree(target)

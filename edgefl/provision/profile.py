@@ -12,7 +12,7 @@ import json
 import tomllib
 from typing import Any
 
-from edgefl.runtime.config import load_config, profile_path
+from edgefl.runtime.config import Config, load_config, profile_path
 
 Settings = dict[str, dict[str, Any]]  # section -> key -> value
 
@@ -36,14 +36,14 @@ def render(board: str, settings: Settings, *, header: str = "") -> str:
     return text
 
 
-def check(text: str) -> None:
-    """Raise ``ConfigError`` (naming the key) unless ``text`` is a valid profile."""
+def check(text: str, overrides=()) -> Config:
+    """The configuration ``text`` gives; ``ConfigError`` (naming the key) unless it is a valid profile."""
     import tempfile
 
     with tempfile.NamedTemporaryFile("w", suffix=".toml") as f:
         f.write(text)
         f.flush()
-        load_config(f.name, env={})
+        return load_config(f.name, env={}, overrides=overrides)
 
 
 def _value(v: Any) -> str:

@@ -30,7 +30,6 @@ from pathlib import Path
 from edgefl.crypto.ca import CaDirectory
 from edgefl.crypto.keys import SigningKey
 from edgefl.provision import profile
-from edgefl.runtime.config import load_config
 from edgefl.runtime.files import write_atomic
 from edgefl.transport.mosquitto import BrokerSettings, render
 from edgefl.transport.topics import check_segment
@@ -194,13 +193,8 @@ class SiteDirectory:
 
     def config(self, site: Site, node: str, *, data_dir: str | os.PathLike | None = None, overrides=()):
         """The node's configuration, reading its files in ``data_dir`` (default: its folder in the site)."""
-        text = self.render_profile(site, node, data_dir=str(data_dir or self.data_dir(node)))
-        path = self.node_dir(node) / ".profile-here.toml"
-        write_atomic(path, text.encode())
-        try:
-            return load_config(path, env={}, overrides=overrides)
-        finally:
-            path.unlink()
+        return profile.check(self.render_profile(site, node, data_dir=str(data_dir or self.data_dir(node))),
+                             overrides)
 
     # ------------------------------------------------------------------ brokers
 
