@@ -1,4 +1,4 @@
-"""Files shipped beside the code: Mosquitto templates (broker/) and firmware profiles.
+"""Files shipped beside the code: Mosquitto templates (broker/), firmware profiles and first-boot scripts.
 
 An installed wheel carries them as ``edgefl/_data/<folder>``; a source checkout
 (editable install, tests) reads the top-level folders directly.

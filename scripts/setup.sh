@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up edgefl on Debian / Raspberry Pi OS (idempotent):
-#   system packages (Mosquitto, GMP and OpenSSL headers, compiler) when root or passwordless sudo,
+#   system packages (Mosquitto, GMP and OpenSSL headers, compiler; the tools provisioning uses) when root or
+#   passwordless sudo,
 #   a virtual environment in .venv, and edgefl itself with its native extensions.
 # Usage: scripts/setup.sh [test]     ("test" adds the test dependencies)
 set -euo pipefail
