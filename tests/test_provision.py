@@ -44,6 +44,7 @@ def opts(wheel, os_name, **kw):
 def fake_root(tmp_path, boot: Path) -> Path:
     """A root as a fresh Raspberry Pi OS has it, as far as the first boot touches it; boot files at
     /boot/firmware (where Bookworm and Trixie mount the FAT partition)."""
+    need_tool("systemctl", "useradd", package="systemd passwd")  # setup.sh enables units with systemctl --root
     root = tmp_path / "root"
     (root / "etc" / "sudoers.d").mkdir(parents=True)
     for name in ("passwd", "group", "shadow", "gshadow"):
