@@ -105,6 +105,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     packages=find_packages(include=["edgefl", "edgefl.*"]),
+    package_data={"edgefl": ["py.typed"]},  # typed: mypy checks code that imports edgefl against its hints
     ext_modules=_extensions(),
     cmdclass={"build_py": BuildPyWithData},
     install_requires=[
@@ -113,6 +114,7 @@ setup(
         "cryptography>=42",  # X.509 certificates for the broker's mutual TLS
         "numpy>=1.24",
         "aiomqtt>=2.3,<3",
+        "paho-mqtt>=2.0,<3",  # imported by the session (MQTT 5 properties), not only through aiomqtt 2
         "uvloop>=0.19; platform_system != 'Windows'",
         "gmpy2>=2.1",
     ],

@@ -32,6 +32,7 @@ import cbor2
 import numpy as np
 
 from edgefl import native
+from edgefl.errors import EdgeflError
 
 _scan = native.load("cborscan").scan
 
@@ -39,7 +40,7 @@ _scan = native.load("cborscan").scan
 # --------------------------------------------------------------------------- errors
 
 
-class CodecError(ValueError):
+class CodecError(EdgeflError, ValueError):
     """Base of every decoding or validation failure. ``field`` names where, when known."""
 
     reason = "malformed"

@@ -114,7 +114,7 @@ async def test_a_batch_its_device_did_not_attest_is_rejected_counted_and_recorde
                 before = METRICS.get("fl_batch_rejected", reason=reason)
                 with pytest.raises(RemoteError) as err:
                     await dev2.request("fog-a", batch, timeout=20)
-                assert err.value.code == reason
+                assert err.value.reason == reason
                 assert METRICS.get("fl_batch_rejected", reason=reason) == before + 1
 
             await submit(dataclasses.replace(spend, device="dev-2"))

@@ -284,7 +284,7 @@ async def test_a_fog_restart_mid_round_neither_loses_nor_double_counts_a_batch(b
                 before = METRICS.get("fl_batch_rejected", reason=reason)
                 with pytest.raises(RemoteError) as err:
                     await dev2.request("fog-a", dataclasses.replace(batch, **changed), timeout=20)
-                assert err.value.code == reason and METRICS.get("fl_batch_rejected", reason=reason) == before + 1
+                assert err.value.reason == reason and METRICS.get("fl_batch_rejected", reason=reason) == before + 1
 
         await site.start("dev-2")
         final = await final_model(site, rounds=1)

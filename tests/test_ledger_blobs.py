@@ -77,7 +77,7 @@ async def test_fetch_over_mqtt_checks_the_digest(broker, tmp_path):
         assert local.get(cid) == payload  # kept, digest-checked
         with pytest.raises(RemoteError) as err:
             await blobstore.fetch(fetcher, "fog-a", cid_of(b"absent"), local)
-        assert err.value.code == "not_found"
+        assert err.value.reason == "not_found"
         with pytest.raises(BlobCorrupt):
             await blobstore.fetch(fetcher, "liar", cid_of(b"anything"), local)
         assert not local.has(cid_of(b"anything"))

@@ -34,7 +34,7 @@ async def test_records_anchor_beacon_and_verify_across_chains(broker, tmp_path):
         assert again == receipt
         with pytest.raises(RemoteError) as err:
             await dev.request("fog-b", Submit(raw[:-1]))
-        assert err.value.code == "truncated"
+        assert err.value.reason == "truncated"
         found = (await dev.request("fog-b", Find(device="dev-1"))).message
         assert found.txids == [receipt.txid]
 

@@ -80,7 +80,7 @@ NOT_ON_CURVE = b"\x02" + (5).to_bytes(32, "big")  # x = 5: x^3 + 7 = 132 is not 
 ])
 def test_malformed_proofs_are_refused_with_the_field(pi, field):
     assert vrf.verify(PK, pi, ALPHA) is None
-    with pytest.raises(vrf.ProofError) as exc:
+    with pytest.raises(vrf.VrfProofError) as exc:
         vrf.proof_to_hash(pi)
     assert exc.value.field == field
 

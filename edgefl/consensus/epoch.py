@@ -44,6 +44,7 @@ from edgefl.consensus.sortition import SortitionClaim
 from edgefl.crypto import vrf
 from edgefl.crypto.envelope import IdentityRejected
 from edgefl.crypto.hashing import tagged_hash
+from edgefl.errors import EdgeflError
 from edgefl.runtime.logging import RateLimited
 from edgefl.runtime.metrics import METRICS, Metrics
 
@@ -103,7 +104,7 @@ class ReputationPenalty(Message):
     record: Annotated[bytes, MaxLen(32)]
 
 
-class EpochError(ValueError):
+class EpochError(EdgeflError, ValueError):
     """A share or record that does not check out; ``reason`` is a short stable label."""
 
     def __init__(self, reason: str, detail: str):

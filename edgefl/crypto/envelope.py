@@ -29,6 +29,7 @@ from typing import Protocol
 from edgefl import codec
 from edgefl.crypto.hashing import tagged_hash
 from edgefl.crypto.keys import SigningKey, VerifyingKey, load_public
+from edgefl.errors import EdgeflError
 from edgefl.runtime.files import write_atomic
 from edgefl.runtime.logging import RateLimited
 from edgefl.runtime.metrics import METRICS, Metrics
@@ -49,7 +50,7 @@ def envelope_digest(signed: bytes) -> bytes:
 # --------------------------------------------------------------------------- rejections
 
 
-class Rejected(Exception):
+class Rejected(EdgeflError):
     """An envelope failed a check. ``reason`` is a short stable label used in metrics."""
 
     def __init__(self, reason: str, detail: str = "", sender: str | None = None):

@@ -20,11 +20,14 @@ from coincurve._libsecp256k1 import lib as _secp
 from coincurve.context import GLOBAL_CONTEXT
 from coincurve.ecdsa import der_to_cdata, deserialize_compact, serialize_compact
 
+from edgefl.errors import EdgeflError
 from edgefl.runtime.files import write_atomic
 
 
-class KeyFileError(ValueError):
+class KeyFileError(EdgeflError, ValueError):
     """A key file is missing, unreadable, too open or does not hold a key."""
+
+    reason = "key_file"
 
 
 class VerifyingKey:

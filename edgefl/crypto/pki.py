@@ -46,6 +46,7 @@ from edgefl.codec import MaxLen, Message, Range, message
 from edgefl.crypto.envelope import IdentityRejected
 from edgefl.crypto.hashing import tagged_hash
 from edgefl.crypto.keys import SigningKey, VerifyingKey, write_atomic
+from edgefl.errors import EdgeflError
 from edgefl.runtime.logging import RateLimited
 from edgefl.runtime.metrics import METRICS, Metrics
 from edgefl.transport.topics import TopicError, check_segment
@@ -67,7 +68,7 @@ Time = Annotated[int, Range(0, MAX_TIME)]
 Serial = Annotated[int, Range(1, MAX_SERIAL)]
 
 
-class PkiError(ValueError):
+class PkiError(EdgeflError, ValueError):
     """A certificate or CRL cannot be issued or used; ``reason`` is a short stable label."""
 
     def __init__(self, reason: str, detail: str):

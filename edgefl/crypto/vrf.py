@@ -32,7 +32,7 @@ PROOF_SIZE = 81
 C_LEN = 16
 
 
-class ProofError(CodecError):
+class VrfProofError(CodecError):
     """A proof that cannot be decoded; ``field`` says which part is wrong."""
 
     reason = "bad_proof"
@@ -105,25 +105,25 @@ def prove(sk: bytes, alpha: bytes) -> bytes:
 
 
 def decode_proof(pi: bytes) -> tuple[PublicKey, int, int]:
-    """(Gamma, c, s); raises ProofError naming the bad part."""
+    """(Gamma, c, s); raises VrfProofError naming the bad part."""
     if not isinstance(pi, (bytes, bytearray, memoryview)) or len(pi) != PROOF_SIZE:
         size = len(pi) if isinstance(pi, (bytes, bytearray, memoryview)) else type(pi).__name__
-        raise ProofError(f"expected {PROOF_SIZE} bytes, got {size}", field="pi")
+        raise VrfProofError(f"expected {PROOF_SIZE} bytes, got {size}", field="pi")
     pi = bytes(pi)
     try:
         if pi[0] not in (2, 3):
             raise ValueError
         gamma = PublicKey(pi[:33])
     except ValueError:
-        raise ProofError("not a compressed point on secp256k1", field="pi.gamma") from None
+        raise VrfProofError("not a compressed point on secp256k1", field="pi.gamma") from None
     s = int.from_bytes(pi[33 + C_LEN:], "big")
     if s >= N:
-        raise ProofError("s is not below the group order", field="pi.s")
+        raise VrfProofError("s is not below the group order", field="pi.s")
     return gamma, int.from_bytes(pi[33:33 + C_LEN], "big"), s
 
 
 def proof_to_hash(pi: bytes) -> bytes:
-    """beta, the VRF output, from a proof (raises ProofError for an undecodable proof).
+    """beta, the VRF output, from a proof (raises VrfProofError for an undecodable proof).
 
     This does not verify the proof: use ``verify`` for anything received.
     """
@@ -162,5 +162,5 @@ def verify(pk: bytes, pi: bytes, alpha: bytes) -> bytes | None:
         if _challenge(h.format(), gs, u.format(), v.format()) != c:
             return None
         return hashlib.sha256(SUITE + b"\x03" + gs).digest()
-    except (ValueError, TypeError):  # ProofError is a ValueError; so are infinity and bad keys
+    except (ValueError, TypeError):  # VrfProofError is a ValueError; so are infinity and bad keys
         return None

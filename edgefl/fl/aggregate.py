@@ -40,9 +40,13 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
+from edgefl.errors import EdgeflError
 
-class AggregationError(ValueError):
+
+class AggregationError(EdgeflError, ValueError):
     """Updates that cannot be combined (none, mismatched shapes, bad weights, too few for f)."""
+
+    reason = "aggregation"
 
 
 @dataclass(frozen=True)
@@ -154,13 +158,13 @@ class Aggregator:
 def _counts(name: str, **values) -> None:
     for key, v in values.items():
         if v is not None and (type(v) is not int or v < 0):
-            raise ValueError(f"{name}: option {key} must be a non-negative integer, got {v!r}")
+            raise AggregationError(f"{name}: option {key} must be a non-negative integer, got {v!r}")
 
 
 def _non_negative(name: str, **values) -> None:
     for key, v in values.items():
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
-            raise ValueError(f"{name}: option {key} must be a non-negative number, got {v!r}")
+            raise AggregationError(f"{name}: option {key} must be a non-negative number, got {v!r}")
 
 
 @dataclass(frozen=True)
@@ -295,7 +299,7 @@ class TrimmedMean(Aggregator):
         _counts(self.name, f=self.f)
         _non_negative(self.name, beta=self.beta)
         if not self.beta < 0.5:
-            raise ValueError(f"trimmedmean: beta must be below 0.5, got {self.beta}")
+            raise AggregationError(f"trimmedmean: beta must be below 0.5, got {self.beta}")
 
     def options(self):
         return {"f": self.f} if self.f is not None else {"beta": self.beta}
@@ -382,7 +386,7 @@ class GeometricMedian(Aggregator):
         _counts(self.name, iterations=self.iterations)
         _non_negative(self.name, tol=self.tol, nu=self.nu)
         if self.nu <= 0 or self.iterations < 1:
-            raise ValueError("geomedian: nu must be positive and iterations at least 1")
+            raise AggregationError("geomedian: nu must be positive and iterations at least 1")
 
     def aggregate(self, updates, *, origin=None, reference=None) -> Result:
         _check(updates, origin)
@@ -445,12 +449,12 @@ class Clip(Aggregator):
     @classmethod
     def build(cls, max_norm: float = 1.0, inner: str = "fedavg", **inner_options) -> "Clip":
         if inner == cls.name:
-            raise ValueError("clip: the inner aggregator cannot be clip itself")
+            raise AggregationError("clip: the inner aggregator cannot be clip itself")
         return cls(max_norm, make(inner, **inner_options))
 
     def __post_init__(self):
         if not (isinstance(self.max_norm, (int, float)) and self.max_norm > 0):
-            raise ValueError(f"clip: max_norm must be positive, got {self.max_norm!r}")
+            raise AggregationError(f"clip: max_norm must be positive, got {self.max_norm!r}")
 
     @property
     def needs_reference(self) -> bool:
@@ -490,7 +494,7 @@ class RandomSelection(Aggregator):
         _counts(self.name, seed=self.seed)
         _non_negative(self.name, fraction=self.fraction)
         if not 0 < self.fraction <= 1:
-            raise ValueError(f"random: fraction must be in (0, 1], got {self.fraction}")
+            raise AggregationError(f"random: fraction must be in (0, 1], got {self.fraction}")
 
     def aggregate(self, updates, *, origin=None, reference=None) -> Result:
         _check(updates, origin)
@@ -517,11 +521,11 @@ def make(name: str, **options) -> Aggregator:
     try:
         cls = AGGREGATORS[name]
     except KeyError:
-        raise ValueError(f"unknown aggregator {name!r}; known: {', '.join(sorted(AGGREGATORS))}") from None
+        raise AggregationError(f"unknown aggregator {name!r}; known: {', '.join(sorted(AGGREGATORS))}") from None
     try:
         return cls.build(**options)
     except TypeError as exc:
-        raise ValueError(f"aggregator {name!r}: {exc}") from None
+        raise AggregationError(f"aggregator {name!r}: {exc}") from None
 
 
 # --------------------------------------------------------------------------- canonical options
@@ -541,7 +545,7 @@ def options_text(options: dict[str, Any]) -> list[str]:
         elif isinstance(v, str):
             text = json.dumps(v)
         else:
-            raise ValueError(f"option {key}: {v!r} is not a number, boolean or string")
+            raise AggregationError(f"option {key}: {v!r} is not a number, boolean or string")
         out.append(f"{key}={text}")
     return out
 
@@ -553,7 +557,7 @@ def parse_options(items: Sequence[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key.isidentifier():
-            raise ValueError(f"aggregator option {item!r}: expected key=value")
+            raise AggregationError(f"aggregator option {item!r}: expected key=value")
         try:
             out[key] = tomllib.loads(f"v = {raw.strip()}")["v"]
         except tomllib.TOMLDecodeError:

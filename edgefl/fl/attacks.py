@@ -35,9 +35,17 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
+from edgefl.errors import EdgeflError
 from edgefl.fl import aggregate as agg
 
 Params = Sequence[np.ndarray]
+
+
+class AttackError(EdgeflError, ValueError):
+    """An attack that cannot be set up as asked (unknown name, bad options)."""
+
+    reason = "attack"
+
 
 
 def rng_for(*parts: Any) -> np.random.Generator:
@@ -55,7 +63,7 @@ def _share(fraction: float, n: int) -> int:
 def choose_attackers(ids: Sequence[str], fraction: float, seed: int) -> list[str]:
     """round(fraction · n) of ``ids`` drawn at random by ``seed`` (the same whatever order ids come in), sorted."""
     if not 0 <= fraction <= 1:
-        raise ValueError(f"malicious fraction must be in [0, 1], got {fraction}")
+        raise AttackError(f"malicious fraction must be in [0, 1], got {fraction}")
     pool = sorted(set(ids))
     k = _share(fraction, len(pool))
     return sorted(pool[i] for i in rng_for("attackers", seed, pool).permutation(len(pool))[:k])
@@ -101,7 +109,7 @@ class NoAttack(Attack):
 def _check_labels(*values: int) -> None:
     for v in values:
         if type(v) is not int or not 0 <= v < 10:
-            raise ValueError(f"a class must be an integer in [0, 10), got {v!r}")
+            raise AttackError(f"a class must be an integer in [0, 10), got {v!r}")
 
 
 @dataclass(frozen=True)
@@ -230,7 +238,7 @@ class Gaussian(Attack):
 
 def _moments(honest: Sequence[Params]) -> tuple[np.ndarray, np.ndarray]:
     if not honest:
-        raise ValueError("this attack needs the honest updates it can see; none were given")
+        raise AttackError("this attack needs the honest updates it can see; none were given")
     x = np.stack([_flat(h) for h in honest])
     return x.mean(axis=0), x.std(axis=0)
 
@@ -279,11 +287,11 @@ class Fang(Attack):
 
     def __post_init__(self):
         if self.target not in ("krum", "trimmedmean"):
-            raise ValueError(f"fang: target must be 'krum' or 'trimmedmean', got {self.target!r}")
+            raise AttackError(f"fang: target must be 'krum' or 'trimmedmean', got {self.target!r}")
 
     def update(self, own, honest, *, origin, seed=0):
         if not honest:
-            raise ValueError("fang needs the honest updates it can see; none were given")
+            raise AttackError("fang needs the honest updates it can see; none were given")
         o = _flat(origin)
         x = np.stack([_flat(h) for h in honest])
         s = np.sign(x.mean(axis=0) - o)
@@ -325,11 +333,11 @@ def make(name: str = "none", **options) -> Attack:
     try:
         cls = ATTACKS[name]
     except KeyError:
-        raise ValueError(f"unknown attack {name!r}; known: {', '.join(sorted(ATTACKS))}") from None
+        raise AttackError(f"unknown attack {name!r}; known: {', '.join(sorted(ATTACKS))}") from None
     try:
         return cls(**options)
     except TypeError as exc:
-        raise ValueError(f"attack {name!r}: {exc}") from None
+        raise AttackError(f"attack {name!r}: {exc}") from None
 
 
 def poison_aggregate(attack: Attack, aggregate: Params, inputs: Sequence[Params], *, origin: Params,

@@ -12,8 +12,10 @@ from typing import ClassVar, Protocol
 
 import numpy as np
 
+from edgefl.errors import EdgeflError
 
-class PartitionError(ValueError):
+
+class PartitionError(EdgeflError, ValueError):
     pass
 
 

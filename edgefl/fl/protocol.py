@@ -31,6 +31,7 @@ import numpy as np
 
 from edgefl import codec
 from edgefl.codec import MaxLen, Message, Range, SchemaError, message
+from edgefl.errors import EdgeflError
 from edgefl.fl import aggregate as agg
 from edgefl.ml.device import FeatureBatch
 from edgefl.ml.export import ModelRelease
@@ -45,7 +46,7 @@ Round = Annotated[int, Range(0, 1 << 20)]
 MAX_PARTIES = 1024  # devices per fog, fogs per cloud, in one aggregation
 
 
-class ProtocolError(ValueError):
+class ProtocolError(EdgeflError, ValueError):
     """A message that does not fit the task; ``reason`` is the short label counted and sent back."""
 
     def __init__(self, reason: str, detail: str):

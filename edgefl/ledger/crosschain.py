@@ -22,6 +22,7 @@ from typing import Callable
 
 from edgefl.crypto import accumulator
 from edgefl.crypto.envelope import KeyRegistry
+from edgefl.errors import EdgeflError
 from edgefl.ledger.block import decode_header
 from edgefl.ledger.chain import Chain
 from edgefl.ledger.errors import InvalidTx, LedgerError, ProofError
@@ -47,10 +48,13 @@ class Verdict:
         return self.verdict == ACCEPT
 
 
-class Failed(Exception):
+class Failed(EdgeflError):
+    """A verification step that did not pass: its verdict and why."""
+
     def __init__(self, verdict: str, reason: str):
         super().__init__(reason)
         self.verdict = verdict
+        self.reason = verdict.lower()
 
 
 def _short(b: bytes) -> str:
@@ -88,7 +92,7 @@ class CrossChain:
         try:
             return (await self.session.request(node, msg, timeout=self.timeout)).message
         except RemoteError as exc:
-            if exc.code == "not_anchored":
+            if exc.reason == "not_anchored":
                 raise Failed(PENDING, f"{what}: {exc}") from None
             raise Failed(REJECT, f"{what}: {node} answered {exc}") from None
         except RequestTimeout:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from edgefl.errors import EdgeflError
 
-class LedgerError(ValueError):
+
+class LedgerError(EdgeflError, ValueError):
     """Base of every ledger failure. ``reason`` is a stable label (metrics, logs, remote errors)."""
 
     reason = "invalid"

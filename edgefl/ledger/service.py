@@ -447,8 +447,8 @@ class LedgerNode:
             try:
                 await self.anchor_once()
             except RemoteError as exc:
-                log.warning("%s: the main chain refused our Type-II (%s): %s", self.chain.id, exc.code, exc)
-                self.metrics.inc("ledger_anchor_refused", reason=exc.code)
+                log.warning("%s: the main chain refused our Type-II (%s): %s", self.chain.id, exc.reason, exc)
+                self.metrics.inc("ledger_anchor_refused", reason=exc.reason)
             except (RequestTimeout, ConnectionError) as exc:
                 log.info("%s: main chain not reachable: %s", self.chain.id, exc)
             await asyncio.sleep(self.interlock_interval_s)

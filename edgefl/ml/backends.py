@@ -26,11 +26,15 @@ from typing import ClassVar
 
 import numpy as np
 
+from edgefl.errors import EdgeflError
+
 IMAGE_SHAPE = (28, 28, 1)
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(EdgeflError, RuntimeError):
     """The runtime is missing or cannot run in this environment; the message says what to do."""
+
+    reason = "backend_unavailable"
 
 
 class Backend:

@@ -20,12 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
+from edgefl.errors import EdgeflError
+
 MAX_IDX_BYTES = 256 << 20
 _IDX_TYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
-class DataError(ValueError):
+class DataError(EdgeflError, ValueError):
+    reason = "data"
+
     """A data file is missing, too large, truncated or not in the expected format."""
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from edgefl import __version__, codec
 from edgefl.codec import MaxLen, Message, Range, message
 from edgefl.crypto.hashing import tagged_hash
+from edgefl.errors import EdgeflError
 from edgefl.ml.extractor import FEATURES, IMAGE_SHAPE, ExtractorWeights
 
 MODEL_TAG = b"edgefl/model/v1"
@@ -36,7 +37,9 @@ ONNX_OPSET = 13
 INPUT, OUTPUT = "images", "features"
 
 
-class ModelError(ValueError):
+class ModelError(EdgeflError, ValueError):
+    reason = "model"
+
     """A model file is unreadable, too large or of an unknown format."""
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from edgefl import codec
 from edgefl.crypto.hashing import tagged_hash
+from edgefl.errors import EdgeflError
 from edgefl.runtime.files import write_atomic
 
 IMAGE_SHAPE = (28, 28, 1)
@@ -36,7 +37,9 @@ SHAPES = {
 }
 
 
-class WeightsError(ValueError):
+class WeightsError(EdgeflError, ValueError):
+    reason = "weights"
+
     """A weights file is missing, too large, corrupt or holds arrays of the wrong shape."""
 
 

@@ -85,6 +85,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from edgefl import codec, native
 from edgefl.codec import Array, MaxLen, Message, Range, message
 from edgefl.crypto.hashing import merkle_root
+from edgefl.errors import EdgeflError
 from edgefl.runtime.files import write_atomic
 
 log = logging.getLogger("edgefl.ml.privacy")
@@ -96,12 +97,14 @@ MAX_EPSILON = 1000.0
 MAX_SCALE = 2.0 ** 40  # geometric scale in grid steps: every draw (< 37 scales) stays an exact float64 integer
 
 
-class PrivacyError(ValueError):
-    pass
+class PrivacyError(EdgeflError, ValueError):
+    reason = "privacy"
 
 
 class BudgetExceeded(PrivacyError):
     """A release would take items past their ε budget; nothing was charged or released."""
+
+    reason = "budget_exceeded"
 
     def __init__(self, items: Sequence[int], budget: float):
         shown = ", ".join(map(str, list(items)[:5])) + (" …" if len(items) > 5 else "")

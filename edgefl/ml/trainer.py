@@ -32,6 +32,7 @@ import numpy as np
 from edgefl import codec
 from edgefl.codec import Array, MaxLen, Message, Range, message
 from edgefl.crypto.hashing import tagged_hash
+from edgefl.errors import EdgeflError
 from edgefl.ml import blas
 
 LAYERS = (3920, 600, 100, 30, 20, 10)
@@ -47,7 +48,9 @@ _MAX_PARAMS = 64 << 20  # bytes of a serialised state: 4 copies of the 9.7 MB de
 ParamArray = Annotated[np.ndarray, Array("float32", max_elems=1 << 24)]
 
 
-class TrainError(ValueError):
+class TrainError(EdgeflError, ValueError):
+    reason = "train"
+
     """Inputs to a training step do not fit the model or the configuration."""
 
 

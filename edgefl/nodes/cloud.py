@@ -51,7 +51,7 @@ def aggregator_specs(cfg: Config) -> tuple[AggregatorSpec, AggregatorSpec]:
     for key in ("aggregator", "cloud_aggregator"):
         try:
             spec = AggregatorSpec.of(getattr(cfg.ml, key), **parse_options(getattr(cfg.ml, f"{key}_options")))
-        except (ValueError, SchemaError) as exc:
+        except (AggregationError, SchemaError) as exc:
             raise ConfigError(f"ml.{key}_options", str(exc)) from None
         out.append(spec)
     if out[0].build().needs_reference:

@@ -16,6 +16,7 @@ import logging
 import numpy as np
 
 from edgefl import codec
+from edgefl.errors import EdgeflError
 from edgefl.fl.protocol import BatchAck, Task, TaskView, decode_batch
 from edgefl.ledger.blobs import BlobStore, fetch
 from edgefl.ledger.errors import LedgerError
@@ -37,7 +38,7 @@ RETRY_S = (0.5, 10.0)  # backoff between attempts to deliver a batch
 TRANSIENT = ("unknown_task", "internal")  # the fog has not seen the task yet, or failed: try again
 
 
-class Refused(Exception):
+class Refused(EdgeflError):
     """This device will not take part in the task; ``reason`` is counted."""
 
     def __init__(self, reason: str, detail: str):
@@ -126,8 +127,8 @@ class DeviceNode:
                 METRICS.inc("fl_batch_delivered")
                 return
             except RemoteError as exc:
-                if exc.code not in TRANSIENT:  # the batch (or the spend record) is not acceptable: give up the round
-                    METRICS.inc("fl_batch_refused", reason=exc.code)
+                if exc.reason not in TRANSIENT:  # the batch (or the spend record) is not acceptable: give up the round
+                    METRICS.inc("fl_batch_refused", reason=exc.reason)
                     log.warning("%s: round %d refused by %s: %s", self.id, round, self.fog, exc)
                     return
                 log.info("%s: %s is not ready for round %d (%s); retrying", self.id, self.fog, round, exc)

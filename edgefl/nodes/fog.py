@@ -381,7 +381,7 @@ class FogNode:
                 log.info("%s: update for round %d recorded in main block %d", self.id, round, receipt.height)
                 return True
             except RemoteError as exc:
-                METRICS.inc("fl_update_refused", reason=exc.code)
+                METRICS.inc("fl_update_refused", reason=exc.reason)
                 log.warning("%s: the main chain refused the update for round %d: %s", self.id, round, exc)
             except (RequestTimeout, ConnectionError) as exc:
                 log.info("%s: main chain not reachable: %s", self.id, exc)

@@ -20,7 +20,7 @@ from edgefl import codec
 from edgefl.crypto import identity
 from edgefl.crypto.pki import Crl, PkiError, PkiRegistry
 from edgefl.fl import attacks
-from edgefl.fl.aggregate import parse_options
+from edgefl.fl.aggregate import AggregationError, parse_options
 from edgefl.ml.data import Dataset, load_dataset
 from edgefl.runtime import notify
 from edgefl.runtime.config import Config, ConfigError
@@ -111,7 +111,7 @@ def node_attack(cfg: Config) -> attacks.Attack:
     """The behaviour ``fl.attack`` names (experiments and the demo; "none" by default)."""
     try:
         attack = attacks.make(cfg.fl.attack, **parse_options(cfg.fl.attack_options))
-    except ValueError as exc:
+    except (attacks.AttackError, AggregationError) as exc:
         raise ConfigError("fl.attack_options", str(exc)) from None
     if attack.name != "none":
         log.warning("%s behaves maliciously: %s %s", cfg.node.id, attack.name, attack.options())

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 from edgefl import resources
+from edgefl.errors import EdgeflError
 from edgefl.fl.aggregate import AGGREGATORS
 from edgefl.fl.attacks import ATTACKS
 
@@ -26,7 +27,9 @@ _AGGREGATORS = tuple(sorted(AGGREGATORS))  # the config accepts exactly the regi
 _ATTACKS = tuple(sorted(ATTACKS))
 
 
-class ConfigError(ValueError):
+class ConfigError(EdgeflError, ValueError):
+    reason = "config"
+
     def __init__(self, key: str, problem: str, source: str = ""):
         super().__init__(f"{key}: {problem}" + (f" (from {source})" if source else ""))
         self.key = key

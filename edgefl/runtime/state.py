@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from edgefl import codec
+from edgefl.errors import EdgeflError
 from edgefl.runtime.files import write_atomic
 
 LIMITS = codec.Limits(max_size=16 << 20, max_depth=8, max_items=1 << 20)
 
 
-class StateError(RuntimeError):
-    pass
+class StateError(EdgeflError, RuntimeError):
+    reason = "state"
 
 
 class StateFile:

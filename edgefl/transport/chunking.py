@@ -20,6 +20,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from edgefl.errors import EdgeflError
 from edgefl import codec
 from edgefl.runtime.logging import RateLimited
 from edgefl.runtime.metrics import METRICS, Metrics
@@ -31,7 +32,7 @@ _FRAME_LIMITS = codec.Limits(max_size=1 << 28, max_depth=1, max_items=8)
 log = logging.getLogger("edgefl.chunking")
 
 
-class ChunkError(Exception):
+class ChunkError(EdgeflError):
     def __init__(self, reason: str, detail: str):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason

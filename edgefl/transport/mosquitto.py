@@ -19,10 +19,11 @@ from pathlib import Path
 from string import Template
 
 from edgefl import resources
+from edgefl.errors import EdgeflError
 
 
-class BrokerError(RuntimeError):
-    pass
+class BrokerError(EdgeflError, RuntimeError):
+    reason = "broker"
 
 
 @dataclass

@@ -44,6 +44,7 @@ from edgefl import codec
 from edgefl.crypto.envelope import (DirectoryKeyRegistry, Envelope, KeyRegistry, Rejected, SequenceCounter,
                                     Signer, Verifier)
 from edgefl.crypto.keys import SigningKey
+from edgefl.errors import EdgeflError
 from edgefl.runtime.config import Config, MqttSection
 from edgefl.runtime.metrics import METRICS, Metrics
 from edgefl.transport import chunking, topics
@@ -80,14 +81,17 @@ MQTT_LOG.addFilter(_PipelineNoise())
 Handler = Callable[[Envelope], Awaitable[codec.Message | None]]
 
 
-class RequestTimeout(TimeoutError):
-    pass
+class RequestTimeout(EdgeflError, TimeoutError):
+    reason = "timeout"
 
 
-class RemoteError(RuntimeError):
-    def __init__(self, code: str, detail: str):
-        super().__init__(f"{code}: {detail}" if detail else code)
-        self.code = code
+class RemoteError(EdgeflError, RuntimeError):
+    """The peer answered with an error: its ``reason`` label and detail."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)

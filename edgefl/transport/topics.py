@@ -25,6 +25,8 @@ import functools
 import re
 from typing import NamedTuple
 
+from edgefl.errors import EdgeflError
+
 PREFIX = "edgefl/v1"
 ROLES = ("device", "fog", "cloud")
 # Retained kinds: a subscriber gets the last one however old, so receivers skip
@@ -34,8 +36,8 @@ RETAINED = frozenset({"status", "crl", "task", "model"})
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-class TopicError(ValueError):
-    pass
+class TopicError(EdgeflError, ValueError):
+    reason = "topic"
 
 
 def check_segment(value: str, what: str) -> str:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import gmpy2
 from gmpy2 import mpz
 
+from edgefl.errors import EdgeflError
+
 # RSA-2048 from the RSA Factoring Challenge (617 decimal digits).
 RSA2048_N = int(
     "25195908475657893494027183240048398571429282126204032027777137836043662020707595556264018525880784"
@@ -39,8 +41,10 @@ GENERATOR_LABEL = b"edgefl/accumulator/generator/v1"
 MAX_EXPONENT_BITS = 1 << 28  # 32 MiB: far above any chain's product of representatives; bounds a hostile input
 
 
-class AccumulatorError(ValueError):
+class AccumulatorError(EdgeflError, ValueError):
     """Base of every accumulator input error."""
+
+    reason = "accumulator"
 
 
 class InvalidElement(AccumulatorError):
