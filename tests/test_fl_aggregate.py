@@ -18,7 +18,7 @@ from edgefl.codec import SchemaError
 from edgefl.fl.aggregate import (AGGREGATORS, AggregationError, Update, describe, from_spec, make, options_text,
                                  parse_options)
 from edgefl.fl.protocol import Aggregation, AggregatorSpec
-from edgefl.fl.round import Contribution, aggregate, check_aggregation
+from edgefl.fl.round import Contribution, check_aggregation, record_aggregation
 from edgefl.ledger.blobs import BlobStore
 from edgefl.ledger.errors import LedgerError
 from edgefl.ml import trainer as T
@@ -332,7 +332,7 @@ def test_a_recorded_aggregation_replays_bit_for_bit(tmp_path, name, options):
     blobs, base, contributions, reference = _inputs(tmp_path)
     spec = AggregatorSpec.of(name, **options)
     ref = reference if spec.build().needs_reference else None
-    model, rec = aggregate(spec, base, contributions, blobs, task="t", round=3, reference=ref)
+    model, rec = record_aggregation(spec, base, contributions, blobs, task="t", round=3, reference=ref)
     assert (rec.aggregator, rec.options, rec.origin) == (name, spec.options, blobs.put(base.to_bytes()))
     assert len(rec.shares) == 7 and math.isclose(sum(rec.shares), 1.0) and rec.kept
     assert rec.kept == [i for i, s in enumerate(rec.shares) if s > 0]
@@ -367,7 +367,7 @@ def _replays(rec, blobs):
 
 def test_a_tampered_blob_fails_the_replay(tmp_path):
     blobs, base, contributions, _ = _inputs(tmp_path)
-    _, rec = aggregate(AggregatorSpec.of("median"), base, contributions, blobs, task="t", round=0)
+    _, rec = record_aggregation(AggregatorSpec.of("median"), base, contributions, blobs, task="t", round=0)
     path = blobs.path(rec.models[2])
     data = bytearray(path.read_bytes())
     data[-3] ^= 0x10
@@ -508,7 +508,7 @@ def test_another_process_replays_the_record(tmp_path):
     recs = []
     for name, options in SPECS:
         spec = AggregatorSpec.of(name, **options)
-        _, rec = aggregate(spec, base, contributions, blobs, task="t", round=1,
+        _, rec = record_aggregation(spec, base, contributions, blobs, task="t", round=1,
                            reference=reference if spec.build().needs_reference else None)
         recs.append(rec)
     (tmp_path / "recs.cbor").write_bytes(codec.encode([r.to_wire() for r in recs]))

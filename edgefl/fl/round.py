@@ -133,8 +133,9 @@ class Contribution:
     params: Sequence[np.ndarray]
 
 
-def aggregate(spec: AggregatorSpec, base: DenseModel, contributions: Sequence[Contribution], blobs: BlobStore, *,
-              task: str, round: int, reference: Contribution | None = None) -> tuple[DenseModel, Aggregation]:
+def record_aggregation(spec: AggregatorSpec, base: DenseModel, contributions: Sequence[Contribution],
+                       blobs: BlobStore, *, task: str, round: int,
+                       reference: Contribution | None = None) -> tuple[DenseModel, Aggregation]:
     """Combine ``contributions`` (in the order given) from ``base``, the round's model; the result is stored as
     a blob.  ``reference`` is the server's own model for an aggregator that needs one (FLTrust)."""
     origin = blobs.put(base.to_bytes())  # canonical: the same bytes (and id) the round's model came as

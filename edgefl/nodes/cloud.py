@@ -25,7 +25,7 @@ from edgefl.codec import SchemaError
 from edgefl.fl.aggregate import AggregationError, parse_options
 from edgefl.fl.protocol import Aggregation, AggregatorSpec, Extractor, FogUpdate, GlobalModel, Task
 from edgefl.fl.reputation import payout, payout_reason
-from edgefl.fl.round import Contribution, aggregate
+from edgefl.fl.round import Contribution, record_aggregation
 from edgefl.ledger.blobs import fetch
 from edgefl.ledger.errors import LedgerError
 from edgefl.ledger.records import CoinUpdate
@@ -115,8 +115,8 @@ class CloudNode:
         for round in range(len(done), task.rounds):
             contributions = await self._collect(task, round, model)
             reference = await self._reference(task, model) if task.cloud_aggregator.build().needs_reference else None
-            model, agg = aggregate(task.cloud_aggregator, model, contributions, self.blobs, task=task.task,
-                                   round=round, reference=reference)
+            model, agg = record_aggregation(task.cloud_aggregator, model, contributions, self.blobs, task=task.task,
+                                            round=round, reference=reference)
             receipt = await self.ledger.submit(record_tx(agg, self.id, self.session.signer.key, refs=agg.refs,
                                                          model=agg.model))
             log.info("%s: round %d aggregated from %s in main block %d", self.id, round, ", ".join(agg.senders),

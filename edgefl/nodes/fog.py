@@ -27,8 +27,8 @@ from edgefl.fl.attacks import poison_aggregate
 from edgefl.fl.protocol import (Aggregation, BatchAck, FogUpdate, ProtocolError, Task, TaskView, WarmStart,
                                 decode_batch, run_id)
 from edgefl.fl.reputation import OFFENCES, Offence, chain_records, fold, shares_of
-from edgefl.fl.round import (Contribution, aggregate, kept_releases, params_of, release_mean, steps_per_round,
-                             train_device, warm_start)
+from edgefl.fl.round import (Contribution, kept_releases, params_of, record_aggregation, release_mean,
+                             steps_per_round, train_device, warm_start)
 from edgefl.fl.selection import Selection, select, selection_seed, weight
 from edgefl.ledger.audit import Tracker
 from edgefl.ledger.blobs import cid_of, fetch
@@ -270,8 +270,8 @@ class FogNode:
             log.warning("%s: round %d: no device sent any items", self.id, round)
             return None
         try:
-            _, agg = aggregate(task.aggregator, DenseModel.from_bytes(origin), contributions, self.blobs,
-                               task=task.task, round=round)
+            _, agg = record_aggregation(task.aggregator, DenseModel.from_bytes(origin), contributions, self.blobs,
+                                        task=task.task, round=round)
         except AggregationError as exc:  # e.g. too few devices came for the f the task's aggregator survives
             METRICS.inc("fl_aggregation_refused")
             log.error("%s: round %d: no update from this fog: %s", self.id, round, exc)
