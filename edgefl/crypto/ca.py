@@ -29,8 +29,8 @@ from pathlib import Path
 from edgefl.crypto import tls
 from edgefl.crypto.keys import SigningKey, VerifyingKey, write_atomic
 from edgefl.crypto.pki import Certificate, Crl, PkiError, PkiRegistry, Revocation, issue, sign_crl
+from edgefl.names import check_segment
 from edgefl.runtime.metrics import Metrics
-from edgefl.transport.topics import check_segment
 
 DAY = 86400
 BACKDATE = 300  # seconds of clock skew a fresh certificate tolerates

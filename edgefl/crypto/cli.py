@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgefl.crypto.keys import SigningKey, VerifyingKey, load_public, save_public
-from edgefl.transport.topics import ROLES, check_segment
+from edgefl.names import ROLES, check_segment
 
 
 def register(sub) -> None:

@@ -47,9 +47,9 @@ from edgefl.crypto.envelope import IdentityRejected
 from edgefl.crypto.hashing import tagged_hash
 from edgefl.crypto.keys import SigningKey, VerifyingKey, write_atomic
 from edgefl.errors import EdgeflError
+from edgefl.names import InvalidName, check_segment
 from edgefl.runtime.logging import RateLimited
 from edgefl.runtime.metrics import METRICS, Metrics
-from edgefl.transport.topics import TopicError, check_segment
 
 log = logging.getLogger("edgefl.pki")
 
@@ -111,7 +111,7 @@ class _Signed(Message):
     def _check_id(self, name: str) -> None:
         try:
             check_segment(getattr(self, name), name)
-        except TopicError as exc:
+        except InvalidName as exc:
             raise codec.SchemaError(str(exc), field=f"{type(self).__name__}.{name}") from None
 
     def _check_signature_field(self) -> None:

@@ -46,7 +46,7 @@ from edgefl.crypto.keys import SigningKey
 from edgefl.ledger.block import Header, decode_header
 from edgefl.ledger.committee import Committee, Sig, bft_threshold, sign_all
 from edgefl.ledger.errors import InvalidTx, LedgerError, relabel
-from edgefl.transport.topics import TopicError, check_segment
+from edgefl.names import InvalidName, check_segment
 
 TX_TAG = b"edgefl/ledger/tx/v1/"
 TXID_TAG = b"edgefl/ledger/txid/v1"
@@ -314,7 +314,7 @@ def check_spec(spec: ChainSpec, field: str = "genesis") -> None:
                 raise LedgerError(f"a {rule.name} committee of {n} tolerates f of 3f+1 only with a quorum of at "
                                   f"least ceil((2n+1)/3) = {need}, not {spec.committee.threshold}",
                                   field=f"{field}.committee.threshold")
-    except TopicError as exc:
+    except InvalidName as exc:
         raise InvalidTx(str(exc), field=f"{field}.chain", reason="schema") from None
     except LedgerError as exc:
         raise InvalidTx(exc.detail, field=exc.field, reason="schema") from None

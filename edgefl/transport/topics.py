@@ -22,28 +22,17 @@ signed sender.
 from __future__ import annotations
 
 import functools
-import re
 from typing import NamedTuple
 
-from edgefl.errors import EdgeflError
+from edgefl.names import ROLES, InvalidName, check_segment
 
 PREFIX = "edgefl/v1"
-ROLES = ("device", "fog", "cloud")
 # Retained kinds: a subscriber gets the last one however old, so receivers skip
 # the freshness and replay checks (a CRL carries its own number, status its
 # session, a task its id and a global model its round: receivers ignore older ones).
 RETAINED = frozenset({"status", "crl", "task", "model"})
-_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-class TopicError(EdgeflError, ValueError):
-    reason = "topic"
-
-
-def check_segment(value: str, what: str) -> str:
-    if not isinstance(value, str) or not _SEGMENT.match(value):
-        raise TopicError(f"{what} {value!r} must be 1-64 of [A-Za-z0-9._-], starting alphanumeric")
-    return value
+TopicError = InvalidName  # a topic, or a part of one, that is not an edgefl name
+__all__ = ["PREFIX", "RETAINED", "ROLES", "Topic", "TopicError", "check_segment", "matches", "parse", "pattern", "topic"]
 
 
 class Topic(NamedTuple):
