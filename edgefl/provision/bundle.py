@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Protocol
 
 from edgefl import __version__, resources
+from edgefl.errors import EdgeflError
 from edgefl.provision import profile, units
 from edgefl.provision.site import DATA_DIR, SERVICE_USER, SiteDirectory
 
@@ -46,8 +47,8 @@ FIRSTRUN = "systemd.run=/boot/firmware/firstrun.sh systemd.run_success_action=re
            "systemd.unit=kernel-command-line.target"
 
 
-class ProvisionError(ValueError):
-    pass
+class ProvisionError(EdgeflError, ValueError):
+    reason = "provision"
 
 
 @dataclasses.dataclass

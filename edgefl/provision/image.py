@@ -15,13 +15,15 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from edgefl.errors import EdgeflError
+
 FAT_TYPES = {"1", "4", "6", "b", "c", "e", "ef",  # MBR
              "ebd0a0a2-b9e5-4433-87c0-68b6b72699c7", "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"}  # GPT: data, EFI
 ENV = {"MTOOLS_SKIP_CHECK": "1", "MTOOLS_NO_VFAT": "0"}
 
 
-class ImageError(RuntimeError):
-    pass
+class ImageError(EdgeflError, RuntimeError):
+    reason = "image"
 
 
 def _tool(name: str) -> str:

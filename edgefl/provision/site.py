@@ -29,10 +29,11 @@ from pathlib import Path
 
 from edgefl.crypto.ca import CaDirectory
 from edgefl.crypto.keys import SigningKey
+from edgefl.errors import EdgeflError
+from edgefl.names import check_segment
 from edgefl.provision import profile
 from edgefl.runtime.files import write_atomic
 from edgefl.transport.mosquitto import BrokerSettings, render
-from edgefl.transport.topics import check_segment
 
 DATA_DIR = "/var/lib/edgefl"  # a node's data directory on its host (the units' StateDirectory)
 SERVICE_USER = "edgefl"
@@ -40,8 +41,8 @@ ROOT_SITE = "cloud"  # the root's and the cloud's site
 TLS_PORT = 8883
 
 
-class SiteError(ValueError):
-    pass
+class SiteError(EdgeflError, ValueError):
+    reason = "site"
 
 
 @dataclasses.dataclass

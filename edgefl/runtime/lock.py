@@ -12,9 +12,13 @@ import fcntl
 import os
 from pathlib import Path
 
+from edgefl.errors import EdgeflError
 
-class DataDirLocked(RuntimeError):
+
+class DataDirLocked(EdgeflError, RuntimeError):
     """Another live process runs on this data directory."""
+
+    reason = "data_dir_locked"
 
 
 class DataDirLock:
