@@ -244,6 +244,12 @@ async def test_a_device_refuses_a_model_that_is_not_the_released_one(broker, tmp
             await device.extractor(dataclasses.replace(task(served), epsilon=2 * EPS))
         with pytest.raises(SchemaError, match="at least 20 wide"):  # 16 hidden units cannot carry 2 × 10 logits
             dataclasses.replace(task(served), warm_start=True)
+        on_device = dataclasses.replace(task(served), train_at="device")
+        with pytest.raises(SchemaError, match="a device trains on its own"):  # fitted to all of a fog's batches
+            dataclasses.replace(on_device, config=T.TrainConfig(layers=[3920, 20, 10]), warm_start=True)
+        device.cfg.ml.local_training = False  # a board that does not train (a Pi Zero 2 W) refuses such a task
+        with pytest.raises(Refused, match="train_at"):
+            await device.extractor(on_device)
         device.close()
     cfg = site.cfgs["dev-a1"]
     assert not cfg.path(cfg.ml.privacy_file).exists()  # nothing was released
@@ -322,7 +328,8 @@ async def test_training_resumes_after_the_last_recorded_step(tmp_path):
             await submit(tx)
 
     def recorded():
-        return {s.step: s for _, rec in chain.records(TrainingStep.TYPE, device="dev-1") if (s := rec.unwrap())}
+        return {s.step: s.model_out for _, rec in chain.records(TrainingStep.TYPE, device="dev-1")
+                if (s := rec.unwrap())}
 
     full, n = await train_device(tracker, origin, x, y, config, 2, {}, lambda tx: asyncio.sleep(0))
     assert n == 10 and recorded() == {}

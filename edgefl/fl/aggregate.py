@@ -468,14 +468,19 @@ class Clip(Aggregator):
 
     def aggregate(self, updates, *, origin=None, reference=None) -> Result:
         _check(updates, origin)
-        base = _flat(origin) if origin is not None else 0.0
-        clipped = []
-        for u, g in zip(updates, _matrix(updates, origin)):
-            norm = math.sqrt(_sq(g))
-            if norm > self.max_norm:
-                g = g * (self.max_norm / norm)
-            clipped.append(Update(_unflat(g + base, u.params, None), u.weight, u.sender))
+        clipped = [Update(clip_to_norm(u.params, origin, self.max_norm), u.weight, u.sender) for u in updates]
         return self.inner.aggregate(clipped, origin=origin, reference=reference)
+
+
+def clip_to_norm(params: Sequence[np.ndarray], origin: Sequence[np.ndarray] | None,
+                 max_norm: float) -> list[np.ndarray]:
+    """``params`` with its step from ``origin`` (from 0 without one) scaled to L2 norm ``max_norm`` if longer,
+    unchanged otherwise: the rule of ``Clip`` and of an on-device update (``edgefl.fl.ondevice``)."""
+    g = _flat(params) - (_flat(origin) if origin is not None else 0.0)
+    norm = math.sqrt(_sq(g))
+    if norm <= max_norm:
+        return [np.asarray(p) for p in params]
+    return _unflat(g * (max_norm / norm), params, origin)
 
 
 @dataclass(frozen=True)

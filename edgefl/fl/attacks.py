@@ -18,7 +18,10 @@ changes only what its kind touches (the other hook passes its input through):
   round's model.  Sign flipping, scaling, Gaussian, "a little is enough"
   (Baruch et al. 2019), and Fang et al. 2020's attacks on Krum and on the
   trimmed mean / median.  A byzantine fog applies one to its aggregate
-  (``poison_aggregate``), its devices' models being what it sees.
+  (``poison_aggregate``), its devices' models being what it sees; a device
+  training on-device (``edgefl.fl.ondevice``) to the model it sends, the
+  honest updates it sees being its own (``needs_peers``: models trained on
+  shards of its own data, Fang et al.'s partial knowledge).
 
 Everything is deterministic given ``seed`` (PCG64 seeded through SHA-256).
 ``choose_attackers(ids, fraction, seed)`` picks who attacks.
@@ -87,6 +90,7 @@ class Attack:
 
     name: ClassVar[str]
     kind: ClassVar[str] = "none"  # "data" or "update"
+    needs_peers: ClassVar[bool] = False  # an update attack that works from the honest updates it sees
 
     def options(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
@@ -250,6 +254,7 @@ class LittleIsEnough(Attack):
 
     name: ClassVar[str] = "alie"
     kind: ClassVar[str] = "update"
+    needs_peers: ClassVar[bool] = True
     n: int = 10
     f: int = 3
     z: float | None = None
@@ -280,6 +285,7 @@ class Fang(Attack):
 
     name: ClassVar[str] = "fang"
     kind: ClassVar[str] = "update"
+    needs_peers: ClassVar[bool] = True
     target: str = "krum"
     f: int = 1
     b: float = 2.0

@@ -4,6 +4,8 @@
     cloud  → all     model (retained)   GlobalModel    the global model after ``round`` rounds; round ``round`` is open
     device → fog     req                FeatureBatch   (edgefl.ml.device) its privatised features for the open round
     fog    → device  resp               BatchAck       the batch is stored durably and counted once
+    device → fog     req                UpdateOffer    on-device training: its signed DeviceUpdate record
+    fog    → device  resp               UpdateAck      the update is checked and recorded on the fog's chain
     fog    → cloud   req                Submit(tx)     (edgefl.ledger.protocol) the fog's signed FogUpdate record
     any    → parent  req                BlobGet        (edgefl.ledger.blobs) extractors and models by content id
 
@@ -18,7 +20,9 @@ chain; ``PrivacySpend`` on the fog's chain, by the device, before its data
 leaves it; ``TrainingStep`` for every step and an ``Aggregation`` of its
 devices on the fog's chain, before the first round's steps the fog's
 ``WarmStart`` when the task asks for one; the fog's ``FogUpdate`` and the cloud's
-``Aggregation`` of the fogs on the main chain.
+``Aggregation`` of the fogs on the main chain.  With on-device training
+(``Task.train_at = "device"``, ``edgefl.fl.ondevice``) the devices sign their
+own ``TrainingStep`` records and a ``DeviceUpdate`` each, on their fog's chain.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ Cid = Annotated[bytes, MaxLen(32)]
 Name = Annotated[str, MaxLen(128)]
 Round = Annotated[int, Range(0, 1 << 20)]
 MAX_PARTIES = 1024  # devices per fog, fogs per cloud, in one aggregation
+TRAIN_AT = ("fog", "device")  # who trains the dense layers: the fog on the devices' releases, or each device
 
 
 class ProtocolError(EdgeflError, ValueError):
@@ -115,8 +120,15 @@ class Task(Message):
     aggregator: AggregatorSpec = field(default_factory=AggregatorSpec)  # how each fog combines its devices
     cloud_aggregator: AggregatorSpec = field(default_factory=AggregatorSpec)  # how the cloud combines the fogs
     reward: Annotated[int, Range(0, 1 << 40)] = 0  # coins the owner pays out per round (edgefl.fl.reputation)
+    train_at: Annotated[str, MaxLen(8)] = "fog"  # "device": each device trains and sends its update
+    clip_norm: Annotated[float, Range(0.0, 1e6)] = 0.0  # on-device: ‖update − round's model‖ at most this (0: none)
 
     def __post_init__(self):
+        if self.train_at not in TRAIN_AT:
+            raise SchemaError(f"{self.train_at!r} is not one of {', '.join(TRAIN_AT)}", field="fl.task.train_at")
+        if self.train_at == "device" and self.warm_start:
+            raise SchemaError("a warm start is fitted to all of a fog's batches; a device trains on its own",
+                              field="fl.task.warm_start")
         if self.unit not in UNITS:
             raise SchemaError(f"{self.unit!r} is not one of {', '.join(UNITS)}", field="fl.task.unit")
         if not self.extractors:
@@ -185,6 +197,50 @@ class BatchAck(Message):
     round: Round
     items: Annotated[int, Range(0, 1 << 20)]
     batch: Cid
+    duplicate: bool = False
+
+
+@message("fl.device-update")
+class DeviceUpdate(Message):
+    """A device's update of a round it trained itself (``Task.train_at = "device"``), signed by the device and
+    recorded on its fog's chain: what the fog aggregates, and everything an audit needs to replay it.
+
+    The device trained ``origin`` (the round's global model) on the mean of ``releases`` (its FeatureBatch
+    blobs at this fog, oldest first, the last one this round's; one when the task does not average them),
+    recording steps 1 … ``steps`` as ``TrainingStep`` records of ``run_id(task, round)``, the last ending
+    in ``state``; ``model`` is ``clip_update(state's model, origin, clip)`` (``edgefl.fl.ondevice``).
+    """
+
+    task: Name
+    round: Round
+    device: Name
+    origin: Cid
+    releases: Annotated[list[Cid], MaxLen(10000)]  # one per round at most
+    examples: Annotated[int, Range(1, 1 << 20)]
+    steps: Annotated[int, Range(1, 1 << 24)]
+    state: Cid  # M_T, the last step's output (a TrainState)
+    model: Cid  # the update: a DenseModel
+    clip: Annotated[float, Range(0.0, 1e6)] = 0.0
+
+    def __post_init__(self):
+        if not self.releases:
+            raise SchemaError("an update names the releases it was trained on", field="fl.device-update.releases")
+
+
+@message("fl.update-offer", max_size=(1 << 20) + 1024)
+class UpdateOffer(Message):
+    """A device's signed ``DeviceUpdate`` transaction, offered to its fog (which fetches the model from it)."""
+
+    tx: Annotated[bytes, MaxLen(1 << 20)]  # a transaction (edgefl.ledger.tx.MAX_TX)
+
+
+@message("fl.update-ack")
+class UpdateAck(Message):
+    """The fog's answer to an UpdateOffer: checked and recorded (``duplicate``: it had it already)."""
+
+    task: Name
+    round: Round
+    model: Cid
     duplicate: bool = False
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Sequence
+from typing import Awaitable, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -33,7 +33,6 @@ from edgefl.fl.protocol import Aggregation, AggregatorSpec, WarmStart, decode_ba
 from edgefl.ledger.audit import Tracker, batch_bytes
 from edgefl.ledger.blobs import BlobStore, cid_of
 from edgefl.ledger.errors import LedgerError
-from edgefl.ledger.records import TrainingStep
 from edgefl.ml.device import FeatureBatch
 from edgefl.ml.trainer import DenseModel, ReleaseMean, TrainConfig, TrainState, batch_indices, init_state
 
@@ -44,7 +43,7 @@ def steps_per_round(items: int, batch_size: int, epochs: int) -> int:
     return epochs * -(-items // batch_size)
 
 
-def resume_point(recorded: dict[int, TrainingStep]) -> int:
+def resume_point(recorded: Mapping[int, bytes]) -> int:
     """How many steps, 1, 2, … without a gap, are already recorded."""
     done = 0
     while done + 1 in recorded:
@@ -53,19 +52,20 @@ def resume_point(recorded: dict[int, TrainingStep]) -> int:
 
 
 async def train_device(tracker: Tracker, origin: bytes, x: np.ndarray, y: np.ndarray, config: TrainConfig,
-                       epochs: int, recorded: dict[int, TrainingStep],
+                       epochs: int, recorded: Mapping[int, bytes],
                        submit: Callable[[bytes], Awaitable]) -> tuple[bytes, int]:
     """Train (and record, through ``submit``) the steps not yet recorded; returns (final TrainState bytes, steps).
 
     ``origin`` is the round's global model (canonical DenseModel bytes, M_O);
-    every receipt has been awaited when this returns.
+    ``recorded`` maps the steps already recorded to their output's content id
+    (M_i); every receipt has been awaited when this returns.
     """
     x = np.ascontiguousarray(x, np.float32)
     y = np.ascontiguousarray(y, np.int64)
     total = steps_per_round(len(y), config.batch_size, epochs)
     done = min(resume_point(recorded), total)
     if done:
-        state = tracker.blobs.get(recorded[done].model_out)
+        state = tracker.blobs.get(recorded[done])
     else:
         state = init_state(DenseModel.from_bytes(origin), config).to_bytes()
     receipts = []

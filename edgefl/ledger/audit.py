@@ -216,15 +216,20 @@ def _index_steps(rows, task: str | None) -> dict[int, bytes]:
 
 
 class RemoteSource:
-    """Records of chain B verified cross-chain (Protocol 1), blobs fetched from B's node (digest-checked)."""
+    """Records of chain B verified cross-chain (Protocol 1), blobs fetched from B's node (digest-checked).
 
-    def __init__(self, crosschain, chain: str, *, blobs: BlobStore | None = None):
+    ``holders`` are further nodes asked for a blob B's node does not have: with
+    on-device training a device keeps its own training states.
+    """
+
+    def __init__(self, crosschain, chain: str, *, blobs: BlobStore | None = None, holders: tuple[str, ...] = ()):
         from edgefl.ledger.crosschain import Verdict
 
         self.cc = crosschain
         self.chain = chain
         self.blobs = blobs
         self.node = crosschain.server_of(chain)
+        self.holders = tuple(holders)
         self._trusted = None
         self._verdict = Verdict()
         self._cache: dict[bytes, TrainingStep] = {}
@@ -263,11 +268,13 @@ class RemoteSource:
         from edgefl.ledger.blobs import fetch
         from edgefl.transport.session import RemoteError
 
-        try:
-            return await fetch(self.cc.session, self.node, cid, self.blobs)
-        except RemoteError as exc:
-            raise AuditError(f"{self.node} has no blob {cid.hex()[:16]}…: {exc}", field="cid",
-                             reason="not_found") from None
+        for node in (self.node, *self.holders):
+            try:
+                return await fetch(self.cc.session, node, cid, self.blobs)
+            except RemoteError as exc:
+                missing = exc
+        raise AuditError(f"{', '.join((self.node, *self.holders))} have no blob {cid.hex()[:16]}…: {missing}",
+                         field="cid", reason="not_found") from None
 
 
 def batch_bytes(x, y) -> bytes:

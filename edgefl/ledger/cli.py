@@ -77,6 +77,8 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, help="how many random steps (default: all)")
     p.add_argument("--seed", type=int)
     p.add_argument("--via", help="the chain this auditor holds (default: this node's chain)")
+    p.add_argument("--holder", action="append", default=[],
+                   help="also fetch blobs from this node (repeatable; on-device training: the device)")
     p.add_argument("--timeout", type=float, default=60.0)
     p.set_defaults(func=audit_cmd)
 
@@ -386,8 +388,8 @@ def audit_cmd(args) -> int:
     else:
         async def body(cc):
             cc.report = say
-            return await audit(RemoteSource(cc, args.chain, blobs=blobs), args.device, task=args.task,
-                               samples=args.steps, seed=args.seed, report=say)
+            return await audit(RemoteSource(cc, args.chain, blobs=blobs, holders=tuple(args.holder)), args.device,
+                               task=args.task, samples=args.steps, seed=args.seed, report=say)
 
         result = run(_with_crosschain(cfg, args.via, args.timeout, body))
     print(f"verdict: {'ACCEPT' if result.ok else 'REJECT'} ({len(result.steps)} step(s) audited)")

@@ -21,6 +21,8 @@ def register(sub) -> None:
     p.add_argument("--attack", default="none", help="the malicious devices' attack (edgefl.fl.attacks; default none)")
     p.add_argument("--malicious", type=float, default=0.0, help="the fraction of devices that attack")
     p.add_argument("--seed", type=int, default=0, help="who attacks")
+    p.add_argument("--train-at", choices=("fog", "device"), default="fog",
+                   help="who trains the dense layers: the fogs on the devices' releases (default), or each device")
     p.add_argument("--report", help="the report folder (default: edgefl-demo-<date>-<time> in the temp dir)")
     p.set_defaults(func=demo_cmd)
 
@@ -46,7 +48,9 @@ def demo_cmd(args) -> int:
     for name, known, what in ((args.aggregator, AGGREGATORS, "aggregator"), (args.attack, ATTACKS, "attack")):
         if name not in known:
             raise SystemExit(f"edgefl demo: unknown {what} {name!r}; known: {', '.join(sorted(known))}")
+    if args.train_at == "fog" and ATTACKS[args.attack].kind == "update":
+        raise SystemExit(f"edgefl demo: {args.attack} poisons the model a device sends: that needs --train-at device")
     run(demo(port=args.port, fogs=args.fogs, devices=args.devices, rounds=args.rounds, epsilon=args.epsilon,
              aggregator=args.aggregator, attack=args.attack, malicious=args.malicious, seed=args.seed,
-             report=args.report))
+             report=args.report, train_at=args.train_at))
     return 0

@@ -160,8 +160,9 @@ class CloudNode:
         m0 = T.init_model(config.layers, seed=fl.seed).with_input_transform(noisy)
         task = Task(task=fl.task, rounds=fl.rounds, epsilon=ml.epsilon, unit=ml.privacy_unit, noise=ml.noise,
                     config=config, epochs=ml.local_epochs, trainer="dense", extractors=extractors,
-                    model=self.blobs.put(m0.to_bytes()), warm_start=fl.warm_start,
-                    average_releases=fl.average_releases, aggregator=fogs, cloud_aggregator=cloud, reward=fl.reward)
+                    model=self.blobs.put(m0.to_bytes()), warm_start=fl.warm_start and fl.train_at == "fog",
+                    average_releases=fl.average_releases, aggregator=fogs, cloud_aggregator=cloud, reward=fl.reward,
+                    train_at=fl.train_at, clip_norm=fl.clip_norm)
         key = self.session.signer.key
         txs = [record_tx(e.release, self.id, key, refs=[e.cid], model=e.cid) for e in extractors]
         txs.append(record_tx(task, self.id, key, refs=[*(e.cid for e in extractors), task.model], model=task.model))

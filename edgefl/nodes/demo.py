@@ -10,8 +10,10 @@
 6. every device's reputation and coins as anyone folds them from the main chain (edgefl.fl.reputation),
    the attackers marked, and a report folder (Markdown, the accuracy curve as PNG, JSON).
 
-The size, the privacy, the aggregator and an attack are options (``edgefl demo --devices --fogs --rounds
---epsilon --aggregator --attack --malicious``); the defaults are two fogs, four devices, two rounds.
+The size, the privacy, the aggregator, an attack and where training happens are options (``edgefl demo
+--devices --fogs --rounds --epsilon --aggregator --attack --malicious --train-at``); the defaults are two
+fogs, four devices, two rounds, trained at the fogs.  With ``--train-at device`` every device trains its
+own update (``edgefl.fl.ondevice``), and the fogs' audits of those updates are shown as well.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+from edgefl.fl import attacks
 from edgefl.fl.attacks import choose_attackers
 from edgefl.fl.protocol import Aggregation, FogUpdate, Task, WarmStart, decode_batch, run_id
-from edgefl.fl.reputation import chain_records, fold
+from edgefl.fl.reputation import Offence, chain_records, fold
 from edgefl.fl.round import check_warm_start
 from edgefl.ledger.audit import RemoteSource, audit_step
 from edgefl.ledger.blobs import BlobStore, fetch
@@ -46,6 +49,7 @@ SETTINGS = ["fl.hidden=[20]", f"fl.items={ITEMS}", "ml.batch_size=32", "ml.optim
 # Under attack the fogs train from the global model as it is: a warm start fitted to every batch, the
 # poisoned ones too, and the FedProx pull keep the attackers' models too close for a robust rule to tell.
 UNDER_ATTACK = ["fl.warm_start=false", "ml.prox_mu=0"]
+ON_DEVICE = ["fl.clip_norm=10.0"]  # each device's step from the round's model, at most this long
 
 
 def topology(fogs: int, devices: int) -> dict[str, list[str]]:
@@ -118,15 +122,18 @@ class _Chains:
 
 async def demo(*, port: int | None = None, out=print, fogs: int = 2, devices: int = 4, rounds: int = 2,
                epsilon: float = EPSILON, aggregator: str = "fedavg", attack: str = "none", malicious: float = 0.0,
-               seed: int = 0, report: str | Path | None = None) -> dict:
+               seed: int = 0, report: str | Path | None = None, train_at: str = "fog") -> dict:
     if fogs < 2 or devices < fogs:
         raise ValueError(f"the demo needs at least 2 fogs and a device per fog (got {fogs} fogs, {devices} devices)")
+    if train_at == "fog" and attack != "none" and attacks.make(attack).kind == "update":
+        raise ValueError(f"{attack} poisons the model a device sends: that needs --train-at device")
     t0 = time.perf_counter()
     layout = topology(fogs, devices)
     everyone = [d for ds in layout.values() for d in ds]
     attackers = choose_attackers(everyone, malicious, seed) if attack != "none" else []
     settings = [*SETTINGS, f"fl.rounds={rounds}", f"ml.epsilon={epsilon}",
-                f"ml.epsilon_budget={max(BUDGET, epsilon * rounds)}", *(UNDER_ATTACK if attackers else [])]
+                f"ml.epsilon_budget={max(BUDGET, epsilon * rounds)}", *(UNDER_ATTACK if attackers else []),
+                f"fl.train_at={train_at}", *(ON_DEVICE if train_at == "device" else [])]
     per_node = {"cloud-1": ["fl.items=800", f"ml.aggregator={aggregator}"], "dev-a2": ["ml.backend=litert"],
                 **{d: [f"fl.attack={attack}"] for d in attackers}}
     with ExitStack() as stack:
@@ -151,7 +158,7 @@ async def demo(*, port: int | None = None, out=print, fogs: int = 2, devices: in
             async with auditor, auditor.subscribe(topics.pattern(node=site.cloud, kind="model")) as models:
                 accuracy = {}
                 task = None
-                progress = asyncio.create_task(_progress(out, t0, len(everyone), fogs))
+                progress = asyncio.create_task(_progress(out, t0, len(everyone), fogs, train_at))
                 async with asyncio.timeout(120 + 60 * rounds):
                     async for rx in models:
                         gm = rx.message
@@ -171,24 +178,32 @@ async def demo(*, port: int | None = None, out=print, fogs: int = 2, devices: in
                 progress.cancel()
                 step = await _verify_and_audit(site, chains, auditor, task, out, n=4 + task.rounds)
                 warm = task.warm_start and await _check_warm_start(site, chains, auditor, task, out, n=6 + task.rounds)
-                n = 6 + task.rounds + task.warm_start
+                audits = await _update_audits(site, chains, task, out, n=6 + task.rounds) \
+                    if task.train_at == "device" else None
+                n = 6 + task.rounds + task.warm_start + (audits is not None)
                 rejected = await _tamper(site, task, out, n=n)
                 standing = _standing(chains, everyone, attackers, out, n=n + 1)
         result = {"accuracy": accuracy, "audit_ok": step, "warm_start_ok": warm, "rejected": rejected,
-                  "attackers": attackers, **standing,
+                  "attackers": attackers, "update_audits": audits, **standing,
                   "options": {"fogs": fogs, "devices": devices, "rounds": rounds, "epsilon": epsilon,
-                              "aggregator": aggregator, "attack": attack, "malicious": malicious, "seed": seed}}
+                              "aggregator": aggregator, "attack": attack, "malicious": malicious, "seed": seed,
+                              "train_at": train_at}}
     folder = Path(report) if report else Path(tempfile.gettempdir()) / time.strftime("edgefl-demo-%Y%m%d-%H%M%S")
     write_report(folder, result)
     out(f"done in {time.perf_counter() - t0:.1f} s; report in {folder}/report.md")
     return result
 
 
-async def _progress(out, t0: float, devices: int, fogs: int) -> None:
-    """Each round's phases as they complete: the devices' batches stored at their fogs, the fogs' updates on
-    the main chain (the nodes' own counters; the training and the aggregations come in between)."""
+async def _progress(out, t0: float, devices: int, fogs: int, train_at: str = "fog") -> None:
+    """Each round's phases as they complete: the devices' batches stored at their fogs (on-device: then their
+    updates), the fogs' updates on the main chain (the nodes' own counters; the training and the
+    aggregations come in between)."""
     phases = (("fl_batch_accepted", devices, "every device's batch stored at its fog (spend and provenance "
-                                             "recorded first); the fogs train and aggregate"),
+                                             "recorded first); " + ("the devices train" if train_at == "device"
+                                                                    else "the fogs train and aggregate")),
+              *([("fl_device_update_accepted", devices, "every device's signed, clipped update checked and "
+                                                        "recorded at its fog; the fogs aggregate")]
+                if train_at == "device" else []),
               ("fl_update_recorded", fogs, "every fog's update on the main chain; the cloud aggregates"))
     seen = {name: METRICS.get(name) for name, _, _ in phases}
     done = {name: 0 for name, _, _ in phases}
@@ -244,7 +259,7 @@ def write_report(folder: Path, result: dict) -> None:
     o = result["options"]
     lines = ["# edgefl demo", "",
              f"{o['fogs']} fogs, {o['devices']} devices, {o['rounds']} rounds at ε = {o['epsilon']:g}; the fogs "
-             f"aggregate with {o['aggregator']}; attack: {o['attack']}"
+             f"aggregate with {o['aggregator']}; trained at the {o.get('train_at', 'fog')}; attack: {o['attack']}"
              + (f" by {', '.join(result['attackers'])}" if result["attackers"] else ""), "",
              "| after round | test accuracy |", "|---|---|",
              *(f"| {r} | {100 * a:.1f} % |" for r, a in acc.items()), plot,
@@ -296,11 +311,31 @@ async def _verify_and_audit(site: LocalSite, chains: _Chains, session, task: Tas
         for line in verdict.steps:
             out(f"      {line}")
         out(f"      verdict: {verdict.verdict}{(' — ' + verdict.reason) if verdict.reason else ''}")
-        source = RemoteSource(cc, "fog-a")
+        source = RemoteSource(cc, "fog-a", holders=("dev-a1",) if task.train_at == "device" else ())
         result = await audit_step(source, await source.record(txids[step]), await source.record(txids[step - 1]))
+    where = "fog-a and dev-a1, which trained it," if task.train_at == "device" else "fog-a"
     out(f"[{n + 1}] audit from fog-b: step {step}'s record (and step {step - 1}'s) through Protocol 1, its blobs "
-        f"from fog-a over MQTT (digest-checked), T replayed: {'ok' if result.ok else 'REJECT'} — {result.detail}")
+        f"from {where} over MQTT (digest-checked), T replayed: {'ok' if result.ok else 'REJECT'} — {result.detail}")
     return verdict.ok and result.ok
+
+
+async def _update_audits(site: LocalSite, chains: _Chains, task: Task, out, n: int) -> dict:
+    """On-device training: each fog's audits of its devices' updates, and the failures it recorded as offences."""
+    for fog in chains.fogs:
+        await site.nodes[fog].desk.wait()
+    failed = {}
+    for fog in chains.fogs:
+        with chains.open(fog) as sub:
+            for _, rec in sub.records(Offence.TYPE, limit=1000):
+                o = rec.unwrap()
+                if o.kind == "failed_audit" and o.task == task.task:
+                    failed.setdefault(o.account, []).append(o.round)
+    updates = task.rounds * sum(len(d) for d in chains.fogs.values())
+    out(f"[{n}] the fogs audited every device's update ({updates}: the steps signed by the device, complete, "
+        f"chained from the round's model, on its recorded release; the update the clip of the last step; "
+        f"random steps replayed): " + ("all ok" if not failed else "failed, recorded as offences: " + ", ".join(
+            f"{d} (rounds {', '.join(map(str, sorted(r)))})" for d, r in sorted(failed.items()))))
+    return {d: sorted(r) for d, r in failed.items()}
 
 
 async def _check_warm_start(site: LocalSite, chains: _Chains, session, task: Task, out, n: int) -> bool:

@@ -6,6 +6,10 @@ extract, normalise and noise the features; the persisted accountant records
 the ``PrivacySpend`` on the fog's chain (and charges ε) before anything is
 sent; keep the batch, then send it to the fog until it is acknowledged.  A
 restart resends the kept batch of the open round instead of releasing again.
+When the task trains on-device, the device then trains the round's model on
+its release and offers its signed update (``edgefl.nodes.ondevice``); it
+serves its blob store so its fog can fetch the update and an auditor its
+training states.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 from edgefl import codec
 from edgefl.errors import EdgeflError
 from edgefl.fl.protocol import BatchAck, Task, TaskView, decode_batch
+from edgefl.ledger import blobs as blobstore
 from edgefl.ledger.blobs import BlobStore, fetch
 from edgefl.ledger.errors import LedgerError
 from edgefl.ledger.recorder import Recorder, via_session
@@ -28,6 +33,7 @@ from edgefl.ml.device import FeatureExtractor
 from edgefl.ml.export import ModelError
 from edgefl.ml.privacy import PrivacyAccountant, Privatiser, mechanism
 from edgefl.nodes.node import local_data, node_attack
+from edgefl.nodes.ondevice import LocalTraining
 from edgefl.runtime.config import Config, ConfigError
 from edgefl.runtime.metrics import METRICS
 from edgefl.runtime.state import StateFile
@@ -51,10 +57,10 @@ class DeviceNode:
         self.cfg, self.session = cfg, session
         self.id, self.fog, self.cloud = cfg.node.id, cfg.node.fog, cfg.ledger.main_node
         self.data = local_data(cfg)
-        self.attack = node_attack(cfg)
-        if self.attack.kind == "update":
-            raise ConfigError("fl.attack", f"{self.attack.name} attacks a sent model; a device sends features")
+        self.attack = node_attack(cfg)  # an update attack acts only when the task trains on-device
         self.blobs = BlobStore(cfg.path(cfg.ledger.blob_dir), max_blob=cfg.ledger.max_blob_bytes)
+        blobstore.serve(session, self.blobs)
+        self.training = LocalTraining(self)
         self.state = StateFile(cfg.path(cfg.fl.state_file))
         self.sent = self.state.load({"task": "", "rounds": {}})  # round -> {"batch": cid, "acked": bool}
         self.changed = asyncio.Event()
@@ -85,7 +91,9 @@ class DeviceNode:
                 if current is None:
                     continue
                 task, round = current[0], current[1].round
-                if task.task == self._refused or self._entry(task, round).get("acked"):
+                entry = self._entry(task, round)
+                if task.task == self._refused or (entry.get("acked") and (task.train_at == "fog"
+                                                                          or entry.get("offered"))):
                     continue
                 try:
                     await self.take_part(task, round)
@@ -101,7 +109,7 @@ class DeviceNode:
         fx = await self.extractor(task)
         entry = self._entry(task, round)
         delay = RETRY_S[0]
-        while self.view.is_open(task, round):
+        while not entry.get("acked") and self.view.is_open(task, round):
             try:
                 if "batch" not in entry:
                     ids = np.arange(len(self.data))
@@ -123,9 +131,10 @@ class DeviceNode:
                     raise RemoteError("unexpected", f"{type(ack).__name__} in answer to a batch")
                 entry["acked"] = True
                 self.state.save(self.sent)
-                self.blobs.path(entry["batch"]).unlink(missing_ok=True)  # the fog has it: never sent again
+                if task.train_at == "fog":  # the fog has it: never sent again (on-device, trained on here)
+                    self.blobs.path(entry["batch"]).unlink(missing_ok=True)
                 METRICS.inc("fl_batch_delivered")
-                return
+                break
             except RemoteError as exc:
                 if exc.reason not in TRANSIENT:  # the batch (or the spend record) is not acceptable: give up the round
                     METRICS.inc("fl_batch_refused", reason=exc.reason)
@@ -136,6 +145,8 @@ class DeviceNode:
                 log.info("%s: round %d: %s; retrying", self.id, round, exc)
             await asyncio.sleep(delay)
             delay = min(RETRY_S[1], 2 * delay)
+        if entry.get("acked") and task.train_at == "device":
+            await self.training.take_part(task, round, entry)
 
     def _attest(self, cid: bytes, submit) -> None:
         """Record a ``DataCollected`` of the batch's exact bytes on the fog's chain (worker thread: it blocks)."""
@@ -162,6 +173,11 @@ class DeviceNode:
         ml = self.cfg.ml
         if task.epsilon > ml.epsilon:
             raise Refused("epsilon", f"ε={task.epsilon:g} per release, this device allows at most {ml.epsilon:g}")
+        if task.train_at == "device" and not ml.local_training:
+            raise Refused("train_at", "the task trains on-device; this device does not train (ml.local_training)")
+        if task.train_at == "fog" and self.attack.kind == "update":
+            log.warning("%s: %s attacks a sent model; this task trains at the fog, so it has none", self.id,
+                        self.attack.name)
         if task.unit != ml.privacy_unit or task.noise != ml.noise:
             raise Refused("privacy_terms", f"{task.noise} per {task.unit}, this device uses {ml.noise} per "
                                            f"{ml.privacy_unit}")

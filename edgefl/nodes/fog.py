@@ -9,6 +9,8 @@ recorded ``WarmStart``), train one copy of that model per device with every
 step recorded (on the mean of every release of each item so far, when the
 task averages releases), aggregate them (the task's ``aggregator``), record
 the aggregation, and submit the signed ``FogUpdate`` record to the main chain.
+When the task trains on-device the devices train, and the fog waits for, checks,
+records, aggregates and audits their updates instead (``edgefl.nodes.ondevice``).
 The ledger service anchors the sub-chain (Type-II) and records the main
 chain's beacons (Type-III) meanwhile.
 """
@@ -41,6 +43,7 @@ from edgefl.ml.device import FeatureBatch
 from edgefl.ml.privacy import PrivacySpend, items_root
 from edgefl.ml.trainer import DenseModel, TrainState
 from edgefl.nodes.node import node_attack
+from edgefl.nodes.ondevice import UpdateDesk
 from edgefl.runtime.config import Config, ConfigError
 from edgefl.runtime.metrics import METRICS
 from edgefl.runtime.state import StateFile
@@ -67,6 +70,7 @@ class FogNode:
         if self.attack.kind == "data":
             raise ConfigError("fl.attack", f"{self.attack.name} poisons data; a fog can only poison its aggregate")
         session.serve(FeatureBatch, self._on_batch)
+        self.desk = UpdateDesk(self)  # on-device training: the devices' updates
 
     @staticmethod
     def check(cfg: Config) -> None:
@@ -91,6 +95,8 @@ class FogNode:
                     continue
                 task, model = current
                 await self._adopt(task)
+                if task.train_at == "device":
+                    await self._fetch(model.model)  # the devices train from it: they fetch it here
                 tx = await self._recorded_update(task, model.round)
                 if tx is None:
                     batches = await self._collect(task, model.round)
@@ -221,7 +227,7 @@ class FogNode:
         quorum = max(1, math.ceil(self.cfg.fl.quorum * len(expected)))
         deadline = time.monotonic() + self.cfg.fl.round_timeout_s
         while self.view.is_open(task, round):
-            have = self._batches(round)
+            have = self._arrived(task, round)
             missing = expected - set(have)
             left = deadline - time.monotonic()
             if (expected and not missing) or (left <= 0 and len(have) >= quorum):
@@ -243,29 +249,18 @@ class FogNode:
 
     # ------------------------------------------------------------------ training and the update
 
-    async def _train(self, task: Task, round: int, model: bytes, batches: dict[str, bytes]) -> bytes | None:
+    def _arrived(self, task: Task, round: int) -> dict:
+        """What a round waits for from each device: its batch, or with on-device training its update."""
+        return self.desk.updates(round) if task.train_at == "device" else self._batches(round)
+
+    async def _train(self, task: Task, round: int, model: bytes, batches: dict) -> bytes | None:
         origin = await self._fetch(model)  # M_O, the global model (kept here: the step records point at it)
         if 0 < self.cfg.fl.participants < len(batches):
             batches = await self._select(task, round, model, batches)
-        if round == 0 and task.warm_start:
-            origin = await self._warm_start(task, round, model, batches)
-        rid, contributions, steps = run_id(task.task, round), [], 0
-        for device, cid in sorted(batches.items()):
-            batch = decode_batch(self.blobs.get(cid))
-            if not len(batch.ids):
-                continue
-            x = batch.features
-            if task.average_releases and round > 0:
-                x = release_mean([*self._earlier_releases(device, round), batch])
-            tracker = Tracker(self.blobs, task=rid, device=device, trainer_name=task.trainer,
-                              config=task.config.to_bytes(), signer=self.id, key=self.session.signer.key)
-            total = steps_per_round(len(batch.ids), task.batch_size, task.epochs)
-            recorded = await self.ledger.call(self._recorded_steps, device, rid, total)
-            state, n = await train_device(tracker, origin, x, batch.labels, task.config, task.epochs,
-                                          recorded, self.ledger.submit)
-            contributions.append(Contribution(device, cid_of(state), len(batch.ids),
-                                              TrainState.from_bytes(state).model.params))
-            steps += n
+        if task.train_at == "device":  # the devices trained: their checked, recorded updates
+            contributions, steps = self.desk.contributions(batches), 0
+        else:
+            origin, contributions, steps = await self._train_here(task, round, model, origin, batches)
         if not contributions:
             log.warning("%s: round %d: no device sent any items", self.id, round)
             return None
@@ -281,7 +276,35 @@ class FogNode:
                                                      model=agg.model, ts_ms=ts))
         log.info("%s: round %d: %d steps recorded for %d devices, aggregated (%s) in block %d", self.id, round,
                  steps, len(contributions), agg.aggregator, receipt.height)
+        if task.train_at == "device":
+            self.desk.audit(task, round, batches)
         return self._update_tx(agg, receipt.txid, ts)
+
+    async def _train_here(self, task: Task, round: int, model: bytes, origin: bytes,
+                          batches: dict[str, bytes]) -> tuple[bytes, list[Contribution], int]:
+        """One copy of the round's model per device trained here, every step recorded: (origin, contributions,
+        steps); the origin is the warm start's model when the task asks for one."""
+        if round == 0 and task.warm_start:
+            origin = await self._warm_start(task, round, model, batches)
+        rid, contributions, steps = run_id(task.task, round), [], 0
+        for device, cid in sorted(batches.items()):
+            batch = decode_batch(self.blobs.get(cid))
+            if not len(batch.ids):
+                continue
+            x = batch.features
+            if task.average_releases and round > 0:
+                x = release_mean([*self._earlier_releases(device, round), batch])
+            tracker = Tracker(self.blobs, task=rid, device=device, trainer_name=task.trainer,
+                              config=task.config.to_bytes(), signer=self.id, key=self.session.signer.key)
+            total = steps_per_round(len(batch.ids), task.batch_size, task.epochs)
+            recorded = {i: s.model_out for i, s in (await self.ledger.call(self._recorded_steps, device, rid,
+                                                                           total)).items()}
+            state, n = await train_device(tracker, origin, x, batch.labels, task.config, task.epochs,
+                                          recorded, self.ledger.submit)
+            contributions.append(Contribution(device, cid_of(state), len(batch.ids),
+                                              TrainState.from_bytes(state).model.params))
+            steps += n
+        return origin, contributions, steps
 
     async def _select(self, task: Task, round: int, model: bytes, batches: dict[str, bytes]) -> dict[str, bytes]:
         """``fl.participants`` of the devices that sent, drawn by reputation on this chain; recorded once."""
@@ -355,7 +378,7 @@ class FogNode:
 
     def _update_tx(self, agg: Aggregation, agg_txid: bytes, ts_ms: int) -> bytes:
         """Deterministic (the aggregation's time, RFC 6979 signatures): a resubmission is the same transaction."""
-        stragglers = sorted(set(self.cfg.fl.devices) - set(self._batches(agg.round)))
+        stragglers = sorted(set(self.cfg.fl.devices) - set(self._arrived(self.view.task, agg.round)))
         model = self._poisoned(agg) if self.attack.kind == "update" else agg.model
         update = FogUpdate(task=agg.task, round=agg.round, fog=self.id, model=model,
                            examples=int(sum(agg.weights)), devices=list(agg.senders), aggregation=agg_txid,

@@ -120,6 +120,7 @@ class MlSection:
     lr: float = field(default=0.001, metadata=_range(0, 10))
     prox_mu: float = field(default=1.0, metadata=_range(0, 1e6))  # cloud: FedProx term pulling local models to M_O
     local_epochs: int = field(default=5, metadata=_range(1, 1000))
+    local_training: bool = True  # device: takes part in tasks that train on-device (fl.train_at = "device")
     # cloud: the aggregators its tasks name (edgefl.fl.aggregate): each fog's over its devices, the
     # cloud's over the fogs; options as key=value, e.g. ["f=1"], ["max_norm=5.0", "inner=krum", "f=1"]
     aggregator: Literal[_AGGREGATORS] = "fedavg"
@@ -175,6 +176,13 @@ class FlSection:
     # their reputation on its chain (edgefl.fl.selection; recorded); 0: every one
     participants: int = field(default=0, metadata=_range(0, 1024))
     reward: int = field(default=1000, metadata=_range(0, 1 << 40))  # cloud: coins its tasks pay out per round
+    # cloud: who trains the dense layers — each fog, one copy per device on the devices' releases, or each
+    # device on its own release, sending its update clipped to clip_norm (edgefl.fl.ondevice; 0: unclipped).
+    # A warm start is fitted to all of a fog's batches: fog only.
+    train_at: Literal["fog", "device"] = "fog"
+    clip_norm: float = field(default=0.0, metadata=_range(0.0, 1e6))
+    # fog: on-device updates are audited after each round, this many random steps of each replayed
+    audit_steps: int = field(default=1, metadata=_range(0, 1 << 20))
     state_file: str = "{data_dir}/fl/state.cbor"  # device, fog: what a restart must not lose
     # Experiments and the demo only (edgefl.fl.attacks; "none" unless set): a device applies a data
     # attack to its own images before extraction, a fog an update attack to the aggregate it sends up
