@@ -46,6 +46,7 @@ from edgefl.ledger.audit import audit_step, batch_bytes
 from edgefl.ledger.blobs import cid_of
 from edgefl.ledger.errors import LedgerError
 from edgefl.ledger.records import TrainingStep
+from edgefl.ml import blas
 from edgefl.ml.device import FeatureBatch
 from edgefl.ml.trainer import (
     DenseModel,
@@ -58,6 +59,11 @@ from edgefl.ml.trainer import (
 
 PEERS = 4  # models an attacker needing honest updates trains on shards of its own data
 NORM_SLACK = 1e-6  # the clip is computed in float64 and rounded to float32
+
+
+def platform_id() -> str:
+    """This machine's ``blas.fingerprint()`` as one string: a recorded step replays bit for bit where it is the same."""
+    return " ".join(f"{k}={v}" for k, v in sorted(blas.fingerprint().items()))
 
 
 def training_input(releases: Sequence[FeatureBatch], average: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -163,7 +169,10 @@ async def audit_update(record: DeviceUpdate, steps: Mapping[int, TrainingStep],
     """Audit a device's recorded update against its recorded steps (``device_steps``).
 
     ``blob(cid)`` returns digest-checked bytes (the fog's store, else the
-    device's); ``samples`` steps are replayed (all when None), drawn by ``seed``.
+    device's); ``samples`` steps are replayed (all when None), drawn by ``seed``
+    — only where the device trained on this platform (``DeviceUpdate.platform``):
+    elsewhere the same step may differ in its last bits, so the replay is
+    reported as left to an auditor on that platform, not as a failure.
     """
     out = UpdateAudit(record.device)
 
@@ -215,6 +224,10 @@ async def audit_update(record: DeviceUpdate, steps: Mapping[int, TrainingStep],
         note("update", False, f"the last state is unavailable or corrupt: {exc}")
     chosen = list(range(1, total + 1)) if samples is None or samples >= total else sorted(
         random.Random(seed).sample(range(1, total + 1), samples))
+    if chosen and record.platform != platform_id():
+        note("replay", True, f"not replayed here: trained on {record.platform or 'an unnamed platform'}, this "
+                             f"auditor runs {platform_id()}; replay steps {chosen} on the device's platform")
+        return out
     source = _Blobs(known, blob)
     for i in chosen:
         result = await audit_step(source, steps[i], steps.get(i - 1))

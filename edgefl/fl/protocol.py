@@ -221,6 +221,7 @@ class DeviceUpdate(Message):
     state: Cid  # M_T, the last step's output (a TrainState)
     model: Cid  # the update: a DenseModel
     clip: Annotated[float, Range(0.0, 1e6)] = 0.0
+    platform: Annotated[str, MaxLen(256)] = ""  # where it trained: replay is bit for bit on the same platform
 
     def __post_init__(self):
         if not self.releases:

@@ -24,6 +24,7 @@ from edgefl.fl.ondevice import (
     device_steps,
     device_update,
     peer_views,
+    platform_id,
     training_input,
 )
 from edgefl.fl.protocol import (
@@ -127,7 +128,8 @@ class LocalTraining:
                                          seed=round)
         cid, state_cid = n.blobs.put(update), n.blobs.put(state)
         rec = DeviceUpdate(task=task.task, round=round, device=n.id, origin=model, releases=releases,
-                           examples=len(y), steps=total, state=state_cid, model=cid, clip=task.clip_norm)
+                           examples=len(y), steps=total, state=state_cid, model=cid, clip=task.clip_norm,
+                           platform=platform_id())
         log.info("%s: round %d trained here: %d steps recorded on %s, update %s…", n.id, round, total, n.fog,
                  cid.hex()[:16])
         return record_tx(rec, n.id, key, refs=[cid, state_cid], device=n.id, model=cid)
