@@ -9,26 +9,10 @@ import pytest
 
 from edgefl import codec
 from edgefl.fl import attacks
-from edgefl.fl.ondevice import (
-    PEERS,
-    audit_update,
-    check_update,
-    clip_update,
-    device_steps,
-    device_update,
-    peer_views,
-    platform_id,
-    step_norm,
-    training_input,
-)
-from edgefl.fl.protocol import (
-    Aggregation,
-    DeviceUpdate,
-    Extractor,
-    ProtocolError,
-    Task,
-    run_id,
-)
+from edgefl.fl.ondevice import (PEERS, audit_update, check_update, clip_update, device_steps, device_update, peer_views,
+                                platform_id, step_norm, training_input)
+from edgefl.fl.protocol import (Aggregation, DeviceUpdate, Extractor, ProtocolError, Task, UpdateAck, UpdateOffer,
+                                decode_batch, run_id)
 from edgefl.fl.reputation import INITIAL, Offence, chain_records, fold
 from edgefl.fl.round import check_aggregation, steps_per_round
 from edgefl.ledger.audit import Tracker, batch_bytes
@@ -252,3 +236,84 @@ async def test_the_demo_trains_on_device_and_shows_the_audits(broker, tmp_path):
         assert text.count(f"· round {r}, ") == 3, text  # batches, the devices' updates, the fogs' updates
     assert result["accuracy"][2] > result["accuracy"][0]
     assert "trained at the device" in (tmp_path / "report" / "report.md").read_text()
+
+
+@pytest.mark.broker
+async def test_offers_that_do_not_fit_are_refused_counted_and_a_failed_audit_recorded(broker, tmp_path):
+    """dev-3 (a bare session) releases dev-2's batch as its own, then offers updates that do not fit, each
+    refused with its reason and counted, until one that passes the fog's cheap checks — whose audit fails."""
+    from edgefl.ledger import blobs as blobstore
+    from edgefl.ledger.protocol import Submit
+    from edgefl.ledger.records import DataCollected
+    from edgefl.ledger.tx import record_tx
+    from edgefl.ml.privacy import PrivacySpend
+    from edgefl.nodes.site import LocalSite
+    from edgefl.transport.session import RemoteError
+    from tests.test_fl_round import until
+
+    site = LocalSite(tmp_path, broker.port, {"fog-a": ["dev-1", "dev-2", "dev-3"]}, clients=("auditor",),
+                     settings=[*SETTINGS, "fl.round_timeout_s=300"],
+                     per_node={"cloud-1": ["fl.items=200", "fl.rounds=1", *ON_DEVICE, "ml.aggregator=fedavg",
+                                           "ml.aggregator_options=[]"]})
+    for node in ("cloud-1", "fog-a", "dev-1", "dev-2"):
+        await site.start(node)
+    try:
+        fog = site.nodes["fog-a"]
+        await until(lambda: _updated(fog, "dev-2"), timeout=60)
+        with chain_of(site, "fog-a") as sub:
+            [(_, u2)] = [(r, u) for r, u in records(sub, DeviceUpdate) if u.device == "dev-2"]
+            [spend] = [s for _, s in records(sub, PrivacySpend) if s.device == "dev-2"]
+            last = device_steps(sub, "dev-2", run_id("digits", 0))[u2.steps]
+            offer2 = sub.store.tx(fog.doc["updates"]["0"]["dev-2"]["tx"])[2]
+        key3, dev3, store = site.key("dev-3"), site.session("dev-3"), BlobStore(tmp_path / "dev-3-blobs")
+        data = fog.blobs.get(u2.releases[-1])
+        async with dev3:
+            blobstore.serve(dev3, store)
+
+            async def submit(msg, **kw):
+                await dev3.request("fog-a", Submit(record_tx(msg, "dev-3", key3, device="dev-3", **kw)), timeout=20)
+
+            async def offered(tx, reason=None):
+                before = METRICS.get("fl_device_update_rejected", reason=reason)
+                if reason is None:
+                    return (await dev3.request("fog-a", UpdateOffer(tx), timeout=20)).message
+                with pytest.raises(RemoteError) as err:
+                    await dev3.request("fog-a", UpdateOffer(tx), timeout=20)
+                assert err.value.code == reason, err.value
+                assert METRICS.get("fl_device_update_rejected", reason=reason) == before + 1
+
+            def signed(**changes):
+                u = dataclasses.replace(u2, device="dev-3", **changes)
+                return record_tx(u, "dev-3", key3, device="dev-3", model=u.model)
+
+            await offered(b"\x00not a transaction", "bad_update")
+            await offered(offer2, "bad_update")  # dev-2's own record, offered by dev-3
+            await offered(signed(), "unknown_release")  # dev-3 sent no batch here
+            await submit(dataclasses.replace(spend, device="dev-3"))  # dev-2's release, now as dev-3's
+            await submit(DataCollected.of("dev-3", u2.releases[-1], len(data), spend.items, key3),
+                         model=u2.releases[-1], refs=[u2.releases[-1]])
+            assert (await dev3.request("fog-a", decode_batch(data), timeout=20)).message.batch == u2.releases[-1]
+            await offered(signed(steps=u2.steps + 1), "bad_update")  # more steps than the batch makes
+            await offered(signed(), "unrecorded_training")  # the last step is dev-2's record, not dev-3's
+            await submit(dataclasses.replace(last, device="dev-3"), model=last.model_out)
+            await offered(signed(), "internal")  # the update is not on dev-3 to fetch: try again
+            origin = T.DenseModel.from_bytes(fog.blobs.get(u2.origin))
+            far = origin.with_params([p + np.float32(1.0) for p in origin.params])  # a step far beyond the clip
+            await offered(signed(model=store.put(far.to_bytes())), "unclipped")
+            store.put(fog.blobs.get(u2.model))
+            ack = await offered(signed())  # dev-2's update, as dev-3's: the cheap checks pass
+            assert isinstance(ack, UpdateAck) and not ack.duplicate and ack.model == u2.model
+            assert (await offered(signed())).duplicate
+        await final_model(site, rounds=1, timeout=60)
+        await fog.desk.wait()
+        with chain_of(site, "fog-a") as sub:
+            offences = [(r.signer, o.account, o.kind, o.round) for r, o in records(sub, Offence)]
+            assert offences == [("fog-a", "dev-3", "failed_audit", 0)]  # it recorded one step of its own
+            assert [a.senders for _, a in records(sub, Aggregation)] == [["dev-1", "dev-2", "dev-3"]]
+    finally:
+        for node in list(site.nodes):
+            await site.stop(node)
+
+
+async def _updated(fog, device, round="0"):
+    return device in fog.doc.get("updates", {}).get(round, {})

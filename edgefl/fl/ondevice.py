@@ -48,14 +48,7 @@ from edgefl.ledger.errors import LedgerError
 from edgefl.ledger.records import TrainingStep
 from edgefl.ml import blas
 from edgefl.ml.device import FeatureBatch
-from edgefl.ml.trainer import (
-    DenseModel,
-    TrainConfig,
-    Trainer,
-    TrainState,
-    batch_indices,
-    init_state,
-)
+from edgefl.ml.trainer import DenseModel, TrainConfig, Trainer, TrainState, batch_indices, init_state
 
 PEERS = 4  # models an attacker needing honest updates trains on shards of its own data
 NORM_SLACK = 1e-6  # the clip is computed in float64 and rounded to float32

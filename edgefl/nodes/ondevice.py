@@ -18,24 +18,9 @@ import asyncio
 import logging
 
 from edgefl import codec
-from edgefl.fl.ondevice import (
-    audit_update,
-    check_update,
-    device_steps,
-    device_update,
-    peer_views,
-    platform_id,
-    training_input,
-)
-from edgefl.fl.protocol import (
-    DeviceUpdate,
-    ProtocolError,
-    Task,
-    UpdateAck,
-    UpdateOffer,
-    decode_batch,
-    run_id,
-)
+from edgefl.fl.ondevice import (audit_update, check_update, device_steps, device_update, peer_views, platform_id,
+                                training_input)
+from edgefl.fl.protocol import DeviceUpdate, ProtocolError, Task, UpdateAck, UpdateOffer, decode_batch, run_id
 from edgefl.fl.reputation import Offence
 from edgefl.fl.round import Contribution, steps_per_round, train_device
 from edgefl.ledger.audit import Tracker
@@ -212,10 +197,11 @@ class UpdateDesk:
         if (not task.average_releases and len(u.releases) > 1) or not set(u.releases[:-1]) <= earlier:
             raise ProtocolError("unknown_release", "the update names releases this fog does not hold from it")
         items = len(decode_batch(fog.blobs.get(u.releases[-1])).ids)
-        if (u.examples, u.steps, u.clip) != (items, steps_per_round(items, task.batch_size, task.epochs),
-                                             task.clip_norm):
+        steps = steps_per_round(items, task.batch_size, task.epochs)
+        if (u.examples, u.steps, u.clip) != (items, steps, task.clip_norm):
             raise ProtocolError("bad_update", f"{u.examples} examples in {u.steps} steps clipped at {u.clip:g}; "
-                                              f"the batch has {items} items, the task clips at {task.clip_norm:g}")
+                                              f"the batch's {items} items make {steps} steps, the task clips at "
+                                              f"{task.clip_norm:g}")
         if not await fog.ledger.call(self._last_step, device, u):
             raise ProtocolError("unrecorded_training", f"{device} recorded no step {u.steps} ending in the state "
                                                        f"{u.state.hex()[:16]}…")
