@@ -122,6 +122,7 @@ class Task(Message):
     reward: Annotated[int, Range(0, 1 << 40)] = 0  # coins the owner pays out per round (edgefl.fl.reputation)
     train_at: Annotated[str, MaxLen(8)] = "fog"  # "device": each device trains and sends its update
     clip_norm: Annotated[float, Range(0.0, 1e6)] = 0.0  # on-device: ‖update − round's model‖ at most this (0: none)
+    leader_seed: Cid | None = None  # each round's aggregating fog is drawn from this epoch seed (edgefl.fl.leader)
 
     def __post_init__(self):
         if self.train_at not in TRAIN_AT:
@@ -322,6 +323,7 @@ class FogUpdate(Message):
     weights: Annotated[list[float], MaxLen(MAX_PARTIES)] = field(default_factory=list)
     shares: Annotated[list[Annotated[float, Range(0.0, 1.0)]], MaxLen(MAX_PARTIES)] = field(default_factory=list)
     stragglers: Annotated[list[Name], MaxLen(MAX_PARTIES)] = field(default_factory=list)
+    draw: Annotated[bytes, MaxLen(81)] | None = None  # the fog's VRF proof for the round's leader draw
 
     def __post_init__(self):
         if any(len(x) not in (0, len(self.devices)) for x in (self.weights, self.shares)):

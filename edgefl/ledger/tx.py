@@ -174,7 +174,10 @@ RECORD_MODULES = (
     "edgefl.consensus.finality",  # Vote: FFG votes of the main chain's final committee
     "edgefl.ml.privacy",  # PrivacySpend: privacy budget spent by a device
     "edgefl.ml.export",  # ModelRelease: the extractor model a device may run
-    "edgefl.fl.protocol",  # Task, Aggregation, FogUpdate: a federated task and its rounds
+    "edgefl.fl.protocol",  # Task, Aggregation, FogUpdate, DeviceUpdate: a federated task and its rounds
+    "edgefl.fl.reputation",  # Offence: a node's statement that an account misbehaved
+    "edgefl.fl.selection",  # Selection: a fog's draw of a round's participants
+    "edgefl.fl.leader",  # LeaderDraw: the draw of a round's aggregating fog
 )
 
 

@@ -6,7 +6,9 @@ the main chain.  Each round: wait for the ``FogUpdate`` records of every
 fog whose sub-chain the main chain registers (or ``fl.round_timeout_s``),
 fetch their models from the fogs (digest-checked), aggregate them with the
 task's ``cloud_aggregator`` (``ml.cloud_aggregator``; FLTrust's reference is
-the round's model trained on this node's held-out data), record the
+the round's model trained on this node's held-out data) — or, with
+``fl.leader = "drawn"``, have the fog drawn by VRF from the epoch seed do it
+and check its result (``edgefl.nodes.leader``) —, record the
 ``Aggregation`` and publish the next global model.  The chain is the cloud's
 whole round state: a restart finds the task, the updates and the
 aggregations there and carries on from them.
@@ -24,6 +26,7 @@ import numpy as np
 from edgefl.codec import SchemaError
 from edgefl.fl.aggregate import AggregationError, parse_options
 from edgefl.fl.protocol import Aggregation, AggregatorSpec, Extractor, FogUpdate, GlobalModel, Task
+from edgefl.fl.leader import LeaderDraw, epoch_seed
 from edgefl.fl.reputation import payout, payout_reason
 from edgefl.fl.round import Contribution, record_aggregation
 from edgefl.ledger.blobs import fetch
@@ -36,6 +39,7 @@ from edgefl.ml.backends import backend_class, open_backend
 from edgefl.ml.export import FORMATS, ModelRelease, export
 from edgefl.ml.extractor import FEATURES, ExtractorWeights
 from edgefl.ml.privacy import Privatiser, mechanism, normalise
+from edgefl.nodes.leader import Leaders
 from edgefl.nodes.node import local_data
 from edgefl.runtime.config import Config, ConfigError
 from edgefl.runtime.metrics import METRICS
@@ -79,6 +83,7 @@ class CloudNode:
         data = local_data(cfg)
         self.reference, self.test = data.split(len(data) // 2)
         self.accuracy: dict[int, float] = {}  # round -> test accuracy of the global model after it
+        self.leaders = Leaders(self)  # fl.leader = "drawn": each round's aggregating fog
         self._test_features: np.ndarray | None = None
 
     @staticmethod
@@ -115,10 +120,13 @@ class CloudNode:
         for round in range(len(done), task.rounds):
             contributions = await self._collect(task, round, model)
             reference = await self._reference(task, model) if task.cloud_aggregator.build().needs_reference else None
-            model, agg = record_aggregation(task.cloud_aggregator, model, contributions, self.blobs, task=task.task,
-                                            round=round, reference=reference)
-            receipt = await self.ledger.submit(record_tx(agg, self.id, self.session.signer.key, refs=agg.refs,
-                                                         model=agg.model))
+            if task.leader_seed is not None:  # a fog drawn by VRF aggregates, checked here (edgefl.nodes.leader)
+                model, agg, tx = await self.leaders.aggregate(task, round, model, contributions, reference)
+            else:
+                model, agg = record_aggregation(task.cloud_aggregator, model, contributions, self.blobs,
+                                                task=task.task, round=round, reference=reference)
+                tx = record_tx(agg, self.id, self.session.signer.key, refs=agg.refs, model=agg.model)
+            receipt = await self.ledger.submit(tx)
             log.info("%s: round %d aggregated from %s in main block %d", self.id, round, ", ".join(agg.senders),
                      receipt.height)
             await self._pay(task, agg)
@@ -162,7 +170,8 @@ class CloudNode:
                     config=config, epochs=ml.local_epochs, trainer="dense", extractors=extractors,
                     model=self.blobs.put(m0.to_bytes()), warm_start=fl.warm_start and fl.train_at == "fog",
                     average_releases=fl.average_releases, aggregator=fogs, cloud_aggregator=cloud, reward=fl.reward,
-                    train_at=fl.train_at, clip_norm=fl.clip_norm)
+                    train_at=fl.train_at, clip_norm=fl.clip_norm,
+                    leader_seed=await self.ledger.call(epoch_seed, self.ledger.chain) if fl.leader == "drawn" else None)
         key = self.session.signer.key
         txs = [record_tx(e.release, self.id, key, refs=[e.cid], model=e.cid) for e in extractors]
         txs.append(record_tx(task, self.id, key, refs=[*(e.cid for e in extractors), task.model], model=task.model))
@@ -178,11 +187,14 @@ class CloudNode:
             return np.concatenate([b.run(images[i:i + 256]) for i in range(0, len(images), 256)])
 
     def _aggregations(self, task: Task) -> list[Aggregation]:
-        """This node's recorded aggregations of ``task``, round 0, 1, … (worker thread)."""
+        """The recorded aggregations of ``task``, round 0, 1, …, by this node or the round's drawn leader
+        (worker thread)."""
+        leaders = {d.round: d.leader for _, r in self.ledger.chain.records(LeaderDraw.TYPE, limit=10000)
+                   if r.signer == self.id and (d := r.unwrap()).task == task.task}
         found = {}
         for _, rec in self.ledger.chain.records(Aggregation.TYPE, limit=10000, newest=False):
             agg = rec.unwrap()
-            if agg.task == task.task and rec.signer == self.id:
+            if agg.task == task.task and rec.signer in (self.id, leaders.get(agg.round)):
                 found.setdefault(agg.round, agg)
         return [found[r] for r in range(len(found)) if r in found]
 

@@ -3,7 +3,8 @@
 1. start Mosquitto on a free loopback port (or use --port);
 2. give every node its key, data directory and chain (edgefl.nodes.site) and run what `edgefl run` runs;
 3. per round: the devices' privacy spends, the training steps recorded, each chain's height and the
-   accumulator interlock, the global model's test accuracy;
+   accumulator interlock, which fog was drawn to aggregate the fogs' models (``fl.leader = "drawn"``),
+   the global model's test accuracy;
 4. verify one device's recorded training step from the other fog's side (Protocol 1) and replay it, and
    recompute that fog's recorded warm start from its blobs;
 5. a tampered copy of a device's batch rejected on the wire; the genuine copy, sent again, counted once;
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from edgefl.fl import attacks
 from edgefl.fl.attacks import choose_attackers
+from edgefl.fl.leader import LeaderDraw
 from edgefl.fl.protocol import Aggregation, FogUpdate, Task, WarmStart, decode_batch, run_id
 from edgefl.fl.reputation import Offence, chain_records, fold
 from edgefl.fl.round import check_warm_start
@@ -45,7 +47,7 @@ from edgefl.transport.mosquitto import LocalMosquitto
 
 EPSILON, BUDGET, ITEMS = 10.0, 50.0, 160
 SETTINGS = ["fl.hidden=[20]", f"fl.items={ITEMS}", "ml.batch_size=32", "ml.optimizer=adam", "ml.lr=0.01",
-            "ml.local_epochs=2", "fl.round_timeout_s=60"]
+            "ml.local_epochs=2", "fl.round_timeout_s=60", "fl.leader=drawn"]
 # Under attack the fogs train from the global model as it is: a warm start fitted to every batch, the
 # poisoned ones too, and the FedProx pull keep the attackers' models too close for a robust rule to tell.
 UNDER_ATTACK = ["fl.warm_start=false", "ml.prox_mu=0"]
@@ -100,12 +102,17 @@ class _Chains:
                     out(f"      interlock: {self._interlock(main, sub, fog)}")
             updates = [u for _, r in main.records(FogUpdate.TYPE, limit=100)
                        if (u := r.unwrap()).task == task.task and u.round == round]
-            aggs = [a for _, r in main.records(Aggregation.TYPE, limit=100) if r.signer == self.site.cloud
-                    and (a := r.unwrap()).task == task.task and a.round == round]
+            aggs = [(r.signer, a) for _, r in main.records(Aggregation.TYPE, limit=100)
+                    if (a := r.unwrap()).task == task.task and a.round == round]
+            draws = [d for _, r in main.records(LeaderDraw.TYPE, limit=100) if r.signer == self.site.cloud
+                     and (d := r.unwrap()).task == task.task and d.round == round]
+            by = "".join(f" by {s}" + (f", drawn by VRF from the epoch seed among {', '.join(d.candidates)}"
+                                       if s == d.leader else f" ({d.leader}, drawn, failed its check)")
+                         for s, _ in aggs[:1] for d in draws)
             out(f"    main (height {main.tip.height}): "
                 + ", ".join(f"{u.fog}'s update ({len(u.devices)} devices, {u.examples} examples)"
                             for u in sorted(updates, key=lambda u: u.fog))
-                + (f" aggregated ({aggs[0].aggregator})" if aggs else ""))
+                + (f" aggregated ({aggs[0][1].aggregator}){by}" if aggs else ""))
 
     @staticmethod
     def _interlock(main: Chain, sub: Chain, fog: str) -> str:

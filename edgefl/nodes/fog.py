@@ -26,6 +26,7 @@ import time
 from edgefl import codec
 from edgefl.fl.aggregate import AggregationError
 from edgefl.fl.attacks import poison_aggregate
+from edgefl.fl.leader import prove
 from edgefl.fl.protocol import (Aggregation, BatchAck, FogUpdate, ProtocolError, Task, TaskView, WarmStart,
                                 decode_batch, run_id)
 from edgefl.fl.reputation import OFFENCES, Offence, chain_records, fold, shares_of
@@ -42,6 +43,7 @@ from edgefl.ledger.tx import decode_tx, record_tx
 from edgefl.ml.device import FeatureBatch
 from edgefl.ml.privacy import PrivacySpend, items_root
 from edgefl.ml.trainer import DenseModel, TrainState
+from edgefl.nodes.leader import Leading
 from edgefl.nodes.node import node_attack
 from edgefl.nodes.ondevice import UpdateDesk
 from edgefl.runtime.config import Config, ConfigError
@@ -71,6 +73,7 @@ class FogNode:
             raise ConfigError("fl.attack", f"{self.attack.name} poisons data; a fog can only poison its aggregate")
         session.serve(FeatureBatch, self._on_batch)
         self.desk = UpdateDesk(self)  # on-device training: the devices' updates
+        self.leading = Leading(self)  # fl.leader = "drawn": the fogs' aggregation when drawn
 
     @staticmethod
     def check(cfg: Config) -> None:
@@ -380,9 +383,11 @@ class FogNode:
         """Deterministic (the aggregation's time, RFC 6979 signatures): a resubmission is the same transaction."""
         stragglers = sorted(set(self.cfg.fl.devices) - set(self._arrived(self.view.task, agg.round)))
         model = self._poisoned(agg) if self.attack.kind == "update" else agg.model
+        seed = self.view.task.leader_seed  # the fog's claim in the round's leader draw (edgefl.fl.leader)
         update = FogUpdate(task=agg.task, round=agg.round, fog=self.id, model=model,
                            examples=int(sum(agg.weights)), devices=list(agg.senders), aggregation=agg_txid,
-                           weights=list(agg.weights), shares=shares_of(agg), stragglers=stragglers)
+                           weights=list(agg.weights), shares=shares_of(agg), stragglers=stragglers,
+                           draw=prove(self.session.signer.key.secret, seed, agg.round) if seed else None)
         return record_tx(update, self.id, self.session.signer.key, refs=[model], model=model, ts_ms=ts_ms)
 
     def _poisoned(self, agg: Aggregation) -> bytes:

@@ -181,6 +181,9 @@ class FlSection:
     # A warm start is fitted to all of a fog's batches: fog only.
     train_at: Literal["fog", "device"] = "fog"
     clip_norm: float = field(default=0.0, metadata=_range(0.0, 1e6))
+    # cloud: who aggregates the fogs' models each round — the cloud, or a fog drawn by VRF sortition from the
+    # epoch seed, weighted by reputation, its aggregation checked by the cloud (edgefl.fl.leader)
+    leader: Literal["cloud", "drawn"] = "cloud"
     # fog: on-device updates are audited after each round, this many random steps of each replayed
     audit_steps: int = field(default=1, metadata=_range(0, 1 << 20))
     state_file: str = "{data_dir}/fl/state.cbor"  # device, fog: what a restart must not lose
