@@ -280,7 +280,7 @@ async def test_offers_that_do_not_fit_are_refused_counted_and_a_failed_audit_rec
                     return (await dev3.request("fog-a", UpdateOffer(tx), timeout=20)).message
                 with pytest.raises(RemoteError) as err:
                     await dev3.request("fog-a", UpdateOffer(tx), timeout=20)
-                assert err.value.code == reason, err.value
+                assert err.value.reason == reason, err.value
                 assert METRICS.get("fl_device_update_rejected", reason=reason) == before + 1
 
             def signed(**changes):

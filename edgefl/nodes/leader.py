@@ -25,7 +25,7 @@ from edgefl.fl.attacks import poison_aggregate
 from edgefl.fl.leader import LeaderDraw, check_leader, draw_leader, units
 from edgefl.fl.protocol import MAX_PARTIES, Aggregation, ProtocolError, Task
 from edgefl.fl.reputation import Offence, chain_records, fold
-from edgefl.fl.round import Contribution, aggregate, check_aggregation
+from edgefl.fl.round import Contribution, check_aggregation, record_aggregation
 from edgefl.ledger.blobs import cid_of, fetch
 from edgefl.ledger.errors import LedgerError
 from edgefl.ledger.tx import decode_tx, record_tx
@@ -123,8 +123,8 @@ class Leaders:
                 METRICS.inc("fl_leader_failed", reason=exc.reason)
                 log.warning("%s: round %d: %s's aggregation refused: %s; aggregating here", c.id, round,
                             draw.leader, exc)
-        model, agg = aggregate(task.cloud_aggregator, base, contributions, c.blobs, task=task.task, round=round,
-                               reference=reference)
+        model, agg = record_aggregation(task.cloud_aggregator, base, contributions, c.blobs, task=task.task,
+                                        round=round, reference=reference)
         return model, agg, record_tx(agg, c.id, c.session.signer.key, refs=agg.refs, model=agg.model)
 
     async def _draw(self, task: Task, round: int, contributions: list[Contribution]) -> LeaderDraw | None:

@@ -67,10 +67,10 @@ class LocalTraining:
                 METRICS.inc("fl_update_delivered")
                 return
             except RemoteError as exc:
-                if exc.code not in TRANSIENT:  # not acceptable: give up the round
+                if exc.reason not in TRANSIENT:  # not acceptable: give up the round
                     entry["offered"] = True
                     n.state.save(n.sent)
-                    METRICS.inc("fl_update_refused", reason=exc.code)
+                    METRICS.inc("fl_update_refused", reason=exc.reason)
                     log.warning("%s: round %d: %s refused the update: %s", n.id, round, n.fog, exc)
                     return
                 log.info("%s: %s is not ready for round %d's update (%s); retrying", n.id, n.fog, round, exc)
