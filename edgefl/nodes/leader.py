@@ -86,8 +86,8 @@ class Leading:
             if req.reference is not None:
                 reference = Contribution(fog.cloud, req.reference, 1.0,
                                          DenseModel.from_bytes(await get(req.reference)).params)
-            model, agg = await asyncio.to_thread(aggregate, task.cloud_aggregator, base, contributions, fog.blobs,
-                                                 task=task.task, round=d.round, reference=reference)
+            model, agg = await asyncio.to_thread(record_aggregation, task.cloud_aggregator, base, contributions,
+                                                 fog.blobs, task=task.task, round=d.round, reference=reference)
         except (ProtocolError, AggregationError, RemoteError, RequestTimeout, LedgerError, ValueError) as exc:
             reason = getattr(exc, "reason", None) or getattr(exc, "code", None) or "internal"
             METRICS.inc("fl_lead_refused", reason=reason)
