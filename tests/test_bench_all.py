@@ -144,7 +144,8 @@ def test_quick_run_of_chosen_layers_writes_a_checked_report(tmp_path):
     chosen = ["crypto", "accumulator"]
     out = subprocess.run([sys.executable, "-m", "edgefl", "bench", "all", "--quick", "--layers", ",".join(chosen),
                           "--out", str(tmp_path / "r"), "--json", str(tmp_path / "all.json")],
-                         capture_output=True, text=True, timeout=600, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+                         capture_output=True, text=True, timeout=600, cwd=REPO,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert out.returncode == 0, out.stderr[-2000:]
     doc = json.loads((tmp_path / "all.json").read_text())
     suite.check_schema(doc)
