@@ -318,6 +318,7 @@ def _to_wire(value: Any) -> Any:
 REGISTRY: dict[tuple[str, int], type[Message]] = {}
 
 
+@typing.dataclass_transform(frozen_default=True)  # type checkers see each message's fields as its __init__
 def message(type_name: str, *, version: int = 1, max_size: int = 64 * 1024):
     """Class decorator: a frozen dataclass registered as wire message ``type_name`` v``version``."""
 
