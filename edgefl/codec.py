@@ -165,7 +165,9 @@ def _md_array(value: Any, _immutable: bool) -> np.ndarray:
     if not (isinstance(value, (list, tuple)) and len(value) == 2):
         raise Malformed("tag 40 must hold [dimensions, typed array]")
     dims, flat = value
-    if not isinstance(flat, np.ndarray) or not all(isinstance(d, int) and d >= 0 for d in dims):
+    # flat.ndim == 1: a typed array, not another tag 40 (which would give a second byte form of one array)
+    if not (isinstance(flat, np.ndarray) and flat.ndim == 1 and isinstance(dims, (list, tuple))
+            and all(type(d) is int and d >= 0 for d in dims)):
         raise Malformed("tag 40 must hold [dimensions, typed array]")
     if math.prod(dims) != flat.size:
         raise Malformed(f"tag 40 dimensions {list(dims)} do not match {flat.size} elements")
@@ -251,10 +253,16 @@ def decode(data: bytes, limits: Limits = DEFAULT_LIMITS, *, canonical: bool = Fa
     return obj
 
 
-def decode_first(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[Any, int]:
-    """Decode the first item of an RFC 8742 CBOR sequence; returns (item, offset where the rest starts)."""
+def decode_first(data: bytes, limits: Limits = DEFAULT_LIMITS, *, canonical: bool = False) -> tuple[Any, int]:
+    """Decode the first item of an RFC 8742 CBOR sequence; returns (item, offset where the rest starts).
+
+    ``canonical=True`` also rejects a first item that is not in canonical form.
+    """
     end, _ = _check_scan(data, limits, whole=False)
-    return _loads(memoryview(data)[:end]), end
+    first = memoryview(data)[:end]
+    if canonical:
+        return decode(first, limits, canonical=True), end
+    return _loads(first), end
 
 
 # --------------------------------------------------------------------------- messages

@@ -66,10 +66,10 @@ async def topics_seen_until(everything, suffix: str, settle: float = 0.3) -> lis
     """Topics a raw ``edgefl/v1/#`` subscription saw until one ending in ``suffix``, plus what came ``settle`` s later."""
     seen = []
     while not any(t.endswith(suffix) for t in seen):
-        seen.append((await everything.get(timeout=5)).topic.value)
+        seen.append((await everything.get(timeout=5)).topic)
     await asyncio.sleep(settle)
     while not everything.queue.empty():
-        seen.append(everything.queue.get_nowait().topic.value)
+        seen.append(everything.queue.get_nowait().topic)
     return seen
 
 

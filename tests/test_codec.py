@@ -173,3 +173,16 @@ def test_nested_field_paths_and_size_limit():
         codec.encode_message(sample(tags=["y" * 50] * 10))
     with pytest.raises(codec.SchemaError):  # refused on the way out, too
         codec.encode_message(sample(name="too long a name"))
+
+
+def test_a_tag_40_array_inside_a_tag_40_array_is_refused():
+    """40([dims, 40([dims, typed array])]) decoded to the same array as the canonical form: two byte forms
+    of one model."""
+    arr = np.arange(4, dtype="<f4").reshape(2, 2)
+    canonical = codec.encode(arr)
+    inner = codec.encode(arr)
+    nested = bytes([0xD8, 0x28, 0x82]) + codec.encode([2, 2]) + inner
+    assert (codec.decode(canonical, canonical=True) == arr).all()
+    for strict in (False, True):
+        with pytest.raises(codec.CodecError):
+            codec.decode(nested, canonical=strict)

@@ -221,3 +221,14 @@ def test_key_files(tmp_path):
         k.sign(b"short")
     assert not k.public_key.verify(b"\x00" * 64, b"\x00" * 32)
     assert not k.public_key.verify(b"short", b"\x00" * 32)
+
+
+def test_a_re_encoded_head_is_rejected():
+    """The head was decoded without the canonical check: a re-encoded copy verified and slipped past the
+    session's duplicate filter (keyed by the head's bytes) on retained kinds."""
+    s, v, _ = setup()
+    wire = s.seal(Ping(nonce=b"n"))
+    assert wire[:2] == bytes([0x83, 0x01])
+    longer = bytes([0x83, 0x18, 0x01]) + wire[2:]  # the version 1 in two bytes: the same value
+    rejected(v, longer, "not_canonical", check_fresh=False)
+    v.open(wire, check_fresh=False)

@@ -269,7 +269,7 @@ class Verifier:
         if len(wire) > self.limits.max_size:
             raise Rejected("too_large", f"{len(wire)} bytes exceeds {self.limits.max_size}")
         try:
-            head, start = codec.decode_first(wire, _HEAD_LIMITS)
+            head, start = codec.decode_first(wire, _HEAD_LIMITS, canonical=True)  # one byte form per message
         except codec.CodecError as exc:
             raise Rejected(exc.reason, f"envelope head: {exc}") from None
         if not (isinstance(head, list) and len(head) == 3):

@@ -354,6 +354,8 @@ class TaskView:
 
     async def follow(self, session, cloud: str) -> None:
         # the two kinds it needs, not everything the cloud publishes (its beacons go to fogs' chains only)
+        session.expect("task", Task)  # anything else on these topics is refused and counted by the session
+        session.expect("model", GlobalModel)
         async with asyncio.TaskGroup() as tg:
             for kind in ("task", "model"):
                 tg.create_task(self._follow(session, topics.pattern(node=cloud, kind=kind)))

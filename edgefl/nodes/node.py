@@ -87,6 +87,7 @@ async def crl_service(session: Session, registry: PkiRegistry, own_crl: Path | N
                     log.info("published CRL #%d of %s", crl.number, crl.issuer)
             await asyncio.sleep(poll_s)
 
+    session.expect("crl", Crl)
     async with session.subscribe(topics.pattern(kind="crl")) as sub, asyncio.TaskGroup() as tg:
         if own_crl is not None:
             tg.create_task(publish_own())

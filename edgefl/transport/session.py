@@ -17,6 +17,10 @@
 * Payloads larger than the maximum packet size travel as chunks.
 * TCP_NODELAY on the client socket: without it a QoS1 round trip waits on
   Nagle's algorithm and delayed ACKs (~88 ms instead of ~0.4 ms).
+* Incoming bytes take the pure path of ``edgefl.transport.inbound`` (topic,
+  chunks, duplicates, envelope, expected types, liveness); aiomqtt and paho
+  are confined to ``edgefl.transport.mqtt``.  Nothing a peer sends and no
+  failing handler or consumer stops the reader: each is a counted rejection.
 """
 
 from __future__ import annotations
@@ -30,53 +34,26 @@ import logging
 import math
 import os
 import random
-import socket
 import ssl
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
-import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
 from edgefl import codec
-from edgefl.crypto.envelope import (DirectoryKeyRegistry, Envelope, KeyRegistry, Rejected, SequenceCounter,
-                                    Signer, Verifier)
+from edgefl.crypto.envelope import DirectoryKeyRegistry, Envelope, KeyRegistry, SequenceCounter, Signer, Verifier
 from edgefl.crypto.keys import SigningKey
 from edgefl.errors import EdgeflError
 from edgefl.runtime.config import Config, MqttSection
 from edgefl.runtime.metrics import METRICS, Metrics
 from edgefl.transport import chunking, topics
+from edgefl.transport.inbound import Inbound, Received
 from edgefl.transport.messages import Error, Ping, Pong, Status
+from edgefl.transport.mqtt import MQTT_LOG, Frame, Link, LinkError, _mqtt, raise_dropped_cancel
+
+__all__ = ["MQTT_LOG", "Frame", "Received", "RemoteError", "RequestTimeout", "Session", "Subscription",
+           "key_registry", "_mqtt"]
 
 log = logging.getLogger("edgefl.session")
-
-
-
-async def _mqtt(operation: Callable[..., Awaitable], *args, timeout: float, **kw):
-    """An aiomqtt operation bounded by ``timeout`` without losing a cancellation.
-
-    aiomqtt bounds its own waits with ``asyncio.wait_for``, which on Python 3.11 returns the result when a
-    cancellation arrives just as the operation completes: the caller went on as if never cancelled, and a
-    task group shutting down waited forever for it (fixed in 3.12).  So aiomqtt is told not to time out
-    and ``asyncio.timeout``, which keeps every cancellation, bounds the wait.
-    """
-    try:
-        async with asyncio.timeout(timeout):
-            return await operation(*args, timeout=math.inf, **kw)
-    except TimeoutError:
-        raise aiomqtt.MqttError("Operation timed out") from None
-
-class _PipelineNoise(logging.Filter):
-    """aiomqtt warns on every publish while more than 10 are unacknowledged: that is pipelining, not trouble."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "pending publish calls" not in record.msg
-
-
-MQTT_LOG = logging.getLogger("edgefl.mqtt")  # the logger handed to aiomqtt/paho clients
-MQTT_LOG.addFilter(_PipelineNoise())
 
 Handler = Callable[[Envelope], Awaitable[codec.Message | None]]
 
@@ -92,18 +69,6 @@ class RemoteError(EdgeflError, RuntimeError):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
-
-
-@dataclass(frozen=True, slots=True)
-class Received:
-    """A verified envelope and the topic it came on."""
-
-    topic: topics.Topic
-    envelope: Envelope
-
-    @property
-    def message(self) -> codec.Message:
-        return self.envelope.message
 
 
 @dataclass(eq=False)  # identity semantics: items live in a heap and an in-flight set
@@ -129,7 +94,7 @@ class Subscription:
     def __init__(self, session: "Session", pattern: str, raw: bool, maxsize: int):
         self.session = session
         self.pattern = pattern
-        self.raw = raw
+        self.raw = raw  # Frame as it arrived instead of a verified Received
         self.queue: asyncio.Queue = asyncio.Queue(maxsize)
 
     async def __aenter__(self) -> "Subscription":
@@ -174,12 +139,11 @@ class Session:
         self.client_id = client_id or self.node_id
         self.metrics = metrics
         self.connected = asyncio.Event()
-        self.peers: dict[str, tuple[str, bytes]] = {}  # node -> (state, session nonce)
         self._handlers: dict[str, tuple[Handler, bool]] = {Ping.TYPE: (self._pong, False)}
         self._pending: dict[bytes, tuple[str, asyncio.Future]] = {}
         self._subs: list[Subscription] = []
         self._patterns: dict[str, None] = {}  # subscribed at the broker for the session's lifetime
-        self._held: deque[aiomqtt.Message] = deque()  # arrived before anyone here subscribed
+        self._held: deque[Frame] = deque()  # arrived before anyone here subscribed
         self._held_bytes = 0
         self._internal = [topics.pattern(kind="req", target=self.node_id),
                           topics.pattern(kind="resp", target=self.node_id)]
@@ -189,11 +153,11 @@ class Session:
         self._inflight: set[_Out] = set()
         self._slots = asyncio.Semaphore(mqtt.max_inflight)
         self._order = itertools.count()
-        self._recent: OrderedDict[bytes, None] = OrderedDict()
         self._reassembler = chunking.Reassembler(max_transfer=mqtt.max_message_size,
                                                  max_buffered=mqtt.reassembly_buffer,
                                                  timeout_s=mqtt.chunk_timeout_s, metrics=metrics)
-        self._client: aiomqtt.Client | None = None
+        self.inbound = Inbound(verifier, self._reassembler, metrics=metrics, name=self.node_id)
+        self._client: Link | None = None
         self._closing = False
         self._attempt = 0  # failed connection attempts in a row, for the backoff
         self._runner: asyncio.Task | None = None
@@ -219,6 +183,15 @@ class Session:
 
     def topic(self, kind: str, target: str | None = None) -> str:
         return topics.topic(self.site, self.role, self.node_id, kind, target)
+
+    @property
+    def peers(self) -> dict[str, tuple[str, bytes]]:
+        """Liveness as the status topics said it: node -> (state, session nonce)."""
+        return self.inbound.peers
+
+    def expect(self, kind: str, *types: type[codec.Message]) -> None:
+        """Refuse (and count) any message but ``types`` on ``kind`` topics; see ``Inbound.expect``."""
+        self.inbound.expect(kind, *types)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -246,7 +219,7 @@ class Session:
                 if self._client is not None and self.connected.is_set():
                     offline = self.signer.seal(Status(state="offline", session=self._nonce))
                     await self._client.publish(self.topic("status"), offline, qos=1, retain=True)
-        except (TimeoutError, aiomqtt.MqttError) as exc:
+        except (TimeoutError, LinkError) as exc:
             left = len(self._heap) + len(self._inflight)
             if left:
                 log.warning("%s: closing with %d unacknowledged publishes (%s)", self.node_id, left, exc)
@@ -264,7 +237,7 @@ class Session:
         while True:
             try:
                 await self._connect_once()
-            except* (aiomqtt.MqttError, OSError) as group:
+            except* (LinkError, OSError) as group:
                 log.info("%s: broker connection lost or refused: %s", self.node_id, group.exceptions[0])
             except* Exception:
                 log.exception("%s: session error; reconnecting", self.node_id)
@@ -277,24 +250,6 @@ class Session:
             self.reconnects += 1
             self.metrics.inc("mqtt_reconnect")
             await asyncio.sleep(delay / 2 + random.uniform(0, delay / 2))  # "equal jitter"
-
-    def _client_args(self) -> dict:
-        v5 = self.cfg.protocol == "5"
-        args = dict(
-            hostname=self.cfg.host, port=self.cfg.port, identifier=self.client_id, logger=MQTT_LOG,
-            username=self.cfg.username or self.node_id, password=self._password(),
-            keepalive=self.cfg.keepalive_s, max_inflight_messages=self.cfg.max_inflight,
-            timeout=self.cfg.request_timeout_s, tls_context=self._tls_context(),
-            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
-        )
-        if v5:
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = self.cfg.session_expiry_s
-            args.update(clean_start=False, properties=props)
-        else:
-            args.update(clean_session=False)
-        return args
 
     def _password(self) -> str | None:
         if not self.cfg.password_file:
@@ -313,15 +268,16 @@ class Session:
 
     async def _connect_once(self) -> None:
         self._nonce = os.urandom(8)
-        will = aiomqtt.Will(self.topic("status"), self.signer.seal(Status(state="offline", session=self._nonce)),
-                            qos=1, retain=True)
-        async with aiomqtt.Client(will=will, **self._client_args()) as client:
+        will = (self.topic("status"), self.signer.seal(Status(state="offline", session=self._nonce)))
+        link = Link(self.cfg, client_id=self.client_id, username=self.cfg.username or self.node_id,
+                    password=self._password(), tls_context=self._tls_context(), will=will)
+        async with link as client:
             self._client = client
             for pattern in [*self._internal, *self._patterns]:
-                await _mqtt(client.subscribe, pattern, qos=1, timeout=self.cfg.request_timeout_s)
-            online = self.signer.seal(Status(state="online", session=self._nonce))
-            await _mqtt(client.publish, self.topic("status"), online, qos=1, retain=True,
-                        timeout=self.cfg.request_timeout_s)
+                await client.subscribe(pattern)
+            await _mqtt(client.publish(self.topic("status"),
+                                       self.signer.seal(Status(state="online", session=self._nonce)), qos=1,
+                                       retain=True))
             self.connected.set()
             self._attempt = 0
             log.info("%s: connected to %s:%d", self.node_id, self.cfg.host, self.cfg.port)
@@ -365,12 +321,11 @@ class Session:
         for item in items:  # awaiting a finished future does not yield to the loop; gather() would
             await item.done
 
-    async def _publish(self, client: aiomqtt.Client, item: _Out) -> bool:
+    async def _publish(self, client: Link, item: _Out) -> bool:
         """One attempt for an in-flight item; on failure or cancellation it goes back to the outbox."""
         try:
-            await _mqtt(client.publish, item.topic, item.payload, qos=item.qos, retain=item.retain,
-                        timeout=self.cfg.request_timeout_s)
-        except (aiomqtt.MqttError, OSError):
+            await client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain)
+        except (LinkError, OSError):
             self._requeue(item)
             return False
         except BaseException:
@@ -383,9 +338,10 @@ class Session:
             self._capacity.release()
             if not item.done.done():
                 item.done.set_result(None)
+        raise_dropped_cancel()  # sent: only now honour a cancellation aiomqtt may have swallowed
         return True
 
-    async def _send_loop(self, client: aiomqtt.Client) -> None:
+    async def _send_loop(self, client: Link) -> None:
         async with asyncio.TaskGroup() as tg:
             while True:
                 if not self._heap:
@@ -400,10 +356,10 @@ class Session:
                 self._inflight.add(item)
                 tg.create_task(self._send_from_outbox(client, item))
 
-    async def _send_from_outbox(self, client: aiomqtt.Client, item: _Out) -> None:
+    async def _send_from_outbox(self, client: Link, item: _Out) -> None:
         if not await self._publish(client, item):
             # Tear this connection down; _run reconnects and the outbox resends.
-            raise aiomqtt.MqttError(f"publish to {item.topic} failed")
+            raise LinkError(f"publish to {item.topic} failed")
 
     def _requeue(self, item: _Out) -> None:
         if item in self._inflight:  # not yet acknowledged: its original order number puts it first
@@ -420,7 +376,7 @@ class Session:
     # ------------------------------------------------------------------ subscriptions
 
     def subscribe(self, pattern: str, *, raw: bool = False, maxsize: int = 10000) -> Subscription:
-        """Messages on topics matching ``pattern``: ``Received`` envelopes, or raw aiomqtt messages.
+        """Messages on topics matching ``pattern``: ``Received`` envelopes, or (``raw``) every ``Frame`` as it came.
 
         The broker-side subscription lasts as long as the MQTT session, beyond
         this context: a persistent session keeps collecting messages for a node
@@ -439,9 +395,9 @@ class Session:
         if sub.pattern not in self._patterns:
             self._patterns[sub.pattern] = None
             if self._client is not None:
-                with contextlib.suppress(aiomqtt.MqttError):  # on failure, the reconnect resubscribes
-                    await _mqtt(self._client.subscribe, sub.pattern, qos=1, timeout=self.cfg.request_timeout_s)
-        early = [m for m in self._held if topics.matches(sub.pattern, m.topic.value)]
+                with contextlib.suppress(LinkError):  # on failure, the reconnect resubscribes
+                    await self._client.subscribe(sub.pattern)
+        early = [m for m in self._held if topics.matches(sub.pattern, m.topic)]
         for m in early:
             self._held.remove(m)
             self._held_bytes -= len(m.payload)
@@ -454,22 +410,25 @@ class Session:
         """End the broker-side subscription for ``pattern`` (local subscriptions to it stop receiving)."""
         self._patterns.pop(pattern, None)
         if self._client is not None:
-            with contextlib.suppress(aiomqtt.MqttError):
-                await _mqtt(self._client.unsubscribe, pattern, timeout=self.cfg.request_timeout_s)
+            with contextlib.suppress(LinkError):
+                await self._client.unsubscribe(pattern)
 
     # ------------------------------------------------------------------ incoming
 
-    async def _read_loop(self, client: aiomqtt.Client) -> None:
-        async for m in client.messages:
-            await self._dispatch(m)
+    async def _read_loop(self, client: Link) -> None:
+        async for frame in client.frames():
+            try:
+                await self._dispatch(frame)
+            except Exception:  # a bug in routing or a consumer: count it, keep reading
+                self.metrics.inc("inbound_rejected", reason="internal")
+                log.exception("%s: dispatching a message on %s failed", self.node_id, frame.topic[:200])
 
-    async def _dispatch(self, m: aiomqtt.Message) -> None:
-        name = m.topic.value
-        payload = bytes(m.payload) if not isinstance(m.payload, bytes) else m.payload
-        subs = [s for s in self._subs if topics.matches(s.pattern, name)]
-        if not subs and not any(topics.matches(p, name) for p in self._internal):
+    async def _dispatch(self, m: Frame) -> None:
+        """Route one frame: hold it if nobody here wants it yet, else verify it once and deliver it."""
+        subs = [s for s in self._subs if topics.matches(s.pattern, m.topic)]
+        if not subs and not any(topics.matches(p, m.topic) for p in self._internal):
             self._held.append(m)
-            self._held_bytes += len(payload)
+            self._held_bytes += len(m.payload)
             while len(self._held) > self.HELD_LIMIT or self._held_bytes > self.cfg.reassembly_buffer:
                 self._held_bytes -= len(self._held.popleft().payload)
                 self.metrics.inc("unrouted_dropped")
@@ -477,32 +436,12 @@ class Session:
         for s in subs:
             if s.raw:
                 await s.queue.put(m)
-        try:
-            where = topics.parse(name)
-        except topics.TopicError:
-            return
-        if where.kind not in ("req", "resp") and all(s.raw for s in subs):
+        if all(s.raw for s in subs) and not any(topics.matches(p, m.topic) for p in self._internal):
             return  # nobody here wants this one verified
-        if chunking.is_chunk(payload):
-            try:
-                payload = self._reassembler.add(where.node, payload)
-            except chunking.ChunkError:
-                return  # logged and counted by the reassembler
-            if payload is None:
-                return  # more chunks to come
-        sig = payload[:256]  # the envelope head, signature included: unique per message
-        if sig in self._recent:
-            self.metrics.inc("duplicate_delivery")  # QoS1 redelivery or overlapping subscriptions
-            return
-        try:
-            env = self.verifier.open(payload, check_fresh=where.kind not in topics.RETAINED,
-                                     expect_sender=where.node, expect_to=where.target, expect_role=where.role)
-        except Rejected:
-            return
-        self._recent[sig] = None
-        if len(self._recent) > 4096:
-            self._recent.popitem(last=False)
-        rx = Received(where, env)
+        rx = self.inbound.receive(m.topic, m.payload)
+        if rx is None:
+            return  # counted: rejected, a duplicate, or part of a chunked transfer
+        where = rx.topic
         if where.kind == "req" and where.target == self.node_id:
             handler, concurrent = self._handlers.get(rx.envelope.type, (None, False))
             if concurrent:
@@ -511,23 +450,9 @@ class Session:
                 await self._serve(rx, handler)
         elif where.kind == "resp" and where.target == self.node_id:
             self._resolve(rx)
-        elif where.kind == "status":
-            if not self._track_status(rx):
-                return
         for s in subs:
             if not s.raw:
                 await s.queue.put(rx)
-
-    def _track_status(self, rx: Received) -> bool:
-        msg = rx.message
-        if msg.state not in ("online", "offline"):
-            return False
-        last = self.peers.get(rx.envelope.sender)
-        if msg.state == "offline" and last is not None and last[1] != msg.session:
-            self.metrics.inc("status_stale")  # a will from an older session than the one we saw online
-            return False
-        self.peers[rx.envelope.sender] = (msg.state, msg.session)
-        return True
 
     # ------------------------------------------------------------------ request / response
 
@@ -570,10 +495,16 @@ class Session:
         try:
             reply = Error("unsupported", f"no handler for {env.type}") if handler is None else await handler(env)
         except Exception as exc:  # the requester gets an answer; the log gets the trace
+            self.metrics.inc("handler_failed", type=env.type)
             log.exception("%s: handler for %s failed", self.node_id, env.type)
             reply = Error("internal", type(exc).__name__)
-        if reply is not None:
+        if reply is None:
+            return
+        try:
             await self.publish("resp", reply, to=env.sender, corr=env.corr)
+        except (codec.CodecError, ConnectionError) as exc:  # e.g. a reply over its type's size limit
+            self.metrics.inc("handler_failed", type=env.type)
+            log.warning("%s: cannot answer %s from %s: %s", self.node_id, env.type, env.sender, exc)
 
     async def _expire_transfers(self) -> None:
         """Free chunked transfers that stopped arriving, even if no further chunk comes to trigger it."""

@@ -1,0 +1,53 @@
+"""What a hostile peer tries: each case once broke or starved a node."""
+
+import asyncio
+
+import pytest
+
+from edgefl.transport import topics
+from edgefl.transport.messages import Ping
+from tests.conftest import Nodes, connected
+
+pytestmark = pytest.mark.broker
+
+
+async def test_a_signed_message_of_the_wrong_type_on_a_status_topic_is_rejected_not_fatal(broker):
+    """A Ping on a node's own retained status topic once raised in the status tracker and killed every reader."""
+    nodes = Nodes(broker.port, "dev-a", "fog-1")
+    a, fog = nodes.session("dev-a"), nodes.session("fog-1", role="fog")
+    async with a, fog, fog.subscribe(topics.pattern(kind="status")):
+        await connected(a, fog)
+        for i in range(3):
+            await a.send(a.topic("status"), a.signer.seal(Ping(nonce=b"not a status %d" % i)), retain=True)
+        await asyncio.sleep(0.3)
+        reply = await fog.request("dev-a", Ping(nonce=b"still there?"), timeout=5)
+        assert reply.message.nonce == b"still there?"
+        assert fog.reconnects == 0
+    assert nodes.metrics["fog-1"].get("inbound_rejected", reason="wrong_type") == 3
+
+
+async def test_a_captured_older_global_model_does_not_roll_a_node_back(broker):
+    """The task view adopted any GlobalModel of another task: a captured older one re-published rolled every
+    node back. Retained kinds only move forward (by the sender's sequence number)."""
+    from edgefl.fl.protocol import GlobalModel, TaskView
+
+    nodes = Nodes(broker.port, "cloud-1", "dev-a")
+    cloud, dev = nodes.session("cloud-1", role="cloud"), nodes.session("dev-a")
+    changes = []
+    view = TaskView(lambda: changes.append(view.model))
+    old = cloud.signer.seal(GlobalModel(task="old", round=2, rounds=3, model=b"o" * 32))
+    async with cloud, dev:
+        await connected(cloud, dev)
+        follow = asyncio.create_task(view.follow(dev, "cloud-1"))
+        try:
+            await cloud.publish("model", GlobalModel(task="new", round=0, rounds=3, model=b"n" * 32), retain=True)
+            while not changes:
+                await asyncio.sleep(0.02)
+            await cloud.send(cloud.topic("model"), old, retain=True)  # the captured copy, re-published
+            await cloud.publish("model", GlobalModel(task="new", round=1, rounds=3, model=b"m" * 32), retain=True)
+            while len(changes) < 2 or changes[-1].round < 1:
+                await asyncio.sleep(0.02)
+        finally:
+            follow.cancel()
+    assert [(m.task, m.round) for m in changes] == [("new", 0), ("new", 1)]
+    assert nodes.metrics["dev-a"].get("inbound_rejected", reason="stale_retained") == 1
