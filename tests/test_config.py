@@ -65,3 +65,21 @@ def test_profile_file_errors(tmp_path):
 def test_paths_expand(tmp_path):
     cfg = load_config(overrides=[f"node.data_dir={tmp_path}", "node.id=x"], env={})
     assert cfg.path(cfg.security.key_file) == tmp_path / "keys" / "x.key"
+
+
+def test_a_profile_that_is_not_utf8_is_a_config_error(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_bytes(b'[node]\nid = "\xff\xfe"\n')
+    with pytest.raises(ConfigError, match="UTF-8"):
+        load_config(path, env={})
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "+nan"])
+def test_nan_and_infinity_fail_every_range_check(tmp_path, value):
+    """``max_clock_skew_s = inf`` passed the range check (inf >= 1) and later crashed the verifier."""
+    path = tmp_path / "p.toml"
+    path.write_text(f"[security]\nmax_clock_skew_s = {value}\n")
+    with pytest.raises(ConfigError, match="finite"):
+        load_config(path, env={})
+    with pytest.raises(ConfigError, match="finite"):
+        load_config(overrides=[f"ml.lr={value}"], env={})

@@ -51,3 +51,17 @@ async def test_a_captured_older_global_model_does_not_roll_a_node_back(broker):
             follow.cancel()
     assert [(m.task, m.round) for m in changes] == [("new", 0), ("new", 1)]
     assert nodes.metrics["dev-a"].get("inbound_rejected", reason="stale_retained") == 1
+
+
+@pytest.mark.parametrize("role, missing", [("cloud", "onnx"), ("cloud", "onnxruntime"), ("device", "onnxruntime")])
+def test_a_missing_optional_dependency_is_one_clear_error_before_connecting(monkeypatch, tmp_path, role, missing):
+    """Without the [ml] extra a cloud logged "cannot export onnx", then a StopIteration, restarted forever."""
+    import sys
+
+    from edgefl.nodes.node import role_class
+    from edgefl.runtime.config import ConfigError, load_config
+
+    monkeypatch.setitem(sys.modules, missing, None)  # `import missing` raises ImportError
+    cfg = load_config(overrides=[f"node.role={role}", "node.fog=fog-1", f"node.data_dir={tmp_path}"], env={})
+    with pytest.raises(ConfigError, match=r"edgefl\[ml\]"):
+        role_class(role).check(cfg)

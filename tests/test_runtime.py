@@ -139,3 +139,20 @@ def test_state_file_roundtrip_missing_and_corrupt(tmp_path):
     f.path.write_bytes(f.path.read_bytes()[:-3])
     with pytest.raises(StateError, match="corrupt state"):  # never silently empty: that could count twice
         f.load({})
+
+
+async def test_a_service_that_cannot_run_stops_the_node_instead_of_restarting_forever():
+    """A missing optional dependency crashed the cloud's service, and the supervisor restarted it forever."""
+    from edgefl.runtime.config import ConfigError
+
+    m = Metrics()
+    runs = []
+
+    async def misconfigured():
+        runs.append(1)
+        raise ConfigError("ml.backend", "the onnx package is missing: pip install 'edgefl[ml]'")
+
+    async with Supervisor(handle_signals=False, backoff=(0.001, 0.01), metrics=m) as sup:
+        sup.spawn("fl-cloud", misconfigured)
+        reason = await asyncio.wait_for(sup.wait(), 5)
+    assert runs == [1] and "edgefl[ml]" in reason and "fl-cloud" in reason

@@ -24,7 +24,7 @@ from edgefl.crypto.hashing import MerkleFrontier, merkle_path
 from edgefl.runtime.logging import RateLimited
 from edgefl.runtime.metrics import METRICS, Metrics
 from edgefl.ledger.block import Tip, decode_header, frame_tx
-from edgefl.ledger.errors import InvalidBlock, InvalidTx, LedgerError, ProofError
+from edgefl.ledger.errors import InvalidBlock, InvalidTx, LedgerError, ProofError, StoreError
 from edgefl.ledger.proofs import (BATCH_METHODS, MAX_BATCH, BatchProof, TxProof, make_aggregate, make_proof,
                                   witness_for)
 from edgefl.ledger.sealer import Sealer
@@ -329,9 +329,8 @@ class Chain:
                              reason="not_anchored")
         if at > self.tip.height:
             raise ProofError(f"height {at} is beyond the tip {self.tip.height}", field="at", reason="not_found")
-        prev = self.store.block_row(height - 1)[3] if height else None
-        prev_acc = accumulator.from_bytes(prev) if prev is not None else accumulator.GENERATOR
-        header = self.store.block_row(height)[1]
+        prev_acc = self.store.accumulator_at(height - 1)
+        header = self._row(height)[1]
         witness = witness_for(prev_acc, self.store.elements(height, at))
         return make_proof(self.id, raw, header, index, self.store.txids(height), at, witness)
 
@@ -358,12 +357,10 @@ class Chain:
         heights = sorted({h for h, _, _ in found})
         low = heights[0]
         members = set(heights)
-        prev = self.store.block_row(low - 1)[3] if low else None
         later = [e for h, e in zip(range(low + 1, at + 1), self.store.elements(low, at)) if h not in members]
-        aggregate = make_aggregate(accumulator.from_bytes(prev) if prev is not None else accumulator.GENERATOR,
-                                   later, [self.store.block_row(h)[4] for h in heights],
-                                   accumulator.from_bytes(self.store.block_row(at)[3]))
-        items = [TxProof(self.id, raw, self.store.block_row(h)[1], i, merkle_path(self.store.txids(h), i), at, b"")
+        aggregate = make_aggregate(self.store.accumulator_at(low - 1), later, [self._row(h)[4] for h in heights],
+                                   self.store.accumulator_at(at))
+        items = [TxProof(self.id, raw, self._row(h)[1], i, merkle_path(self.store.txids(h), i), at, b"")
                  for h, i, raw in found]
         return BatchProof(self.id, at, method, items, aggregate)
 
@@ -382,7 +379,13 @@ class Chain:
         return Anchor(self.id, prev_height, [decode_header(h).content() for h in headers], headers[-1])
 
     def head_header(self) -> bytes:
-        return self.store.block_row(self.tip.height)[1]
+        return self._row(self.tip.height)[1]
+
+    def _row(self, height: int) -> tuple:
+        row = self.store.block_row(height)
+        if row is None:
+            raise StoreError(f"{self.store.path}: block {height} is missing", field="store", reason="corrupt")
+        return row
 
 
 def verify_blocks(blocks, *, registry: KeyRegistry | None = None, store: Store | None = None) -> int:

@@ -10,6 +10,9 @@
 * Stored bytes are exactly the block's bytes (header, seal, transactions), so
   ``Chain.verify`` re-validates the chain from them; derived columns (hash,
   accumulator, element, tx id) speed lookups and are checked by verify too.
+* Every value read back is checked against its column's type (``_typed``):
+  a tampered or corrupt file fails with ``StoreError`` (reason ``corrupt``),
+  never with a TypeError or an accumulator error from deeper down.
 """
 
 from __future__ import annotations
@@ -166,45 +169,72 @@ class Store:
 
     # ------------------------------------------------------------------ reads
 
-    def _one(self, sql: str, *args):
+    def _one(self, types: str, sql: str, *args):
         try:
-            return self.db.execute(sql, args).fetchone()
+            row = self.db.execute(sql, args).fetchone()
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: {exc}") from None
+            raise StoreError(f"{self.path}: {exc}", reason="corrupt") from None
+        return None if row is None else self._typed(types, row)
 
-    def _all(self, sql: str, *args) -> list:
+    def _all(self, types: str, sql: str, *args) -> list:
         try:
-            return self.db.execute(sql, args).fetchall()
+            rows = self.db.execute(sql, args).fetchall()
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: {exc}") from None
+            raise StoreError(f"{self.path}: {exc}", reason="corrupt") from None
+        return [self._typed(types, r) for r in rows]
+
+    def _typed(self, types: str, row: tuple) -> tuple:
+        """``row`` if each value has its column's type: i int, b bytes, s str; upper case may also be NULL."""
+        for value, t in zip(row, types, strict=True):
+            want = _TYPES[t.lower()]
+            if type(value) is not want and not (value is None and t.isupper()):
+                raise StoreError(f"{self.path}: a stored {want.__name__} column holds {type(value).__name__}",
+                                 field="store", reason="corrupt")
+        return row
+
+    def _acc(self, raw: bytes) -> int:
+        try:
+            return accumulator.from_bytes(raw)
+        except accumulator.AccumulatorError as exc:
+            raise StoreError(f"{self.path}: a stored accumulator is not an element ({exc})", field="store",
+                             reason="corrupt") from None
 
     def tip(self) -> Tip:
-        row = self._one("SELECT height, hash, acc, ts FROM blocks ORDER BY height DESC LIMIT 1")
+        row = self._one("ibbi", "SELECT height, hash, acc, ts FROM blocks ORDER BY height DESC LIMIT 1")
         if row is None:
             return Tip.genesis()
-        return Tip(row[0], row[1], accumulator.from_bytes(row[2]), row[3])
+        return Tip(row[0], row[1], self._acc(row[2]), row[3])
+
+    def accumulator_at(self, height: int) -> int:
+        """The accumulator after block ``height``; the generator before genesis (``height`` -1)."""
+        if height < 0:
+            return accumulator.GENERATOR
+        row = self.block_row(height)
+        if row is None:
+            raise StoreError(f"{self.path}: block {height} is missing", reason="corrupt")
+        return self._acc(row[3])
 
     def state(self) -> State:
         """The chain's spec and, per other chain, its last anchored (height, accumulator)."""
-        row = self._one("SELECT data FROM txs WHERE height = 0 AND idx = 0")
+        row = self._one("b", "SELECT data FROM txs WHERE height = 0 AND idx = 0")
         if row is None:
             return State()
         anchors = {c: (h, acc) for c, h, acc in self._all(
-            "SELECT chain, height, acc FROM anchors a WHERE height = "
+            "sib", "SELECT chain, height, acc FROM anchors a WHERE height = "
             "(SELECT MAX(height) FROM anchors b WHERE b.chain = a.chain)")}
         return State(decode_tx(row[0]).body, anchors)
 
     def block_row(self, height: int) -> tuple | None:
         """(hash, header bytes, seal bytes, acc bytes, element int) of a stored block."""
-        row = self._one("SELECT hash, header, seal, acc, element FROM blocks WHERE height = ?", height)
+        row = self._one("bbbbb", "SELECT hash, header, seal, acc, element FROM blocks WHERE height = ?", height)
         return None if row is None else (*row[:4], int.from_bytes(row[4], "big"))
 
     def block(self, height: int) -> bytes | None:
         """The block's exact wire bytes, reassembled from its stored parts."""
-        row = self._one("SELECT header, seal FROM blocks WHERE height = ?", height)
+        row = self._one("bb", "SELECT header, seal FROM blocks WHERE height = ?", height)
         if row is None:
             return None
-        txs = [r[0] for r in self._all("SELECT data FROM txs WHERE height = ? ORDER BY idx", height)]
+        txs = [r[0] for r in self._all("b", "SELECT data FROM txs WHERE height = ? ORDER BY idx", height)]
         try:
             seal = Seal.from_wire(codec.decode(row[1]))
         except codec.CodecError as exc:
@@ -221,14 +251,14 @@ class Store:
             yield raw
 
     def txids(self, height: int) -> list[bytes]:
-        return [r[0] for r in self._all("SELECT id FROM txs WHERE height = ? ORDER BY idx", height)]
+        return [r[0] for r in self._all("b", "SELECT id FROM txs WHERE height = ? ORDER BY idx", height)]
 
     def tx(self, txid: bytes) -> tuple[int, int, bytes] | None:
         """(height, index in block, raw bytes) of a transaction."""
-        return self._one("SELECT height, idx, data FROM txs WHERE id = ?", txid)
+        return self._one("iib", "SELECT height, idx, data FROM txs WHERE id = ?", txid)
 
     def has_tx(self, txid: bytes) -> bool:
-        return self._one("SELECT 1 FROM txs WHERE id = ?", txid) is not None
+        return self._one("i", "SELECT 1 FROM txs WHERE id = ?", txid) is not None
 
     def find(self, *, device: str | None = None, model: bytes | None = None, rtype: str | None = None,
              kind: str | None = None, limit: int = 1000, newest: bool = False) -> list[tuple[bytes, int, int]]:
@@ -239,20 +269,20 @@ class Store:
                 where.append(f"{column} = ?")
                 args.append(value)
         sql = "SELECT id, height, idx FROM txs" + (" WHERE " + " AND ".join(where) if where else "")
-        return self._all(sql + f" ORDER BY seq {'DESC' if newest else 'ASC'} LIMIT ?", *args, limit)
+        return self._all("bii", sql + f" ORDER BY seq {'DESC' if newest else 'ASC'} LIMIT ?", *args, limit)
 
     def elements(self, after: int, upto: int) -> list[int]:
         """Accumulator elements of blocks after+1 .. upto."""
-        rows = self._all("SELECT element FROM blocks WHERE height > ? AND height <= ? ORDER BY height", after, upto)
+        rows = self._all("b", "SELECT element FROM blocks WHERE height > ? AND height <= ? ORDER BY height", after, upto)
         return [int.from_bytes(r[0], "big") for r in rows]
 
     def headers(self, after: int, upto: int) -> list[bytes]:
-        return [r[0] for r in self._all("SELECT header FROM blocks WHERE height > ? AND height <= ? ORDER BY height",
-                                        after, upto)]
+        return [r[0] for r in self._all("b", "SELECT header FROM blocks WHERE height > ? AND height <= ? "
+                                        "ORDER BY height", after, upto)]
 
     def latest_anchor(self, chain: str, upto_block: int | None = None) -> tuple[int, bytes, bytes, int] | None:
         """The last (height, acc, tx id, block) anchored for ``chain`` in blocks up to ``upto_block``."""
-        row = self._one("SELECT a.height, a.acc, t.id, a.block FROM anchors a JOIN txs t ON t.seq = a.seq "
+        row = self._one("ibbi", "SELECT a.height, a.acc, t.id, a.block FROM anchors a JOIN txs t ON t.seq = a.seq "
                         "WHERE a.chain = ? AND a.block <= ? ORDER BY a.height DESC LIMIT 1",
                         chain, (1 << 62) if upto_block is None else upto_block)
         return row
@@ -271,11 +301,14 @@ class Store:
         """
         db = self.db
         try:
-            blocks = db.execute("SELECT height, hash, acc, element FROM blocks ORDER BY height")
-            txs = _Peek(db.execute("SELECT seq, height, idx, id, kind, rtype, signer, device, model FROM txs "
-                                   "ORDER BY seq"))
-            refs = _Peek(db.execute("SELECT seq, cid FROM refs ORDER BY seq"))
-            anchors = _Peek(db.execute("SELECT block, chain, height, acc FROM anchors ORDER BY block"))
+            typed = self._typed
+            blocks = (typed("ibbb", r) for r in db.execute("SELECT height, hash, acc, element FROM blocks "
+                                                            "ORDER BY height"))
+            txs = _Peek(typed("iiibsSSSB", r) for r in db.execute(
+                "SELECT seq, height, idx, id, kind, rtype, signer, device, model FROM txs ORDER BY seq"))
+            refs = _Peek(typed("ib", r) for r in db.execute("SELECT seq, cid FROM refs ORDER BY seq"))
+            anchors = _Peek(typed("isib", r) for r in db.execute("SELECT block, chain, height, acc FROM anchors "
+                                                                  "ORDER BY block"))
             height = -1
             for height, hash_, acc, element in blocks:
                 rows = txs.take_while(lambda r: r[1] <= height)
@@ -291,13 +324,13 @@ class Store:
             if any(rest):
                 yield height + 1, None, [r[1:] for r in rest[0]], [(r[1], -1) for r in rest[1]], rest[2]
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: {exc}") from None
+            raise StoreError(f"{self.path}: {exc}", reason="corrupt") from None
 
     def referenced(self) -> set[bytes]:
-        return {r[0] for r in self._all("SELECT DISTINCT cid FROM refs")}
+        return {r[0] for r in self._all("b", "SELECT DISTINCT cid FROM refs")}
 
     def header_at(self, height: int):
-        row = self._one("SELECT header FROM blocks WHERE height = ?", height)
+        row = self._one("b", "SELECT header FROM blocks WHERE height = ?", height)
         return None if row is None else decode_header(row[0])
 
 
@@ -314,6 +347,9 @@ class _Peek:
             out.append(self._next)
             self._next = next(self._rows, None)
         return out
+
+
+_TYPES = {"i": int, "b": bytes, "s": str}
 
 
 def _int_bytes(n: int) -> bytes:

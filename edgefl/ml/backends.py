@@ -18,6 +18,7 @@ serves it to other processes.
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.metadata
 import json
 import sys
@@ -157,6 +158,19 @@ class TFLiteRuntimeBackend(_TFLiteInterpreterBackend):
 
 
 BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (OnnxRuntimeBackend, LiteRTBackend, TFLiteRuntimeBackend)}
+_NEEDS = {"onnxruntime": ("onnxruntime",), "litert": ("ai_edge_litert.interpreter",)}
+
+
+def backend_problem(name: str) -> str | None:
+    """Why backend ``name`` cannot run here (a package missing), or None: checked before a node starts."""
+    if name == "tflite_runtime":
+        return tflite_runtime_problem()
+    for module in _NEEDS.get(name, ()):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            return f"the {name} backend needs {module.partition('.')[0]} ({exc}): pip install 'edgefl[ml]'"
+    return None
 
 
 def backend_class(name: str) -> type[Backend]:

@@ -17,6 +17,7 @@ ledger (``ModelRelease``); a device calls ``ModelRelease.check`` (or
 from __future__ import annotations
 
 import hmac
+import importlib
 import os
 from pathlib import Path
 from typing import Annotated
@@ -119,6 +120,19 @@ class ModelRelease(Message):
         if detect_format(data) != self.format:
             raise ModelError(f"model is {detect_format(data)}, the release says {self.format}")
         return data
+
+
+_EXPORTERS_NEED = {"onnx": ("onnx",), "tflite": ("flatbuffers", "ai_edge_litert.schema_py_generated")}
+
+
+def export_problem(fmt: str) -> str | None:
+    """Why ``fmt`` cannot be exported here (a package missing), or None: checked before a cloud starts."""
+    for module in _EXPORTERS_NEED.get(fmt, ()):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            return f"exporting {fmt} needs {module.partition('.')[0]} ({exc}): pip install 'edgefl[ml]'"
+    return None
 
 
 def export(weights: ExtractorWeights, fmt: str) -> bytes:

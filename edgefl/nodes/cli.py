@@ -32,7 +32,7 @@ def run_cmd(args) -> int:
 
     reason = run(run_node(args.config, stop_after=args.stop_after))
     print(f"stopped: {reason}")
-    return 0
+    return 1 if " cannot run: " in reason else 0
 
 
 def demo_cmd(args) -> int:

@@ -35,8 +35,8 @@ from edgefl.ledger.records import CoinUpdate
 from edgefl.ledger.service import LedgerNode, server_of
 from edgefl.ledger.tx import record_tx
 from edgefl.ml import trainer as T
-from edgefl.ml.backends import backend_class, open_backend
-from edgefl.ml.export import FORMATS, ModelRelease, export
+from edgefl.ml.backends import backend_class, backend_problem, open_backend
+from edgefl.ml.export import FORMATS, ModelRelease, export, export_problem
 from edgefl.ml.extractor import FEATURES, ExtractorWeights
 from edgefl.ml.privacy import Privatiser, mechanism, normalise
 from edgefl.nodes.leader import Leaders
@@ -88,6 +88,10 @@ class CloudNode:
 
     @staticmethod
     def check(cfg: Config) -> None:
+        fmt = backend_class(cfg.ml.backend).format  # the cloud exports this extractor and runs it on its data
+        problem = export_problem(fmt) or backend_problem(cfg.ml.backend)
+        if problem:
+            raise ConfigError("ml.backend", f"the cloud cannot release its {fmt} extractor: {problem}")
         aggregator_specs(cfg)
         config = train_config(cfg)
         if cfg.fl.warm_start and not T.warm_start_fits(config.layers):

@@ -28,7 +28,7 @@ from edgefl.ledger.errors import LedgerError
 from edgefl.ledger.recorder import Recorder, via_session
 from edgefl.ledger.records import DataCollected
 from edgefl.ledger.tx import record_tx
-from edgefl.ml.backends import BackendUnavailable, backend_class
+from edgefl.ml.backends import BackendUnavailable, backend_class, backend_problem
 from edgefl.ml.device import FeatureExtractor
 from edgefl.ml.export import ModelError
 from edgefl.ml.privacy import PrivacyAccountant, Privatiser, mechanism
@@ -72,6 +72,9 @@ class DeviceNode:
     def check(cfg: Config) -> None:
         if not cfg.node.fog:
             raise ConfigError("node.fog", "a device needs the id of the fog it reports to")
+        problem = backend_problem(cfg.ml.backend)
+        if problem:
+            raise ConfigError("ml.backend", f"a device extracts its features with it: {problem}")
 
     def services(self) -> dict:
         return {"fl-device": self.run}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import tomllib
 import types
@@ -235,9 +236,11 @@ def load_config(profile: str | os.PathLike | None = None, *, env: dict[str, str]
     if profile:
         path = profile_path(profile)
         try:
-            data = tomllib.loads(path.read_text())
+            data = tomllib.loads(path.read_bytes().decode("utf-8"))
         except OSError as exc:
             raise ConfigError("profile", f"cannot read {path}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError("profile", f"{path} is not UTF-8 text (byte {exc.start})") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("profile", f"{path} is not valid TOML: {exc}") from None
         for section, values in data.items():
@@ -309,6 +312,8 @@ def _coerce(key: str, tp: Any, f: dataclasses.Field, value: Any, source: str) ->
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(key, f"expected a number, got {value!r}", source)
         value = float(value)
+        if not math.isfinite(value):  # nan compares false with every bound; inf passes a bare lower one
+            raise ConfigError(key, f"{value!r} is not a finite number", source)
     elif tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(key, f"expected a string, got {value!r}", source)

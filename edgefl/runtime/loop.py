@@ -3,7 +3,9 @@
 ``run(main)`` runs a coroutine on uvloop when it is installed (plain asyncio
 otherwise, or with ``EDGEFL_NO_UVLOOP=1``).  ``Supervisor`` owns the node's
 long-running services in one ``asyncio.TaskGroup``: a crashed service is
-logged, counted and restarted with backoff; SIGINT/SIGTERM start a graceful
+logged, counted and restarted with backoff, except one that cannot run at all
+(a ``ConfigError``: a setting or a missing package that no restart fixes),
+which stops the node with its reason; SIGINT/SIGTERM start a graceful
 shutdown in which services are cancelled and, because resources such as the
 MQTT session and stores are entered *outside* the supervisor, they close after
 the services are gone (queued QoS1 publishes drain, stores flush).
@@ -19,6 +21,7 @@ import signal
 import threading
 from typing import Any, Awaitable, Callable, Coroutine
 
+from edgefl.runtime.config import ConfigError
 from edgefl.runtime.metrics import METRICS, Metrics
 
 log = logging.getLogger("edgefl.runtime")
@@ -78,6 +81,7 @@ class Supervisor:
         self.metrics = metrics
         self.stopping = asyncio.Event()
         self.stop_reason = ""
+        self.failed = False  # stopped because a service cannot run
         self._tg = asyncio.TaskGroup()
         self._tasks: dict[str, asyncio.Task] = {}
         self._signals: list[int] = []
@@ -135,6 +139,12 @@ class Supervisor:
             try:
                 await factory()
                 log.debug("service %s finished", name)
+                return
+            except ConfigError as exc:  # restarting cannot help: stop, once, with the reason
+                self.metrics.inc("service_crash", service=name)
+                log.error("service %s cannot run: %s", name, exc)
+                self.failed = True
+                self.stop(f"service {name} cannot run: {exc}")
                 return
             except Exception:
                 self.metrics.inc("service_crash", service=name)
