@@ -70,11 +70,16 @@ def test_broker_config_renders_files_mosquitto_accepts(tmp_path, args):
     assert "set_tcp_nodelay true" in conf and "max_packet_size 1048576" in conf
     if "--anonymous" not in args:
         acl = (tmp_path / "acl").read_text()
-        assert "pattern write edgefl/v1/+/+/%u/#" in acl
+        site = args[args.index("--site") + 1] if "--site" in args else "site-1"
+        clients = f"{site}/device" if "fog" in args else "+/fog"  # a fog's devices, a cloud's fog bridges
+        assert f"pattern write edgefl/v1/{clients}/%u/#" in acl
+        assert "pattern read edgefl/v1/+/fog/#" not in acl  # not the fog's responses to other devices
     if "--cloud-host" in args:
         assert "topic edgefl/v1/s1/fog/fog-1/# out 1" in conf and "user fog-1" in (tmp_path / "acl").read_text()
     if "--tls" in args:
         assert "require_certificate true" in conf and "use_identity_as_username true" in conf
+    if "--anonymous" in args:
+        assert "listener 1883 127.0.0.1" in conf
 
 
 def test_rendered_bridge_config_runs_in_mosquitto(tmp_path):

@@ -65,3 +65,35 @@ def test_a_missing_optional_dependency_is_one_clear_error_before_connecting(monk
     cfg = load_config(overrides=[f"node.role={role}", "node.fog=fog-1", f"node.data_dir={tmp_path}"], env={})
     with pytest.raises(ConfigError, match=r"edgefl\[ml\]"):
         role_class(role).check(cfg)
+
+
+async def test_a_device_reads_only_what_is_addressed_to_it_and_publishes_only_as_itself(tmp_path):
+    """The fog ACL let every device read the fog's responses to other devices, and publish under its own id
+    with any site or role segment."""
+    from edgefl.transport.mosquitto import LocalMosquitto
+    from tests.conftest import need_mosquitto, topics_seen_until
+
+    need_mosquitto()
+    users = {"dev-a": "pw-a", "dev-b": "pw-b", "fog-1": "pw-f"}
+    with LocalMosquitto(tmp_path / "b", auth="password", users=users, readers=["fog-1"], site="t") as broker:
+        nodes = Nodes(broker.port, *users)
+        for name, pw in users.items():
+            (tmp_path / f"{name}.pw").write_text(pw)
+        a, b, fog = (nodes.session(n, role=r, password_file=str(tmp_path / f"{n}.pw"))
+                     for n, r in (("dev-a", "device"), ("dev-b", "device"), ("fog-1", "fog")))
+        async with a, b, fog, a.subscribe("edgefl/v1/#", raw=True) as a_sees, \
+                fog.subscribe("edgefl/v1/#", raw=True) as fog_sees:
+            await connected(a, b, fog)
+            await fog.publish("resp", Ping(nonce=b"for b"), to="dev-b")
+            await fog.publish("msg", Ping(nonce=b"for b"), to="dev-b")
+            await fog.publish("beacon", Ping(nonce=b"for all"))
+            wire = a.signer.seal(Ping(nonce=b"as another role or site"), to="fog-1")
+            await a.send(topics.topic("t", "fog", "dev-a", "msg", "fog-1"), wire)
+            await a.send(topics.topic("elsewhere", "device", "dev-a", "msg", "fog-1"), wire)
+            await a.send(topics.topic("t", "device", "dev-a", "msg", "fog-1"), wire)
+            await fog.publish("resp", Ping(nonce=b"for a"), to="dev-a")
+            seen_by_a = await topics_seen_until(a_sees, "fog-1/resp/dev-a")
+            seen_by_fog = await topics_seen_until(fog_sees, "dev-a/msg/fog-1")
+    assert not any(t.endswith("/dev-b") for t in seen_by_a), seen_by_a
+    assert "edgefl/v1/t/fog/fog-1/beacon" in seen_by_a
+    assert [t for t in seen_by_fog if "dev-a/msg" in t] == ["edgefl/v1/t/device/dev-a/msg/fog-1"], seen_by_fog

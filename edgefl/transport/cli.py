@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import statistics
 import sys
@@ -19,23 +20,23 @@ def register(sub) -> None:
     p = broker.add_parser("config", help="render mosquitto.conf (and the ACL) from broker/*.tmpl")
     p.add_argument("--role", choices=["fog", "cloud"], default="fog")
     p.add_argument("--port", type=int, default=None, help="listener port (default 1883, 8883 with --tls)")
-    p.add_argument("--bind", default="0.0.0.0")
+    p.add_argument("--bind", default=None, help="listener address (default 0.0.0.0; 127.0.0.1 with --anonymous)")
     p.add_argument("--tls", action="store_true", help="TLS listener with client certificates (CN = node id)")
     p.add_argument("--cafile", help="root X.509 CA (default: {data_dir}/tls/ca.pem, as `edgefl pki` lays it out)")
     p.add_argument("--certfile", help="broker certificate chain (default: {data_dir}/tls/{id}.pem of the profile)")
     p.add_argument("--keyfile", help="broker key (default: {data_dir}/tls/{id}.key)")
     p.add_argument("--crlfile", help="X.509 CRLs (default: {data_dir}/tls/crl.pem when it exists)")
-    p.add_argument("--anonymous", action="store_true", help="no identities or ACL (loopback demos only)")
-    p.add_argument("--reader", action="append", default=[], help="identity allowed to read the whole tree (a fog)")
-    p.add_argument("--data-dir", help="the broker's persistence folder (default: {data_dir}/broker/data of the "
-                                      "profile: its own, never the system broker's /var/lib/mosquitto)")
-    p.add_argument("--user", help="the user Mosquitto runs as when started as root (default: the owner of "
-                                  "--keyfile, who can read it; else mosquitto)")
+    p.add_argument("--anonymous", action="store_true", help="no identities or ACL: listens on loopback only (demos)")
+    p.add_argument("--reader", action="append", default=[],
+                   help="identity that reads the whole tree and publishes as the broker's role: the fog itself on a "
+                        "fog broker, the cloud nodes on a cloud broker (repeatable)")
+    p.add_argument("--data-dir", default="/var/lib/mosquitto")
     p.add_argument("--max-packet-size", type=int, default=1 << 20)
     p.add_argument("--cloud-host", default="", help="fog only: bridge to this cloud broker")
     p.add_argument("--cloud-port", type=int, default=8883)
     p.add_argument("--fog-id", default="", help="fog only: this fog's node id (bridge identity)")
-    p.add_argument("--site", default="", help="fog only: this fog's site")
+    p.add_argument("--site", default="", help="the broker's site: its devices and readers publish only beneath it "
+                                             "(default: the profile's node.site)")
     p.add_argument("--out", help="write mosquitto.conf and acl here instead of printing")
     p.set_defaults(func=broker_config)
 
@@ -55,6 +56,9 @@ def register(sub) -> None:
 def broker_config(args) -> int:
     if args.anonymous and args.tls:
         raise ValueError("--anonymous and --tls exclude each other")
+    bind = args.bind or ("127.0.0.1" if args.anonymous else "0.0.0.0")
+    if args.anonymous and not ipaddress.ip_address(bind).is_loopback:
+        raise ValueError(f"--anonymous lets anyone act as anyone: it listens on loopback only, not {bind}")
     if args.tls:  # the files `edgefl pki issue --id <this fog> --host ...` wrote into the node's data directory
         cfg = args.config
         args.cafile = args.cafile or str(cfg.path("{data_dir}/tls/ca.pem"))
@@ -65,14 +69,13 @@ def broker_config(args) -> int:
     data_dir = args.data_dir or str(args.config.path("{data_dir}/broker/data"))
     user = args.user or (_owner(args.keyfile) if args.tls else None) or "mosquitto"
     settings = BrokerSettings(
-        role=args.role, port=args.port or (8883 if args.tls else 1883), bind=args.bind, data_dir=data_dir,
-        run_user=user,
+        role=args.role, port=args.port or (8883 if args.tls else 1883), bind=bind, data_dir=args.data_dir,
         max_packet_size=args.max_packet_size, auth="none" if args.anonymous else "tls" if args.tls else "password",
         readers=args.reader, cafile=args.cafile if args.tls else "", certfile=args.certfile if args.tls else "",
         keyfile=args.keyfile if args.tls else "", crlfile=args.crlfile if args.tls else "",
         cloud_host=args.cloud_host if args.role == "fog" else "",
-        cloud_port=args.cloud_port, fog_id=args.fog_id, site=args.site,
-        acl_file=str(Path(args.out) / "acl") if args.out else str(args.config.path("{data_dir}/broker/acl")),
+        cloud_port=args.cloud_port, fog_id=args.fog_id, site=args.site or args.config.node.site,
+        acl_file=str(Path(args.out) / "acl") if args.out else "/etc/mosquitto/edgefl.acl",
     )
     files = render(settings)
     Path(data_dir).mkdir(parents=True, exist_ok=True)  # Mosquitto does not create it

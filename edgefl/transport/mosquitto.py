@@ -19,7 +19,7 @@ from pathlib import Path
 from string import Template
 
 from edgefl import resources
-from edgefl.errors import EdgeflError
+from edgefl.transport.topics import check_segment
 
 
 class BrokerError(EdgeflError, RuntimeError):
@@ -40,7 +40,9 @@ class BrokerSettings:
     auth: str = "password"  # password | tls | none
     password_file: str = "/etc/mosquitto/edgefl.passwd"
     acl_file: str = "/etc/mosquitto/edgefl.acl"
-    readers: list[str] = field(default_factory=list)  # identities that may read the whole tree (fogs, cloud)
+    # identities that read the whole tree and publish as the broker's own role: a fog broker's fog, a cloud
+    # broker's cloud nodes; the other clients are a fog's devices, or the fogs' bridges on a cloud broker
+    readers: list[str] = field(default_factory=list)
     cafile: str = ""
     certfile: str = ""
     keyfile: str = ""
@@ -49,7 +51,7 @@ class BrokerSettings:
     cloud_host: str = ""
     cloud_port: int = 8883
     fog_id: str = ""
-    site: str = ""
+    site: str = ""  # the broker's site: its devices (a fog's) and readers publish only beneath it
     remote_password: str = ""
 
 
@@ -80,9 +82,23 @@ def render(s: BrokerSettings) -> dict[str, str]:
     conf = _template("mosquitto.conf.tmpl").substitute(vars(s), tls=tls, auth=auth, bridge=bridge)
     files = {"mosquitto.conf": _tidy(conf)}
     if s.auth != "none":
-        readers = "\n".join(f"user {r}\ntopic read edgefl/v1/#" for r in s.readers)
-        files["acl"] = _tidy(_template("acl.tmpl").substitute(readers=readers))
+        files["acl"] = _tidy(acl(s))
     return files
+
+
+def acl(s: BrokerSettings) -> str:
+    """Mosquitto's acl_file for a broker of ``s.role`` at ``s.site`` (any site, ``+``, when it is not set)."""
+    site = s.site or "+"
+    for who in (site, *s.readers):
+        if who != "+":
+            check_segment(who, "site or reader")
+    # a fog broker's clients are its site's devices; a cloud broker's are the fogs' bridges (each under its id)
+    clients = f"{site}/device" if s.role == "fog" else "+/fog"
+    readers = "\n".join(f"user {r}\ntopic write edgefl/v1/{site}/{s.role}/{r}/#\ntopic read edgefl/v1/#"
+                        for r in s.readers)
+    return _template("acl.tmpl").substitute(role=s.role, site=site, client_subtree=clients,
+                                            clients="devices" if s.role == "fog" else "fog bridges",
+                                            readers=readers)
 
 
 def _tidy(text: str) -> str:
@@ -114,9 +130,7 @@ class LocalMosquitto:
 
     def __init__(self, workdir: str | os.PathLike, *, port: int | None = None, auth: str = "none",
                  users: dict[str, str] | None = None, readers: list[str] | None = None,
-                 max_packet_size: int = 1 << 20, tls: dict[str, str] | None = None,
-                 conf: str | os.PathLike | None = None):
-        """``conf``: run this configuration as it is (listening on ``port``) instead of rendering one."""
+                 max_packet_size: int = 1 << 20, tls: dict[str, str] | None = None, site: str = ""):
         self.workdir = Path(workdir)
         self.port = port or free_port()
         self.users = users or {}
@@ -133,7 +147,7 @@ class LocalMosquitto:
             role="fog", port=self.port, bind="127.0.0.1", data_dir=str(self.workdir / "data"),
             max_packet_size=max_packet_size, run_user=getpass.getuser(), auth=auth,
             password_file=str(self.workdir / "passwd"), acl_file=str(self.workdir / "acl"),
-            readers=list(readers or []), log_dest=f"file {self.workdir / 'mosquitto.log'}", **(tls or {}),
+            readers=list(readers or []), log_dest=f"file {self.workdir / 'mosquitto.log'}", site=site, **(tls or {}),
         )
         for name, text in render(settings).items():
             (self.workdir / name).write_text(text)
