@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import time
 
 import pytest
 
@@ -29,7 +30,7 @@ def site(tmp_path):
         ca.issue(dev, "device")
     t = ca.path / "tls"
     with LocalMosquitto(tmp_path / "broker", auth="tls", readers=["fog-1"],
-                        tls=dict(cafile=str(t / "ca.pem"), certfile=str(t / "fog-1.pem"),
+                        tls=dict(cafile=str(t / "fog-1-trust.pem"), certfile=str(t / "fog-1.pem"),
                                  keyfile=str(t / "fog-1.key"), crlfile=str(t / "crl.pem"))) as broker:
         yield ca, broker
 
@@ -152,3 +153,56 @@ async def test_revocation_travels_as_a_retained_crl(site):
         with contextlib.suppress(asyncio.CancelledError):
             await task
     assert late.verifier.registry.crl("fog-1").number == 2
+
+
+async def test_what_another_sites_fog_certifies_cannot_log_in(tmp_path):
+    """The fogs' X.509 CAs were intermediates under the root: certificates fog-1's CA minted for dev-2, fog-2
+    or cloud-1 were accepted by fog-2's broker (which then let them overwrite retained status, model and task
+    messages and read dev-2's responses). A fog's broker now trusts the root's CA and its own only."""
+    import ssl
+
+    from edgefl.crypto import tls
+    from edgefl.transport.cli import tls_files
+
+    need_mosquitto()
+    ca = CaDirectory(tmp_path / "pki")
+    ca.init("root", "cloud")
+    ca.issue("fog-1", "fog", site="s1", hosts=("127.0.0.1",))
+    ca.issue("fog-2", "fog", site="s2", hosts=("127.0.0.1",))
+    ca.issue("dev-2", "device", issuer="fog-2")
+    fog2_cfg = load_config(overrides=["node.id=fog-2", f"node.data_dir={ca.path}"], env={})
+    files = tls_files(fog2_cfg, "fog")
+    fog1_ca, fog1_key = tls.load_chain(ca.tls_path("fog-1-ca", "pem"))[0], tls.load_key(ca.tls_path("fog-1-ca", "key"))
+    fog2_ca, fog2_key = tls.load_chain(ca.tls_path("fog-2-ca", "pem"))[0], tls.load_key(ca.tls_path("fog-2-ca", "key"))
+    forged = {}
+    for by, name, role, site in [("fog-1", "dev-2", "device", "s1"), ("fog-1", "dev-2", "device", "s2"),
+                                 ("fog-1", "fog-2", "fog", "s2"), ("fog-1", "cloud-1", "cloud", "cloud"),
+                                 # fog-2's own CA is trusted here, but only for devices of its site
+                                 ("fog-2", "fog-2", "fog", "s2"), ("fog-2", "dev-9", "device", "s1")]:
+        issuer, issuer_key = (fog1_ca, fog1_key) if by == "fog-1" else (fog2_ca, fog2_key)
+        key = tls.new_key()
+        leaf = tls.certificate(subject=name, role=role, site=site, public_key=key.public_key(), serial=len(forged) + 7,
+                               not_before=int(time.time()) - 60, not_after=int(time.time()) + 3600, issuer=issuer,
+                               issuer_key=issuer_key)
+        forged[f"{name}@{site} by {by}"] = (tls.save_chain([leaf, issuer], tmp_path / f"{by}-{name}-{site}.pem"),
+                                            tls.save_key(key, tmp_path / f"{by}-{name}-{site}.key"))
+    with LocalMosquitto(tmp_path / "broker", auth="tls", readers=["fog-2"], site="s2",
+                        tls={k: files[k] for k in ("cafile", "certfile", "keyfile", "crlfile")}) as broker:
+
+        async def handshake(cert, key) -> bool:
+            ctx = ssl.create_default_context(cafile=str(ca.tls_path("ca", "pem")))
+            ctx.load_cert_chain(str(cert), str(key))
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", broker.port, ssl=ctx)
+                writer.write(bytes.fromhex("101000044d5154540402003c0004") + b"test")  # MQTT CONNECT
+                await writer.drain()
+                ok = (await asyncio.wait_for(reader.read(4), 3))[:1] == b"\x20"  # CONNACK
+                writer.close()
+                return ok
+            except (ssl.SSLError, ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+                return False
+
+        assert await handshake(ca.tls_path("dev-2", "pem"), ca.tls_path("dev-2", "key"))
+        for who, (cert, key) in forged.items():
+            assert not await handshake(cert, key), who
+    assert "fog-1" not in files["cafile"] and "fog-2-trust" in files["cafile"]

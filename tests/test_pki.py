@@ -396,3 +396,34 @@ def test_pki_cli(tmp_path):
     assert "CRL #2 of fog-1" in crl.stdout and "status: current" in crl.stdout
     bad = edgefl("pki", "--dir", d, "issue", "--id", "dev-2", "--role", "fog", "--issuer", "fog-1")
     assert bad.returncode == 1 and "certifies devices, not a fog" in bad.stderr
+
+
+def test_a_fog_cannot_certify_a_name_of_another_site_or_a_root_certified_name():
+    """The registry took the newest valid certificate of a name: a fog-1-issued dev-2 certificate made a forged
+    dev-2 envelope verify, and a fog-1-issued fog-2 certificate made genuine fog-2 envelopes fail."""
+    s = Site()
+    s.keys["dev-2"] = SigningKey()
+    s.make("dev-2", "fog-2", "device", "s2")
+    reg = s.registry()
+    mallory = SigningKey()
+    for name in ("dev-2", "fog-2", "cloud-1"):  # all valid by the issuing rules: devices of fog-1's own site
+        reg.add(issue(s.keys["fog-1"], s.certs["fog-1"], subject=name, role="device", site="s1",
+                      public_key=mallory.public_key, not_before=T0 + 5, not_after=T0 + YEAR))
+    at = T0 + 10
+    assert reg.key_for("fog-2", at, "fog") == s.keys["fog-2"].public_key
+    assert reg.key_for("cloud-1", at) == s.keys["cloud-1"].public_key
+    assert reason(reg, "fog-2", role="device") == "wrong_role"  # a name the root certified is the root's
+    assert reg.key_for("dev-2", at, "device", site="s2") == s.keys["dev-2"].public_key
+    assert reg.key_for("dev-2", at, "device", site="s1") == mallory.public_key  # fog-1's own namespace
+    with pytest.raises(IdentityRejected) as exc:
+        reg.key_for("dev-2", at, "device")  # which dev-2? without the site, neither
+    assert exc.value.reason == "ambiguous"
+    with pytest.raises(IdentityRejected) as exc:
+        reg.key_for("dev-a", at, "device", site="s2")
+    assert exc.value.reason == "wrong_site"
+    v = Verifier(reg, metrics=Metrics(), clock=lambda: at)
+    forged = Signer("dev-2", mallory).seal(Ping(nonce=b"n"), ts_ms=at * 1000)
+    with pytest.raises(Rejected, match="bad_signature"):  # on dev-2's own topic (site s2): dev-2's key
+        v.open(forged, expect_role="device", expect_site="s2")
+    genuine = Signer("fog-2", s.keys["fog-2"]).seal(Ping(nonce=b"n"), ts_ms=at * 1000)
+    assert v.open(genuine, expect_role="fog", expect_site="s2").sender == "fog-2"

@@ -12,7 +12,9 @@ A PKI directory has the layout of a node's data directory, so a node whose
     tls/ca.key            its key (root host only)
     tls/ID.pem, ID.key    a node's X.509 chain (leaf first) and P-256 key: mqtt.tls_cert / mqtt.tls_key,
                           or a broker's certfile / keyfile
-    tls/FOG-ca.pem, .key  a fog's X.509 CA, which issues its devices' TLS certificates
+    tls/FOG-ca.pem, .key  a fog's X.509 CA, which issues its devices' TLS certificates (a trust anchor of
+                          its own, name-constrained to O=<its site>, OU=device: see edgefl.crypto.tls)
+    tls/FOG-trust.pem     what FOG's broker trusts (its cafile): the root's X.509 CA and FOG's own
     tls/crl-CA.pem        the X.509 CRL of each X.509 CA, the same serials as pki/crl/CA.crl
     tls/crl.pem           all of them: Mosquitto's crlfile (revoked certificates cannot connect)
 
@@ -39,9 +41,10 @@ CRL_DAYS = 30
 
 def _check_id(node: str) -> None:
     check_segment(node, "node id")
-    # tls/ca.pem, tls/FOG-ca.pem, tls/crl.pem and tls/crl-CA.pem are the X.509 CAs and CRLs
-    if node in ("ca", "crl") or node.endswith("-ca") or node.startswith("crl-"):
-        raise ValueError(f"node id {node!r}: 'ca', 'crl', names ending in '-ca' or starting 'crl-' are reserved")
+    # tls/ca.pem, tls/FOG-ca.pem, tls/FOG-trust.pem, tls/crl.pem and tls/crl-CA.pem are the X.509 CAs and CRLs
+    if node in ("ca", "crl") or node.endswith(("-ca", "-trust")) or node.startswith("crl-"):
+        raise ValueError(f"node id {node!r}: 'ca', 'crl', names ending in '-ca' or '-trust' or starting 'crl-' "
+                         "are reserved")
 
 
 class CaDirectory:
@@ -146,15 +149,15 @@ class CaDirectory:
             public_key = (SigningKey.load(path) if path.exists() else self._new_key(subject)).public_key
         cert = issue(ca_key, ca_cert, subject=subject, role=role, site=site, public_key=public_key,
                      not_before=now - BACKDATE, not_after=min(now + days * DAY, ca_cert.not_after))
-        if role == "fog":
-            chain, signer = self._tls_ca(ca_cert)
+        if role == "fog":  # its own X.509 CA: self-signed, for its site's devices only
             fog_ca_key = tls.new_key()
             fog_ca = tls.certificate(subject=subject, role=role, site=site, public_key=fog_ca_key.public_key(),
                                      serial=cert.serial, not_before=cert.not_before, not_after=cert.not_after,
-                                     issuer=tls.load_chain(self.tls_path("ca", "pem"))[0], issuer_key=signer,
-                                     ca=True)
+                                     issuer=None, issuer_key=fog_ca_key, ca=True, devices_of=site)
             tls.save_key(fog_ca_key, self.tls_path(f"{subject}-ca", "key"))
-            tls.save_chain([fog_ca, *chain], self.tls_path(f"{subject}-ca", "pem"))
+            tls.save_chain([fog_ca], self.tls_path(f"{subject}-ca", "pem"))
+            root_ca = tls.load_chain(self.tls_path("ca", "pem"))
+            tls.save_chain([*root_ca, fog_ca], self.tls_path(f"{subject}-trust", "pem"))
         self._write_cert(cert)
         self._tls_leaf(cert, ca_cert, hosts)
         if role == "fog" and self.key_path(subject).exists():
@@ -204,8 +207,9 @@ class CaDirectory:
         """Copy what ``node`` needs into ``out`` (its future data_dir): its keys, the public PKI, its TLS files."""
         out = Path(out)
         wanted = [self.key_path(node), self.anchor_path, self.tls_path("ca", "pem"), self.tls_path(node, "pem"),
-                  self.tls_path(node, "key"), self.tls_path(f"{node}-ca", "pem"), self.tls_path(f"{node}-ca", "key")]
-        for folder, pattern in (("pki/certs", "*.cert"), ("pki/crl", "*.crl"), ("tls", "crl*.pem"), ("trust", "*.pub")):
+                  self.tls_path(node, "key"), self.tls_path(f"{node}-ca", "pem"), self.tls_path(f"{node}-ca", "key"),
+                  self.tls_path(f"{node}-trust", "pem")]
+        for folder, pattern in (("pki/certs", "*.cert"), ("pki/crl", "*.crl"), ("tls", "crl*.pem")):
             wanted += sorted((self.path / folder).glob(pattern))
         if not self.cert_path(node).exists():
             raise PkiError("unknown", f"no certificate for {node}: issue one first")

@@ -70,14 +70,15 @@ class IdentityRejected(Rejected):
 class KeyRegistry(Protocol):
     """Who may send: maps a sender id to its verifying key at a given time.
 
-    ``role``, when given, is the role the sender acts in (the topic's role
-    segment); a registry that knows roles refuses a mismatch.  Raises
+    ``role`` and ``site``, when given, are the role and site the sender acts
+    in (the topic's segments); a registry that knows them refuses a
+    mismatch (``site`` is passed only when known, by keyword).  Raises
     ``IdentityRejected`` with reason ``unknown_sender`` (or, for
     certificate-backed registries such as ``edgefl.crypto.pki.PkiRegistry``,
-    ``revoked``, ``expired``, ``wrong_issuer``, ``wrong_role`` …).
+    ``revoked``, ``expired``, ``wrong_issuer``, ``wrong_role``, ``wrong_site`` …).
     """
 
-    def key_for(self, sender: str, at: float, role: str | None = None) -> VerifyingKey: ...
+    def key_for(self, sender: str, at: float, role: str | None = None, site: str | None = None) -> VerifyingKey: ...
 
 
 class StaticKeyRegistry:
@@ -89,8 +90,8 @@ class StaticKeyRegistry:
     def add(self, sender: str, key: VerifyingKey) -> None:
         self._keys[sender] = key
 
-    def key_for(self, sender: str, at: float, role: str | None = None) -> VerifyingKey:
-        key = self._keys.get(sender)  # roles are not known here: any role is accepted
+    def key_for(self, sender: str, at: float, role: str | None = None, site: str | None = None) -> VerifyingKey:
+        key = self._keys.get(sender)  # roles and sites are not known here: any is accepted
         if key is None:
             raise IdentityRejected("unknown_sender", f"no key for {sender!r}", sender)
         return key
@@ -246,7 +247,8 @@ class Verifier:
         self._log = RateLimited(log)
 
     def open(self, wire: bytes, *, check_fresh: bool = True, expect_sender: str | None = None,
-             expect_to: str | None = None, expect_role: str | None = None) -> Envelope:
+             expect_to: str | None = None, expect_role: str | None = None,
+             expect_site: str | None = None) -> Envelope:
         """Verify and decode; on failure log, count and raise ``Rejected``.
 
         ``check_fresh=False`` skips the timestamp and replay checks, for
@@ -254,10 +256,10 @@ class Verifier:
         ``expect_sender``/``expect_to`` bind the envelope to the topic it came
         on (publisher and addressee segments), so a signed message cannot be
         re-published under another node's topic or re-addressed; ``expect_role``
-        (the topic's role segment) goes to the key registry.
+        and ``expect_site`` (the topic's role and site segments) go to the key registry.
         """
         try:
-            return self._open(wire, check_fresh, expect_sender, expect_to, expect_role)
+            return self._open(wire, check_fresh, expect_sender, expect_to, expect_role, expect_site)
         except Rejected as exc:
             self.metrics.inc("envelope_rejected", reason=exc.reason)
             self._log.warning(exc.reason, "%srejected envelope from %s: %s", f"{self.name}: " if self.name else "",
@@ -265,7 +267,7 @@ class Verifier:
             raise
 
     def _open(self, wire: bytes, check_fresh: bool, expect_sender: str | None, expect_to: str | None,
-              expect_role: str | None) -> Envelope:
+              expect_role: str | None, expect_site: str | None) -> Envelope:
         if len(wire) > self.limits.max_size:
             raise Rejected("too_large", f"{len(wire)} bytes exceeds {self.limits.max_size}")
         try:
@@ -285,7 +287,8 @@ class Verifier:
             raise Rejected("topic_mismatch", f"sent on {expect_sender!r}'s topic", sender)
         signed = memoryview(wire)[start:]
         now = self.clock()
-        key = self.registry.key_for(sender, now, expect_role)  # raises IdentityRejected
+        where = {} if expect_site is None else {"site": expect_site}
+        key = self.registry.key_for(sender, now, expect_role, **where)  # raises IdentityRejected
         if not key.verify(sig, envelope_digest(signed)):
             raise Rejected("bad_signature", "signature does not verify", sender)
         try:

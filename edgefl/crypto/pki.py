@@ -391,20 +391,42 @@ class PkiRegistry:
 
     # ------------------------------------------------------------------ checking
 
-    def key_for(self, sender: str, at: float, role: str | None = None) -> VerifyingKey:
-        """The certified key of ``sender`` at time ``at``; ``role``, when given, must be the certified role."""
+    def key_for(self, sender: str, at: float, role: str | None = None, site: str | None = None) -> VerifyingKey:
+        """The certified key of ``sender`` at time ``at``, in ``role`` and ``site`` when given (the topic's).
+
+        A name is bound to where it was certified: a name the root certified
+        (a fog or cloud node) is that node's wherever a fog certifies the same
+        name for a device of its own site; a device name belongs to each site
+        whose fog certified it, so without the site a name certified in two
+        sites is ``ambiguous`` rather than whichever certificate is newest.
+        """
         certs = self._certs.get(sender)
         if not certs:
             raise IdentityRejected("unknown_sender", f"no certificate for {sender!r}", sender)
-        first = None
-        for cert in certs:
+        valid, first = [], None
+        for cert in certs:  # newest first
             problem = self._problem(cert, at)
             if problem is None:
-                if role is not None and cert.role != role:
-                    raise IdentityRejected("wrong_role", f"{sender} is certified as {cert.role}, not {role}", sender)
-                return cert.key
-            first = first or problem
-        raise IdentityRejected(first.reason, first.detail, sender)
+                valid.append(cert)
+            else:
+                first = first or problem
+        if not valid:
+            raise IdentityRejected(first.reason, first.detail, sender)
+        valid = [c for c in valid if c.issuer == self.anchor.subject] or valid
+        if role is not None:
+            if not any(c.role == role for c in valid):
+                raise IdentityRejected("wrong_role", f"{sender} is certified as {valid[0].role}, not {role}", sender)
+            valid = [c for c in valid if c.role == role]
+        if site is not None:
+            if not any(c.site == site for c in valid):
+                raise IdentityRejected("wrong_site", f"{sender} is certified in site {valid[0].site}, not {site}",
+                                       sender)
+            valid = [c for c in valid if c.site == site]
+        homes = sorted({(c.site, c.role) for c in valid})
+        if len(homes) > 1:
+            raise IdentityRejected("ambiguous", f"{sender} is certified as {homes}: the topic must say which",
+                                   sender)
+        return valid[0].key
 
     def validate(self, cert: Certificate, at: float | None = None) -> None:
         """Raise ``IdentityRejected`` if ``cert`` does not chain to the anchor, valid and unrevoked, at ``at``."""

@@ -1,10 +1,17 @@
 """X.509 certificates for Mosquitto's TLS listener and its clients (the ``cryptography`` package).
 
-They mirror the edgefl PKI one for one: the root X.509 CA belongs to the root,
-each fog has an X.509 CA that issues its devices' TLS certificates, every
-leaf's CN is the node id (so Mosquitto's ``use_identity_as_username`` makes it
-the MQTT username the ACL patterns match) and its serial is the serial of the
-node's edgefl certificate.  TLS keys are P-256: TLS 1.3 has no secp256k1
+They mirror the edgefl PKI: the root X.509 CA belongs to the root and issues
+the fogs' and cloud nodes' TLS certificates, each fog has an X.509 CA that
+issues its devices' TLS certificates, every leaf's CN is the node id (so
+Mosquitto's ``use_identity_as_username`` makes it the MQTT username the ACL
+patterns match) and its serial is the serial of the node's edgefl certificate.
+
+A fog's X.509 CA is a trust anchor of its own, not an intermediate under the
+root: a broker trusts exactly the CAs whose clients it serves (a fog's broker
+the root's and its own, the cloud's broker the root's), so a certificate that
+another site's fog mints, for any name, chains to nothing the broker trusts.
+Its name constraints say the same to anyone who does trust it: it certifies
+only subjects O=<its site>, OU=device; and no CA certifies CAs (path length 0).  TLS keys are P-256: TLS 1.3 has no secp256k1
 signature scheme, so the TLS layer gets keys of its own while the CN ties
 both certificates to one identity.
 """
@@ -76,9 +83,10 @@ def _san(host: str) -> x509.GeneralName:
 
 def certificate(*, subject: str, role: str, site: str, public_key: ec.EllipticCurvePublicKey, serial: int,
                 not_before: int, not_after: int, issuer: x509.Certificate | None, issuer_key: PrivateKey,
-                ca: bool = False, hosts: tuple[str, ...] = ()) -> x509.Certificate:
+                ca: bool = False, hosts: tuple[str, ...] = (), devices_of: str | None = None) -> x509.Certificate:
     """A CA certificate (``ca=True``: CN "<id> CA", so it never looks self-issued next to the
-    node's own leaf) or a leaf for client and, with ``hosts``, server authentication."""
+    node's own leaf; ``devices_of``: name-constrained to the devices of that site) or a leaf for
+    client and, with ``hosts``, server authentication."""
     name = _name(f"{subject} CA", "ca", site) if ca else _name(subject, role, site)
     builder = (x509.CertificateBuilder()
                .subject_name(name)
@@ -92,11 +100,16 @@ def certificate(*, subject: str, role: str, site: str, public_key: ec.EllipticCu
                               critical=False))
     if ca:
         builder = (builder
-                   .add_extension(x509.BasicConstraints(ca=True, path_length=1 if issuer is None else 0), critical=True)
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
                    .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
                                                 content_commitment=False, key_encipherment=False,
                                                 data_encipherment=False, key_agreement=False, encipher_only=False,
                                                 decipher_only=False), critical=True))
+        if devices_of is not None:
+            devices = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, devices_of),
+                                 x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "device")])
+            builder = builder.add_extension(x509.NameConstraints(permitted_subtrees=[x509.DirectoryName(devices)],
+                                                                 excluded_subtrees=None), critical=True)
     else:
         usages = [ExtendedKeyUsageOID.CLIENT_AUTH] + ([ExtendedKeyUsageOID.SERVER_AUTH] if hosts else [])
         builder = (builder

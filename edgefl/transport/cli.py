@@ -22,7 +22,9 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=None, help="listener port (default 1883, 8883 with --tls)")
     p.add_argument("--bind", default=None, help="listener address (default 0.0.0.0; 127.0.0.1 with --anonymous)")
     p.add_argument("--tls", action="store_true", help="TLS listener with client certificates (CN = node id)")
-    p.add_argument("--cafile", help="root X.509 CA (default: {data_dir}/tls/ca.pem, as `edgefl pki` lays it out)")
+    p.add_argument("--cafile", help="the X.509 CAs whose clients the broker accepts (default, as `edgefl pki` lays "
+                                    "it out: a fog's {data_dir}/tls/{id}-trust.pem, the root's and its own; a "
+                                    "cloud's {data_dir}/tls/ca.pem)")
     p.add_argument("--certfile", help="broker certificate chain (default: {data_dir}/tls/{id}.pem of the profile)")
     p.add_argument("--keyfile", help="broker key (default: {data_dir}/tls/{id}.key)")
     p.add_argument("--crlfile", help="X.509 CRLs (default: {data_dir}/tls/crl.pem when it exists)")
@@ -53,6 +55,21 @@ def register(sub) -> None:
     p.set_defaults(func=ping)
 
 
+def tls_files(cfg, role: str) -> dict[str, str]:
+    """A broker's TLS files in the data directory `edgefl pki` lays out, for ``broker config --tls``.
+
+    A fog's broker trusts the root's X.509 CA and its own (tls/ID-trust.pem),
+    never another fog's, so what another site's fog certifies chains to
+    nothing it accepts; a cloud's broker trusts the root's. The bridge checks
+    the cloud broker against the root's CA.
+    """
+    root_ca, trust = cfg.path("{data_dir}/tls/ca.pem"), cfg.path("{data_dir}/tls/{id}-trust.pem")
+    crl = cfg.path("{data_dir}/tls/crl.pem")
+    return {"cafile": str(trust if role == "fog" and trust.exists() else root_ca), "bridge_cafile": str(root_ca),
+            "certfile": str(cfg.path("{data_dir}/tls/{id}.pem")), "keyfile": str(cfg.path("{data_dir}/tls/{id}.key")),
+            "crlfile": str(crl) if crl.exists() else ""}
+
+
 def broker_config(args) -> int:
     if args.anonymous and args.tls:
         raise ValueError("--anonymous and --tls exclude each other")
@@ -60,19 +77,14 @@ def broker_config(args) -> int:
     if args.anonymous and not ipaddress.ip_address(bind).is_loopback:
         raise ValueError(f"--anonymous lets anyone act as anyone: it listens on loopback only, not {bind}")
     if args.tls:  # the files `edgefl pki issue --id <this fog> --host ...` wrote into the node's data directory
-        cfg = args.config
-        args.cafile = args.cafile or str(cfg.path("{data_dir}/tls/ca.pem"))
-        args.certfile = args.certfile or str(cfg.path("{data_dir}/tls/{id}.pem"))
-        args.keyfile = args.keyfile or str(cfg.path("{data_dir}/tls/{id}.key"))
-        crl = cfg.path("{data_dir}/tls/crl.pem")
-        args.crlfile = args.crlfile or (str(crl) if crl.exists() else "")
-    data_dir = args.data_dir or str(args.config.path("{data_dir}/broker/data"))
-    user = args.user or (_owner(args.keyfile) if args.tls else None) or "mosquitto"
+        for name, path in tls_files(args.config, args.role).items():
+            setattr(args, name, getattr(args, name, None) or path)
     settings = BrokerSettings(
         role=args.role, port=args.port or (8883 if args.tls else 1883), bind=bind, data_dir=args.data_dir,
         max_packet_size=args.max_packet_size, auth="none" if args.anonymous else "tls" if args.tls else "password",
         readers=args.reader, cafile=args.cafile if args.tls else "", certfile=args.certfile if args.tls else "",
         keyfile=args.keyfile if args.tls else "", crlfile=args.crlfile if args.tls else "",
+        bridge_cafile=getattr(args, "bridge_cafile", ""),
         cloud_host=args.cloud_host if args.role == "fog" else "",
         cloud_port=args.cloud_port, fog_id=args.fog_id, site=args.site or args.config.node.site,
         acl_file=str(Path(args.out) / "acl") if args.out else "/etc/mosquitto/edgefl.acl",

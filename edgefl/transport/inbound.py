@@ -106,7 +106,8 @@ class Inbound:
             return None
         try:
             env = self.verifier.open(payload, check_fresh=where.kind not in topics.RETAINED,
-                                     expect_sender=where.node, expect_to=where.target, expect_role=where.role)
+                                     expect_sender=where.node, expect_to=where.target, expect_role=where.role,
+                                     expect_site=where.site)
         except Rejected as exc:
             raise _Drop(exc.reason) from None  # logged by the verifier
         self._recent[key] = None

@@ -43,7 +43,8 @@ class BrokerSettings:
     # identities that read the whole tree and publish as the broker's own role: a fog broker's fog, a cloud
     # broker's cloud nodes; the other clients are a fog's devices, or the fogs' bridges on a cloud broker
     readers: list[str] = field(default_factory=list)
-    cafile: str = ""
+    cafile: str = ""  # the CAs whose client certificates the listener accepts (a fog's: tls/FOG-trust.pem)
+    bridge_cafile: str = ""  # the CA the cloud broker's certificate chains to (default: cafile)
     certfile: str = ""
     keyfile: str = ""
     crlfile: str = ""  # X.509 CRLs of the site's CAs (`edgefl pki` writes tls/crl.pem): the revoked cannot connect
@@ -75,7 +76,8 @@ def render(s: BrokerSettings) -> dict[str, str]:
             raise BrokerError("a bridge to the cloud needs fog_id and site")
         bridge_tls = ""
         if s.cafile and s.certfile:
-            bridge_tls = f"bridge_cafile {s.cafile}\nbridge_certfile {s.certfile}\nbridge_keyfile {s.keyfile}"
+            bridge_tls = (f"bridge_cafile {s.bridge_cafile or s.cafile}\nbridge_certfile {s.certfile}\n"
+                          f"bridge_keyfile {s.keyfile}")
         bridge = _template("bridge.conf.tmpl").substitute(
             vars(s), remote_password=f"remote_password {s.remote_password}" if s.remote_password else "",
             bridge_tls=bridge_tls)
