@@ -355,8 +355,19 @@ def lookup(type_name: str, version: int) -> type[Message]:
 
 
 # Validators are compiled once per message class from its annotations:
-# Check = (value, path) -> value, raising SchemaError(field=path).
-Check = typing.Callable[[Any, str], Any]
+# Check = (value, path) -> value, raising SchemaError(field=path as text).
+# A path is text or, below the top, (parent path, part), formatted only for an
+# error: a CRL of 8,192 entries would otherwise format 40,000 paths it never needs.
+Check = typing.Callable[[Any, Any], Any]
+
+
+def _where(path: Any) -> str:
+    """A path as text: (p, "name") is p.name, (p, 3) is p[3], (p, (key,)) is p[key!r]."""
+    parts = []
+    while isinstance(path, tuple):
+        path, part = path
+        parts.append(f"[{part}]" if type(part) is int else f"[{part[0]!r}]" if type(part) is tuple else f".{part}")
+    return path + "".join(reversed(parts))
 
 
 class _Schema:
@@ -374,24 +385,84 @@ class _Schema:
                 self.absent[f.name] = _FACTORY
             else:
                 self.absent[f.name] = None if _optional(hints[f.name]) else _REQUIRED
+        self.fast = _flat_check(cls, {n: hints[n] for n in self.names}, self.absent)
 
-    def check(self, value: Any, path: str) -> Message:
-        if not isinstance(value, dict):
-            raise SchemaError(f"expected a map, got {type(value).__name__}", field=path)
+    def check(self, value: Any, path: Any) -> Message:
+        if self.fast is not None:
+            try:
+                return self.fast(value)
+            except _Slow:
+                pass
+        if not isinstance(value, dict):  # the general path, which also names what is wrong
+            raise SchemaError(f"expected a map, got {type(value).__name__}", field=_where(path))
         kwargs = {}
         for key, item in value.items():
             check = self.fields.get(key)
             if check is None:
-                raise SchemaError(f"unknown field {key!r}", field=path)
-            kwargs[key] = check(item, f"{path}.{key}")
+                raise SchemaError(f"unknown field {key!r}", field=_where(path))
+            kwargs[key] = check(item, (path, key))
         if len(kwargs) < len(self.fields):
             for name, absent in self.absent.items():
                 if name in kwargs or absent is _FACTORY:
                     continue
                 if absent is _REQUIRED:
-                    raise SchemaError("missing", field=f"{path}.{name}")
+                    raise SchemaError("missing", field=_where((path, name)))
                 kwargs[name] = absent
         return self.cls(**kwargs)
+
+
+class _Slow(Exception):
+    """The fast path of a flat message is unsure: take the general one (which names what is wrong)."""
+
+
+_SLOW = _Slow()
+
+
+def _flat_check(cls: type[Message], hints: dict, absent: dict) -> typing.Callable[[Any], Message] | None:
+    """For a message of scalar fields only (a CRL entry, a status): one generated function that returns the
+    message, or raises ``_Slow`` when anything is off (the general path then names it), ~5x faster per item.
+
+    It accepts exactly what the general path accepts with each value of its exact type (an int where a
+    float belongs takes the general path); a class with ``__post_init__`` or non-scalar fields has none.
+    """
+    if hasattr(cls, "__post_init__") or any(a is _FACTORY for a in absent.values()):
+        return None
+    env: dict[str, Any] = {"new": object.__new__, "cls": cls, "MISSING": _REQUIRED, "SLOW": _SLOW}
+    lines = ["def fast(d):", f"    if type(d) is not dict or len(d) > {len(hints)} or not NAMES.issuperset(d):",
+             "        raise SLOW"]
+    for i, (name, tp) in enumerate(hints.items()):
+        constraints: tuple = ()
+        if get_origin(tp) is Annotated:
+            tp, *constraints = get_args(tp)
+        optional = get_origin(tp) in (Union, types.UnionType)
+        if optional:
+            (tp,) = [a for a in get_args(tp) if a is not type(None)]
+            if get_origin(tp) is Annotated:
+                tp, *more = get_args(tp)
+                constraints = (*constraints, *more)
+        if tp not in (int, float, str, bytes, bool) or not all(isinstance(c, (MaxLen, Range)) for c in constraints):
+            return None
+        env[f"t{i}"], env[f"a{i}"] = tp, absent[name]
+        test = [f"type(v{i}) is not t{i}"]
+        if tp is int:
+            test.append(f"not {INT64_RANGE[0]} <= v{i} <= {INT64_RANGE[1]}")
+        for j, c in enumerate(constraints):
+            if isinstance(c, MaxLen):
+                test.append(f"len(v{i}) > {c.n}")
+            else:
+                env[f"lo{i}_{j}"], env[f"hi{i}_{j}"] = c.lo, c.hi
+                test.append(f"not lo{i}_{j} <= v{i} <= hi{i}_{j}")
+        lines.append(f"    v{i} = d.get({name!r}, a{i})")
+        check = f"v{i} is MISSING or " if absent[name] is _REQUIRED else ""
+        given = f"{name!r} in d and " if absent[name] is not _REQUIRED else ""
+        if optional:
+            given += f"v{i} is not None and "
+        lines += [f"    if {check}{given}({' or '.join(test)}):", "        raise SLOW"]
+    env["NAMES"] = frozenset(hints)
+    lines += ["    o = new(cls)", "    o.__dict__.update(" + ", ".join(f"{n}=v{i}" for i, n in enumerate(hints)) + ")",
+              "    return o"]
+    exec("\n".join(lines), env)  # noqa: S102 - generated from the class's own annotations, as dataclasses does
+    return env["fast"]
 
 
 _REQUIRED, _FACTORY = object(), object()
@@ -409,8 +480,8 @@ def _optional(tp: Any) -> bool:
     return get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp)
 
 
-def _fail(message: str, path: str):
-    raise SchemaError(message, field=path)
+def _fail(message: str, path: Any):
+    raise SchemaError(message, field=_where(path))
 
 
 def _compile(tp: Any) -> Check:
@@ -447,11 +518,18 @@ def _compile_base(tp: Any, constraints: tuple) -> Check:
     if origin is list:
         (item,) = get_args(tp)
         each = _compile(item)
+        flat = isinstance(item, type) and issubclass(item, Message)  # a list of messages: try their fast path
 
         def check_list(v, p):
             if not isinstance(v, (list, tuple)):
                 _fail(f"expected an array, got {type(v).__name__}", p)
-            return [each(x, f"{p}[{i}]") for i, x in enumerate(v)]
+            fast = _schema(item).fast if flat else None
+            if fast is not None:
+                try:
+                    return [fast(x) for x in v]
+                except _Slow:
+                    pass
+            return [each(x, (p, i)) for i, x in enumerate(v)]
 
         return check_list
     if origin is dict:
@@ -461,7 +539,7 @@ def _compile_base(tp: Any, constraints: tuple) -> Check:
         def check_dict(v, p):
             if not isinstance(v, dict):
                 _fail(f"expected a map, got {type(v).__name__}", p)
-            return {key_check(k, f"{p}.<key>"): value_check(x, f"{p}[{k!r}]") for k, x in v.items()}
+            return {key_check(k, (p, "<key>")): value_check(x, (p, (k,))) for k, x in v.items()}
 
         return check_dict
     if tp is Any:

@@ -186,3 +186,44 @@ def test_a_tag_40_array_inside_a_tag_40_array_is_refused():
     for strict in (False, True):
         with pytest.raises(codec.CodecError):
             codec.decode(nested, canonical=strict)
+
+
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-(1 << 70), 1 << 70), st.floats(allow_nan=True),
+                     st.text(max_size=40), st.binary(max_size=80))
+
+
+def _flat_classes():
+    import edgefl.crypto.pki  # noqa: F401 - registers the PKI's message types
+    import edgefl.transport.messages  # noqa: F401
+
+    return [cls for cls in codec.REGISTRY.values() if codec._schema(cls).fast is not None]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_the_fast_path_of_flat_messages_agrees_with_the_general_one(data):
+    """A message of scalar fields has a generated fast path; on any input it returns what the general path
+    returns, or steps aside (never accepts what the general path refuses)."""
+    classes = _flat_classes()
+    assert len(classes) >= 4
+    cls = data.draw(st.sampled_from(classes))
+    schema = codec._schema(cls)
+    keys = st.sampled_from([*schema.names, "extra"])
+    value = data.draw(st.one_of(st.dictionaries(keys, _SCALARS, max_size=len(schema.names) + 1), _SCALARS))
+    try:
+        general = _general(schema, value)
+    except codec.SchemaError:
+        general = None
+    try:
+        fast = schema.fast(value)
+    except codec._Slow:
+        return
+    assert general is not None and fast == general and type(fast) is cls
+
+
+def _general(schema, value):
+    fast, schema.fast = schema.fast, None
+    try:
+        return schema.check(value, schema.cls.__name__)
+    finally:
+        schema.fast = fast

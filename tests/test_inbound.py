@@ -82,3 +82,17 @@ def test_chunks_are_reassembled_before_verification():
     frames = chunking.split(wire, 4096)
     out = [inbound.receive(t("msg", "fog-1"), f) for f in frames]
     assert out[:-1] == [None] * (len(frames) - 1) and out[-1].message.payload == b"p" * 20_000
+
+
+def test_a_message_of_the_wrong_type_is_refused_before_its_body_is_decoded(monkeypatch):
+    """A 459 KB CRL envelope cost 36 ms to open (70x a ping of its size), wherever it was sent."""
+    from edgefl.crypto.pki import Crl, Revocation, sign_crl
+
+    inbound, m, s = pipeline()
+    crl = sign_crl(KEY, "dev-a", 1, [Revocation(serial=i + 1, at=1) for i in range(2000)], this_update=1,
+                   next_update=2)
+    wire = s.seal(crl)
+    decoded = []
+    monkeypatch.setattr(Crl, "from_wire", classmethod(lambda cls, *a: decoded.append(1)))
+    assert inbound.receive(t("status"), wire) is None
+    assert m.get("inbound_rejected", reason="wrong_type") == 1 and not decoded

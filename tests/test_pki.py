@@ -427,3 +427,16 @@ def test_a_fog_cannot_certify_a_name_of_another_site_or_a_root_certified_name():
         v.open(forged, expect_role="device", expect_site="s2")
     genuine = Signer("fog-2", s.keys["fog-2"]).seal(Ping(nonce=b"n"), ts_ms=at * 1000)
     assert v.open(genuine, expect_role="fog", expect_site="s2").sender == "fog-2"
+
+
+def test_the_largest_crl_a_ca_can_sign_can_be_read_back():
+    """CRL_LIMITS allowed 4 items per entry; an entry is a map of three: a CA could sign a CRL of MAX_REVOKED
+    entries that no node could read from its file."""
+    from edgefl.crypto.pki import CRL_LIMITS, MAX_REVOKED
+
+    key = SigningKey()
+    crl = sign_crl(key, "fog-1", 1, [Revocation(serial=i + 1, at=T0, reason="r" * 32) for i in range(MAX_REVOKED)],
+                   this_update=T0, next_update=T0 + DAY)
+    data = crl.to_bytes()
+    assert len(data) <= CRL_LIMITS.max_size
+    assert Crl.from_bytes(data) == crl

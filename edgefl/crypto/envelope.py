@@ -248,7 +248,7 @@ class Verifier:
 
     def open(self, wire: bytes, *, check_fresh: bool = True, expect_sender: str | None = None,
              expect_to: str | None = None, expect_role: str | None = None,
-             expect_site: str | None = None) -> Envelope:
+             expect_site: str | None = None, expect_types: tuple[type, ...] | None = None) -> Envelope:
         """Verify and decode; on failure log, count and raise ``Rejected``.
 
         ``check_fresh=False`` skips the timestamp and replay checks, for
@@ -257,9 +257,11 @@ class Verifier:
         on (publisher and addressee segments), so a signed message cannot be
         re-published under another node's topic or re-addressed; ``expect_role``
         and ``expect_site`` (the topic's role and site segments) go to the key registry.
+        ``expect_types``, when given, are the message classes acceptable here:
+        any other is refused (``wrong_type``) before its body is decoded.
         """
         try:
-            return self._open(wire, check_fresh, expect_sender, expect_to, expect_role, expect_site)
+            return self._open(wire, check_fresh, expect_sender, expect_to, expect_role, expect_site, expect_types)
         except Rejected as exc:
             self.metrics.inc("envelope_rejected", reason=exc.reason)
             self._log.warning(exc.reason, "%srejected envelope from %s: %s", f"{self.name}: " if self.name else "",
@@ -267,7 +269,8 @@ class Verifier:
             raise
 
     def _open(self, wire: bytes, check_fresh: bool, expect_sender: str | None, expect_to: str | None,
-              expect_role: str | None, expect_site: str | None) -> Envelope:
+              expect_role: str | None, expect_site: str | None,
+              expect_types: tuple[type, ...] | None) -> Envelope:
         if len(wire) > self.limits.max_size:
             raise Rejected("too_large", f"{len(wire)} bytes exceeds {self.limits.max_size}")
         try:
@@ -298,7 +301,7 @@ class Verifier:
         if not isinstance(header, dict):
             raise Rejected("malformed", "signed part must be a map", sender)
         try:
-            env = _parse_header(header, wire, start, sig)
+            env = _parse_header(header, wire, start, sig, sender, expect_types)
         except codec.CodecError as exc:
             raise Rejected(exc.reason, str(exc), sender) from None
         except ValueError as exc:  # a message type's own invariants (__post_init__), e.g. rows that do not match
@@ -329,7 +332,8 @@ class Verifier:
 _HEADER_FIELDS = {"type": str, "v": int, "from": str, "seq": int, "ts": int, "msg": dict, "to": str, "corr": bytes}
 
 
-def _parse_header(h: dict, wire: bytes, start: int, sig: bytes) -> Envelope:
+def _parse_header(h: dict, wire: bytes, start: int, sig: bytes, sender: str,
+                  expect_types: tuple[type, ...] | None) -> Envelope:
     for key, value in h.items():
         want = _HEADER_FIELDS.get(key)
         if want is None:
@@ -342,6 +346,8 @@ def _parse_header(h: dict, wire: bytes, start: int, sig: bytes) -> Envelope:
     if h["seq"] < 0 or h["ts"] < 0:
         raise codec.SchemaError("must not be negative", field="envelope.seq" if h["seq"] < 0 else "envelope.ts")
     cls = codec.lookup(h["type"], h["v"])
+    if expect_types is not None and not issubclass(cls, expect_types):
+        raise Rejected("wrong_type", f"a {h['type']} where {', '.join(t.TYPE for t in expect_types)} belongs", sender)
     return Envelope(
         sender=h["from"], type=h["type"], version=h["v"], seq=h["seq"], ts_ms=h["ts"],
         message=cls.from_wire(h["msg"]), to=h.get("to"), corr=h.get("corr"), wire=wire, start=start, signature=sig,

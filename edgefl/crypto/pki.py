@@ -61,7 +61,7 @@ MAX_TIME = (1 << 40) - 1  # unix seconds; beyond the year 36000
 MAX_CHAIN = 3
 MAX_REVOKED = 8192  # entries per CRL: a CRL travels as one retained MQTT packet
 CERT_LIMITS = codec.Limits(max_size=1024, max_depth=2, max_items=32)
-CRL_LIMITS = codec.Limits(max_size=512 << 10, max_depth=3, max_items=4 * MAX_REVOKED + 16)
+CRL_LIMITS = codec.Limits(max_size=512 << 10, max_depth=3, max_items=7 * MAX_REVOKED + 16)  # an entry: a map of 3
 
 Id = Annotated[str, MaxLen(64)]
 Time = Annotated[int, Range(0, MAX_TIME)]

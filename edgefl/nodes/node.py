@@ -88,13 +88,18 @@ async def crl_service(session: Session, registry: PkiRegistry, own_crl: Path | N
             await asyncio.sleep(poll_s)
 
     session.expect("crl", Crl)
-    async with session.subscribe(topics.pattern(kind="crl")) as sub, asyncio.TaskGroup() as tg:
-        if own_crl is not None:
-            tg.create_task(publish_own())
-        async for rx in sub:
-            if isinstance(rx.message, Crl):
+
+    async def learn(role: str) -> None:  # only CAs (fogs, cloud nodes) sign CRLs: nobody else's are even read
+        async with session.subscribe(topics.pattern(role=role, kind="crl")) as sub:
+            async for rx in sub:
                 with contextlib.suppress(PkiError):
                     registry.add_crl(rx.message)
+
+    async with asyncio.TaskGroup() as tg:
+        if own_crl is not None:
+            tg.create_task(publish_own())
+        for role in ("fog", "cloud"):
+            tg.create_task(learn(role))
 
 
 async def report_metrics(every_s: float = 60.0) -> None:
