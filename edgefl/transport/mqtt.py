@@ -38,16 +38,28 @@ async def _mqtt(aw: Awaitable):
 
     aiomqtt waits with ``asyncio.wait_for``, which on Python 3.11 returns the result when a cancellation
     arrives just as the operation completes: the caller went on as if never cancelled, and a task group
-    shutting down waited forever for it (fixed in 3.12).  A cancel still pending on the task is re-raised.
+    shutting down waited forever for it (fixed in 3.12).  A cancel requested while it ran is re-raised.
     """
+    before = cancels()
     result = await aw
-    raise_dropped_cancel()
+    raise_dropped_cancel(before)
     return result
 
 
-def raise_dropped_cancel() -> None:
+def cancels() -> int:
+    """Cancellations requested of the current task so far (``Task.cancelling``)."""
     task = asyncio.current_task()
-    if task is not None and task.cancelling():
+    return task.cancelling() if task is not None else 0
+
+
+def raise_dropped_cancel(before: int) -> None:
+    """Re-raise a cancellation requested since ``cancels()`` said ``before`` and swallowed on the way.
+
+    Only a new one counts: the count is not reset when a cancellation is handled (a task group
+    that failed leaves its parent's count raised on 3.11), so "any at all" would stop a session
+    that merely reconnected after losing its broker.
+    """
+    if cancels() > before:
         raise asyncio.CancelledError
 
 

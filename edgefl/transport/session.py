@@ -48,7 +48,7 @@ from edgefl.runtime.metrics import METRICS, Metrics
 from edgefl.transport import chunking, topics
 from edgefl.transport.inbound import Inbound, Received
 from edgefl.transport.messages import Error, Ping, Pong, Status
-from edgefl.transport.mqtt import MQTT_LOG, Frame, Link, LinkError, _mqtt, raise_dropped_cancel
+from edgefl.transport.mqtt import MQTT_LOG, Frame, Link, LinkError, _mqtt, cancels, raise_dropped_cancel
 
 __all__ = ["MQTT_LOG", "Frame", "Received", "RemoteError", "RequestTimeout", "Session", "Subscription",
            "key_registry", "_mqtt"]
@@ -323,6 +323,7 @@ class Session:
 
     async def _publish(self, client: Link, item: _Out) -> bool:
         """One attempt for an in-flight item; on failure or cancellation it goes back to the outbox."""
+        before = cancels()
         try:
             await client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain)
         except (LinkError, OSError):
@@ -338,7 +339,7 @@ class Session:
             self._capacity.release()
             if not item.done.done():
                 item.done.set_result(None)
-        raise_dropped_cancel()  # sent: only now honour a cancellation aiomqtt may have swallowed
+        raise_dropped_cancel(before)  # sent: only now honour a cancellation aiomqtt may have swallowed
         return True
 
     async def _send_loop(self, client: Link) -> None:
