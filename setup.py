@@ -123,6 +123,7 @@ setup(
         "ml": ["onnx>=1.14", "onnxruntime>=1.16", "ai-edge-litert>=1.2", "flatbuffers>=2.0"],
         "bench": ["matplotlib>=3.5"],
         "test": ["pytest>=8", "pytest-asyncio>=0.24", "pytest-timeout>=2.3", "hypothesis>=6.100", "Cython>=3.0"],
+        "fuzz": ["atheris>=2.3"],  # scripts/fuzz --atheris: coverage-guided (optional; hypothesis and a PRNG otherwise)
     },
     entry_points={"console_scripts": ["edgefl=edgefl.cli:main"]},
     zip_safe=False,

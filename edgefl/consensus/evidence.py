@@ -110,7 +110,7 @@ class Behaviour(Message):
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            raise ValueError(f"kind {self.kind!r} is not one of {', '.join(KINDS)}")
+            raise codec.SchemaError(f"{self.kind!r} is not one of {', '.join(KINDS)}", field="consensus.behaviour.kind")
 
 
 def equivocation(a: Statement, b: Statement, *, chain: str, view: int = 0, height: int = -1,

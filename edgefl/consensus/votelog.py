@@ -28,9 +28,7 @@ class VoteLog:
         self.entries: dict[tuple, bytes] = {}
         self.view = 0  # the highest view this replica entered (a restart does not go back)
         if self.path is not None and self.path.exists():
-            data = codec.decode(self.path.read_bytes(), LIMITS)
-            self.view = data["view"]
-            self.entries = {tuple(k): bytes(v) for k, v in data["entries"]}
+            self.view, self.entries = _parse(codec.decode(self.path.read_bytes(), LIMITS), self.path)
 
     def guard(self, slot: tuple, digest: bytes) -> bool:
         held = self.entries.get(slot)
@@ -56,3 +54,15 @@ class VoteLog:
         if self.path is not None:
             write_atomic(self.path, codec.encode({"view": self.view,
                                                   "entries": [[list(k), v] for k, v in self.entries.items()]}))
+
+
+def _parse(data, path) -> tuple[int, dict[tuple, bytes]]:
+    """A stored log's view and entries; a file of any other shape is a ``codec.SchemaError``, not a KeyError."""
+    ok = (isinstance(data, dict) and set(data) == {"view", "entries"} and type(data["view"]) is int
+          and data["view"] >= 0 and isinstance(data["entries"], list)
+          and all(isinstance(e, list) and len(e) == 2 and isinstance(e[0], list) and isinstance(e[1], bytes)
+                  and all(type(x) in (str, int) for x in e[0]) and e[0] and type(e[0][-1]) is int
+                  for e in data["entries"]))
+    if not ok:
+        raise codec.SchemaError(f"{path}: not a vote log ({{view, entries: [[slot, digest]]}})", field="votelog")
+    return data["view"], {tuple(k): v for k, v in data["entries"]}
