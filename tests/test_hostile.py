@@ -97,3 +97,59 @@ async def test_a_device_reads_only_what_is_addressed_to_it_and_publishes_only_as
     assert not any(t.endswith("/dev-b") for t in seen_by_a), seen_by_a
     assert "edgefl/v1/t/fog/fog-1/beacon" in seen_by_a
     assert [t for t in seen_by_fog if "dev-a/msg" in t] == ["edgefl/v1/t/device/dev-a/msg/fog-1"], seen_by_fog
+
+
+async def test_without_the_acl_the_envelope_still_refuses_impersonation_and_replay(broker):
+    """A broker with no ACL at all (deliberately misconfigured): dev-a can publish on dev-b's and the fog's
+    topics, and re-publish what it captured; receivers refuse every one by the signed envelope."""
+    nodes = Nodes(broker.port, "dev-a", "dev-b", "fog-1")
+    a, b, fog = nodes.session("dev-a"), nodes.session("dev-b"), nodes.session("fog-1", role="fog")
+    async with a, b, fog, fog.subscribe(topics.pattern(kind="msg", target="fog-1")) as inbox, \
+            b.subscribe(topics.pattern(node="fog-1", kind="beacon")) as beacons:
+        await connected(a, b, fog)
+        captured = b.signer.seal(Ping(nonce=b"b's own"), to="fog-1")
+        await b.send(b.topic("msg", "fog-1"), captured)
+        assert (await inbox.get(timeout=5)).message.nonce == b"b's own"
+        await a.send(b.topic("msg", "fog-1"), a.signer.seal(Ping(nonce=b"as b"), to="fog-1"))  # on b's topic
+        await a.send(topics.topic("t", "fog", "fog-1", "beacon"), a.signer.seal(Ping(nonce=b"as the fog")))
+        await a.send(b.topic("msg", "fog-1"), captured[:-1] + bytes([captured[-1] ^ 1]))  # altered copy
+        await a.send(b.topic("msg", "fog-1"), captured)  # replayed as it was
+        await b.publish("msg", Ping(nonce=b"later"), to="fog-1")
+        assert (await inbox.get(timeout=5)).message.nonce == b"later"
+        assert beacons.queue.empty()
+    fm, bm = nodes.metrics["fog-1"], nodes.metrics["dev-b"]
+    assert fm.get("envelope_rejected", reason="topic_mismatch") == 1
+    assert fm.get("envelope_rejected", reason="bad_signature") == 1
+    assert fm.get("duplicate_delivery") + fm.get("envelope_rejected", reason="replay") == 1
+    assert bm.get("envelope_rejected", reason="topic_mismatch") == 1
+
+
+async def test_oversize_packets_are_dropped_by_mosquitto_and_oversize_envelopes_by_the_decoder(tmp_path):
+    """Mosquitto closes a client that sends more than max_packet_size; a session set for larger packets than
+    its broker takes learns the broker's limit from CONNACK and chunks (its outbox once resent the oversize
+    packet forever, reconnecting each time); an envelope over the receiver's decoder limit is rejected."""
+    import aiomqtt
+
+    from edgefl.transport.mosquitto import LocalMosquitto
+    from tests.conftest import need_mosquitto
+
+    need_mosquitto()
+    with LocalMosquitto(tmp_path / "b", max_packet_size=64 << 10) as broker:
+        nodes = Nodes(broker.port, "dev-a", "fog-1")
+        a = nodes.session("dev-a", max_packet_size=1 << 20)
+        fog = nodes.session("fog-1", role="fog", max_message_size=96 << 10)
+        async with a, fog, fog.subscribe(a.topic("msg", "fog-1")) as inbox:
+            await connected(a, fog)
+            async with aiomqtt.Client("127.0.0.1", broker.port, identifier="raw",
+                                      protocol=aiomqtt.ProtocolVersion.V5) as raw:
+                with pytest.raises(aiomqtt.MqttError):
+                    await raw.publish(a.topic("msg", "fog-1"), a.signer.seal(Ping(nonce=b"raw", payload=bytes(
+                        100 << 10)), to="fog-1"), qos=1, timeout=5)
+                    await raw.publish(a.topic("msg", "fog-1"), b"after", qos=1, timeout=5)
+            await a.publish("msg", Ping(nonce=b"80k", payload=bytes(80 << 10)), to="fog-1")  # chunked to fit
+            assert (await inbox.get(timeout=10)).message.nonce == b"80k"
+            await a.publish("msg", Ping(nonce=b"120k", payload=bytes(120 << 10)), to="fog-1")  # over the decoder's
+            await a.publish("msg", Ping(nonce=b"small"), to="fog-1")
+            assert (await inbox.get(timeout=10)).message.nonce == b"small"
+            assert a.reconnects == 0
+    assert nodes.metrics["fog-1"].get("inbound_rejected", reason="chunk_too_large") >= 1  # refused unassembled

@@ -29,7 +29,7 @@ def site(tmp_path):
     for dev in ("dev-a", "dev-b"):
         ca.issue(dev, "device")
     t = ca.path / "tls"
-    with LocalMosquitto(tmp_path / "broker", auth="tls", readers=["fog-1"],
+    with LocalMosquitto(tmp_path / "broker", auth="tls", readers=["fog-1"], site="s1",
                         tls=dict(cafile=str(t / "fog-1-trust.pem"), certfile=str(t / "fog-1.pem"),
                                  keyfile=str(t / "fog-1.key"), crlfile=str(t / "crl.pem"))) as broker:
         yield ca, broker
@@ -66,6 +66,36 @@ async def test_certificate_identity_confines_publishing(site, tmp_path):
         seen = await topics_seen_until(everything, "dev-a/msg/fog-1")
         assert not any("/dev-b/" in t for t in seen), seen
     assert fog_m.total("envelope_rejected") == 0 and fog_m.get("envelope_accepted") >= 1
+
+
+async def test_a_device_cannot_publish_as_its_fog_nor_read_other_devices_traffic(site):
+    """With mTLS and the rendered ACL the broker itself refuses: dev-a publishing on its fog's retained task
+    topic or on dev-b's, and reading the fog's responses to dev-b or dev-b's messages to the fog."""
+    ca, broker = site
+    fog = Session.from_config(config(ca, broker, "fog-1", "fog", data_dir=ca.path))
+    a = Session.from_config(config(ca, broker, "dev-a", "device"))
+    b = Session.from_config(config(ca, broker, "dev-b", "device"))
+    async with fog, a, b, fog.subscribe("edgefl/v1/#", raw=True) as fog_sees, \
+            a.subscribe("edgefl/v1/s1/fog/fog-1/#", raw=True) as a_sees_fog, \
+            a.subscribe("edgefl/v1/s1/device/dev-b/#", raw=True) as a_sees_b:
+        await connected(fog, a, b)
+        forged = a.signer.seal(Ping(nonce=b"a task"))
+        await a.send("edgefl/v1/s1/fog/fog-1/task", forged, retain=True)  # as its fog
+        await a.send("edgefl/v1/s1/device/dev-b/msg/fog-1", forged)  # as dev-b
+        await a.send("edgefl/v1/s2/device/dev-a/msg/fog-1", forged)  # in another site
+        await fog.publish("resp", Ping(nonce=b"for b"), to="dev-b")
+        await b.publish("msg", Ping(nonce=b"from b"), to="fog-1")
+        await fog.publish("beacon", Ping(nonce=b"for everyone"))
+        await a.publish("msg", Ping(nonce=b"own"), to="fog-1")
+        seen = await topics_seen_until(fog_sees, "dev-a/msg/fog-1")
+        await asyncio.sleep(0.3)
+        a_got = [a_sees_fog.queue.get_nowait().topic for _ in range(a_sees_fog.queue.qsize())] + \
+            [a_sees_b.queue.get_nowait().topic for _ in range(a_sees_b.queue.qsize())]
+    assert not any(t.endswith("/task") or "/s2/" in t for t in seen), seen
+    assert [t for t in seen if t.startswith("edgefl/v1/s1/device/dev-b/msg")] == \
+        ["edgefl/v1/s1/device/dev-b/msg/fog-1"]  # dev-b's own, once: not dev-a's forgery
+    assert "edgefl/v1/s1/fog/fog-1/beacon" in a_got
+    assert not any(t.endswith("/resp/dev-b") or "/dev-b/msg" in t for t in a_got), a_got
 
 
 async def test_clients_without_a_site_certificate_cannot_connect(site, tmp_path):

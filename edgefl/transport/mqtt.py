@@ -93,6 +93,15 @@ class Link:
         else:
             args.update(clean_session=False)
         self._client = aiomqtt.Client(**args)
+        self.max_packet: int | None = None  # what the broker's CONNACK says it takes (MQTT 5), once connected
+        paho = self._client._client  # aiomqtt drops the CONNACK's properties: read them on the way
+        forward = paho.on_connect
+
+        def on_connect(client, userdata, flags, reason_code, properties=None):
+            self.max_packet = getattr(properties, "MaximumPacketSize", None) if properties is not None else None
+            forward(client, userdata, flags, reason_code, properties)
+
+        paho.on_connect = on_connect
 
     async def __aenter__(self) -> "Link":
         await self._client.__aenter__()

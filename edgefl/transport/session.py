@@ -300,7 +300,7 @@ class Session:
         single packet goes straight out from the caller's task; otherwise it
         waits in the outbox, which a sender task drains in order.
         """
-        limit = self.cfg.max_packet_size - len(topic) - 64  # fixed header, topic, properties
+        limit = self._max_packet() - len(topic) - 64  # fixed header, topic, properties
         frames = [payload] if len(payload) <= limit else chunking.split(payload, limit)
         if retain and len(frames) > 1:
             raise ValueError("a retained message must fit in one packet")
@@ -321,8 +321,19 @@ class Session:
         for item in items:  # awaiting a finished future does not yield to the loop; gather() would
             await item.done
 
+    def _max_packet(self) -> int:
+        """The configured packet size, or the broker's if it takes less (it closes the connection of a client
+        that sends more, and the outbox would resend that packet forever)."""
+        broker = self._client.max_packet if self._client is not None else None
+        return min(self.cfg.max_packet_size, broker or self.cfg.max_packet_size)
+
     async def _publish(self, client: Link, item: _Out) -> bool:
         """One attempt for an in-flight item; on failure or cancellation it goes back to the outbox."""
+        if client.max_packet and len(item.payload) + len(item.topic) + 64 > client.max_packet:
+            self._fail(item, ValueError(f"{len(item.payload)} bytes on {item.topic}: more than the broker's "
+                                        f"maximum packet size {client.max_packet} (queued before it said so)"))
+            self._slots.release()
+            return True
         before = cancels()
         try:
             await client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain)
@@ -361,6 +372,14 @@ class Session:
         if not await self._publish(client, item):
             # Tear this connection down; _run reconnects and the outbox resends.
             raise LinkError(f"publish to {item.topic} failed")
+
+    def _fail(self, item: _Out, exc: Exception) -> None:
+        """Give up on an item that no broker connection can carry: its sender gets ``exc``."""
+        self._inflight.discard(item)
+        self._capacity.release()
+        self.metrics.inc("mqtt_publish_refused")
+        if not item.done.done():
+            item.done.set_exception(exc)
 
     def _requeue(self, item: _Out) -> None:
         if item in self._inflight:  # not yet acknowledged: its original order number puts it first
