@@ -153,3 +153,23 @@ async def test_oversize_packets_are_dropped_by_mosquitto_and_oversize_envelopes_
             assert (await inbox.get(timeout=10)).message.nonce == b"small"
             assert a.reconnects == 0
     assert nodes.metrics["fog-1"].get("inbound_rejected", reason="chunk_too_large") >= 1  # refused unassembled
+
+
+async def test_a_flooding_device_is_cut_to_its_rate_and_the_others_are_still_answered(broker):
+    nodes = Nodes(broker.port, "dev-a", "dev-b", "fog-1")
+    fog = nodes.session("fog-1", role="fog", rate_per_sender=50, rate_burst=50)
+    flooder, honest = nodes.session("dev-a"), nodes.session("dev-b")
+    async with fog, flooder, honest:
+        await connected(fog, flooder, honest)
+        wires = [flooder.signer.seal(Ping(nonce=b"%d" % i), to="fog-1", corr=b"%012d" % i) for i in range(600)]
+        flood = asyncio.gather(*(flooder.send(flooder.topic("req", "fog-1"), w, qos=0) for w in wires))
+        replies = [await honest.request("fog-1", Ping(nonce=b"h%d" % i), timeout=20) for i in range(5)]
+        await flood
+        assert [r.message.nonce for r in replies] == [b"h%d" % i for i in range(5)]
+        for _ in range(100):
+            if fog.metrics.get("inbound_rejected", reason="rate_limited") >= 300:
+                break
+            await asyncio.sleep(0.05)
+    dropped = nodes.metrics["fog-1"].get("inbound_rejected", reason="rate_limited")
+    assert 300 <= dropped <= 600 - 50  # the burst, and 50 a second, went through
+    assert nodes.metrics["fog-1"].get("envelope_accepted") <= 600 - dropped + 5 + 10

@@ -96,3 +96,20 @@ def test_a_message_of_the_wrong_type_is_refused_before_its_body_is_decoded(monke
     monkeypatch.setattr(Crl, "from_wire", classmethod(lambda cls, *a: decoded.append(1)))
     assert inbound.receive(t("status"), wire) is None
     assert m.get("inbound_rejected", reason="wrong_type") == 1 and not decoded
+
+
+def test_a_flooding_sender_is_cut_to_its_rate_before_any_signature_check():
+    from edgefl.transport.inbound import RateLimit
+
+    now = [0.0]
+    m = Metrics()
+    v = Verifier(StaticKeyRegistry({"dev-a": KEY.public_key, "dev-b": KEY.public_key}), metrics=m)
+    inbound = Inbound(v, chunking.Reassembler(metrics=m), metrics=m, rate=RateLimit(10, 5, clock=lambda: now[0]))
+    s = Signer("dev-a", KEY)
+    flood = [inbound.receive(t("msg"), s.seal(Ping(nonce=b"%d" % i))) for i in range(20)]
+    assert sum(rx is not None for rx in flood) == 5  # the burst
+    assert m.get("inbound_rejected", reason="rate_limited") == 15 and m.get("envelope_accepted") == 5
+    other = Signer("dev-b", KEY).seal(Ping(nonce=b"b"))
+    assert inbound.receive(topics.topic("s", "device", "dev-b", "msg"), other) is not None  # its own bucket
+    now[0] = 0.5  # five tokens back
+    assert sum(inbound.receive(t("msg"), s.seal(Ping(nonce=b"x%d" % i))) is not None for i in range(10)) == 5

@@ -9,6 +9,12 @@ Both variants run through the same Mosquitto in the same process, interleaved:
 
 Sizes 64 B, 16 KiB and 256 KiB at QoS 0 and 1, then pipelined QoS1
 throughput of 64-byte messages.  Goal: signed ≤ 1.3 × raw.
+
+Then a flood: four honest devices make sequential signed requests to a fog
+(a round of 20 each) while a fifth floods the fog with distinct, validly
+signed requests as fast as a bare aiomqtt client publishes them; the honest
+round time without a flood, with one and no per-sender limit, and with one
+under ``mqtt.rate_per_sender`` (the default, and a tight 100/s).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import statistics
 import tempfile
 import time
 
@@ -120,13 +127,75 @@ async def _pipelined_signed(tx: Session, rx: Session, n: int, payload: bytes) ->
 def _sessions(port: int, qos: int, metrics: Metrics) -> tuple[Session, Session]:
     ka, kb = SigningKey(), SigningKey()
     reg = StaticKeyRegistry({"bench-dev": ka.public_key, "bench-fog": kb.public_key})
-    cfg = MqttSection(port=port, qos=qos, max_inflight=WINDOW, outbox_limit=100000)
+    cfg = MqttSection(port=port, qos=qos, max_inflight=WINDOW, outbox_limit=100000, rate_per_sender=0)
 
     def make(node, role, key):
         return Session(site="bench", role=role, signer=Signer(node, key), metrics=metrics, mqtt=cfg,
                        verifier=Verifier(reg, metrics=metrics, name=node), client_id=f"{node}-q{qos}")
 
     return make("bench-dev", "device", ka), make("bench-fog", "fog", kb)
+
+
+FLOOD_DEVICES, FLOOD_REQUESTS = 4, 20
+
+
+async def _flood_round(port: int, *, flood: int, rate: float, rounds: int) -> tuple[list[float], Metrics]:
+    """Honest round times (s) with ``flood`` pre-signed requests from a flooder; ``rate`` is the fog's limit."""
+    names = [f"bench-d{i}" for i in range(FLOOD_DEVICES)]
+    keys = {n: SigningKey() for n in [*names, "bench-fog", "flooder"]}
+    reg = StaticKeyRegistry({n: k.public_key for n, k in keys.items()})
+    m = Metrics()
+    base = MqttSection(port=port, max_inflight=WINDOW)
+
+    def make(node, role, **kw):
+        cfg = MqttSection(**{**vars(base), **kw})
+        return Session(site="bench", role=role, signer=Signer(node, keys[node]), metrics=m, mqtt=cfg,
+                       verifier=Verifier(reg, metrics=m, name=node), client_id=f"{node}-flood{flood}-{rate:g}")
+
+    fog = make("bench-fog", "fog", rate_per_sender=rate, rate_burst=max(1, int(rate)))  # rate 0: no limit
+    devices = [make(n, "device") for n in names]
+    signer = Signer("flooder", keys["flooder"])
+    topic = topics.topic("bench", "device", "flooder", "req", "bench-fog")
+    wires = [signer.seal(Ping(nonce=b"%d" % i), to="bench-fog", corr=os.urandom(12)) for i in range(flood)]
+    times = []
+    async with contextlib.AsyncExitStack() as stack:
+        for s in (fog, *devices):
+            await stack.enter_async_context(s)
+            await s.wait_connected(10)
+
+        async def flooding():
+            async with _raw_client(port, f"flooder-{flood}-{rate:g}") as raw:
+                for w in wires:
+                    await raw.publish(topic, w, qos=0)
+
+        async def honest(d: Session):
+            for i in range(FLOOD_REQUESTS):
+                await d.request("bench-fog", Ping(nonce=b"%d" % i), timeout=60)
+
+        flooder = asyncio.create_task(flooding()) if flood else None
+        await asyncio.sleep(0.2 if flood else 0)
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            await asyncio.gather(*(honest(d) for d in devices))
+            times.append(time.perf_counter() - t0)
+        if flooder is not None:
+            flooder.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await flooder
+    return times, m
+
+
+async def flood_rows(report: Report, port: int, quick: bool) -> None:
+    rounds, flood = (2, 3000) if quick else (5, 30000)
+    quiet, _ = await _flood_round(port, flood=0, rate=0, rounds=rounds)
+    base = report.add(Row("transport_flood_none_round", "ms", statistics.median(quiet) * 1e3, max(quiet) * 1e3,
+                          note=f"{FLOOD_DEVICES} devices x {FLOOD_REQUESTS} sequential requests, no flood"))
+    for label, rate in (("unlimited", 0.0), ("limit_default", MqttSection().rate_per_sender), ("limit_100", 100.0)):
+        times, m = await _flood_round(port, flood=flood, rate=rate, rounds=rounds)
+        row = report.add(Row(f"transport_flood_{label}_round", "ms", statistics.median(times) * 1e3,
+                             max(times) * 1e3, note=f"one device floods {flood:,} signed requests; "
+                             f"{m.get('inbound_rejected', reason='rate_limited'):,} dropped by the limit"))
+        report.add(ratio_row(f"transport_flood_{label}_ratio", row, base, note="honest round time vs no flood"))
 
 
 def add_arguments(p) -> None:
@@ -183,4 +252,5 @@ async def run(*, port: int | None = None, quick: bool = False) -> Report:
         rejected = metrics.total("envelope_rejected")
         if rejected:
             raise RuntimeError(f"benchmark saw {rejected} rejected envelopes: {metrics.snapshot()}")
+        await flood_rows(report, port, quick)
     return report

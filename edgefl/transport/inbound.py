@@ -4,7 +4,10 @@ No I/O and no event loop: the session's reader feeds ``Inbound.receive``
 what the broker delivers, and the fuzzers (``scripts/fuzz``) feed it whatever
 they like.  In order:
 
-1. the topic must be an edgefl topic (``edgefl/v1/site/role/node/kind[/target]``);
+1. the topic must be an edgefl topic (``edgefl/v1/site/role/node/kind[/target]``), and its publisher
+   (the broker's ACL binds the node segment to the client's identity) within its rate: a token bucket
+   per sender, so one flooding device costs a dictionary lookup per message, not a signature check,
+   and cannot starve the others;
 2. a chunk frame goes to the bounded reassembler (before any signature: see
    ``chunking``) and the path goes on once its payload is complete;
 3. the duplicate filter drops what was delivered already (QoS1 redelivery,
@@ -28,6 +31,7 @@ a bug, counted as reason ``internal`` with its trace logged, never a dead reader
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -55,15 +59,43 @@ class Received:
         return self.envelope.message
 
 
+class RateLimit:
+    """A token bucket per sender: ``rate`` messages a second on average, bursts of ``burst``; 0 turns it off."""
+
+    SENDERS = 4096  # buckets kept (least recently seen forgotten first)
+
+    def __init__(self, rate: float, burst: int, clock=time.monotonic):
+        self.rate, self.burst, self.clock = rate, burst, clock
+        self._buckets: OrderedDict[str, list[float]] = OrderedDict()  # sender -> [tokens, when]
+
+    def allow(self, sender: str) -> bool:
+        if self.rate <= 0:
+            return True
+        now = self.clock()
+        bucket = self._buckets.pop(sender, None)
+        if bucket is None:
+            bucket = [float(self.burst), now]
+            if len(self._buckets) >= self.SENDERS:
+                self._buckets.popitem(last=False)
+        bucket[0] = min(float(self.burst), bucket[0] + (now - bucket[1]) * self.rate)
+        bucket[1] = now
+        self._buckets[sender] = bucket
+        if bucket[0] < 1.0:
+            return False
+        bucket[0] -= 1.0
+        return True
+
+
 class Inbound:
     RECENT = 4096  # deliveries remembered for the duplicate filter
 
     def __init__(self, verifier: Verifier, reassembler: chunking.Reassembler, *, metrics: Metrics = METRICS,
-                 name: str = ""):
+                 name: str = "", rate: RateLimit | None = None):
         self.verifier = verifier
         self.reassembler = reassembler
         self.metrics = metrics
         self.name = name
+        self.rate = rate or RateLimit(0, 0)
         self.peers: dict[str, tuple[str, bytes]] = {}  # node -> (state, session nonce)
         self._expect: dict[str, tuple[type[codec.Message], ...]] = {"status": (Status,)}
         self._recent: OrderedDict[bytes, None] = OrderedDict()
@@ -74,8 +106,21 @@ class Inbound:
         """Only ``types`` are acceptable on ``kind`` topics (on top of any registered before)."""
         self._expect[kind] = tuple(dict.fromkeys((*self._expect.get(kind, ()), *types)))
 
-    def receive(self, topic: str, payload: bytes) -> Received | None:
-        """The verified delivery, or None: rejected (counted), a duplicate, or a chunk of an unfinished transfer."""
+    def admit(self, topic: str) -> bool:
+        """Whether the topic's publisher is within its rate (the first, cheapest check; counted when not)."""
+        parts = topic.split("/", 5)
+        if len(parts) < 5 or self.rate.allow(parts[4]):
+            return True
+        self.metrics.inc("inbound_rejected", reason="rate_limited")
+        return False
+
+    def receive(self, topic: str, payload: bytes, *, admitted: bool = False) -> Received | None:
+        """The verified delivery, or None: rejected (counted), a duplicate, or a chunk of an unfinished transfer.
+
+        ``admitted``: the caller has checked ``admit`` already (the session does, before routing).
+        """
+        if not admitted and not self.admit(topic):
+            return None
         try:
             return self._receive(topic, payload)
         except _Drop as drop:

@@ -46,7 +46,7 @@ from edgefl.errors import EdgeflError
 from edgefl.runtime.config import Config, MqttSection
 from edgefl.runtime.metrics import METRICS, Metrics
 from edgefl.transport import chunking, topics
-from edgefl.transport.inbound import Inbound, Received
+from edgefl.transport.inbound import Inbound, RateLimit, Received
 from edgefl.transport.messages import Error, Ping, Pong, Status
 from edgefl.transport.mqtt import MQTT_LOG, Frame, Link, LinkError, _mqtt, cancels, raise_dropped_cancel
 
@@ -156,7 +156,8 @@ class Session:
         self._reassembler = chunking.Reassembler(max_transfer=mqtt.max_message_size,
                                                  max_buffered=mqtt.reassembly_buffer,
                                                  timeout_s=mqtt.chunk_timeout_s, metrics=metrics)
-        self.inbound = Inbound(verifier, self._reassembler, metrics=metrics, name=self.node_id)
+        self.inbound = Inbound(verifier, self._reassembler, metrics=metrics, name=self.node_id,
+                               rate=RateLimit(mqtt.rate_per_sender, mqtt.rate_burst))
         self._client: Link | None = None
         self._closing = False
         self._attempt = 0  # failed connection attempts in a row, for the backoff
@@ -445,6 +446,8 @@ class Session:
 
     async def _dispatch(self, m: Frame) -> None:
         """Route one frame: hold it if nobody here wants it yet, else verify it once and deliver it."""
+        if not self.inbound.admit(m.topic):
+            return  # a sender over its rate: dropped before anything costs more than this
         subs = [s for s in self._subs if topics.matches(s.pattern, m.topic)]
         if not subs and not any(topics.matches(p, m.topic) for p in self._internal):
             self._held.append(m)
@@ -458,7 +461,7 @@ class Session:
                 await s.queue.put(m)
         if all(s.raw for s in subs) and not any(topics.matches(p, m.topic) for p in self._internal):
             return  # nobody here wants this one verified
-        rx = self.inbound.receive(m.topic, m.payload)
+        rx = self.inbound.receive(m.topic, m.payload, admitted=True)
         if rx is None:
             return  # counted: rejected, a duplicate, or part of a chunked transfer
         where = rx.topic
