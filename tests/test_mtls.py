@@ -236,3 +236,34 @@ async def test_what_another_sites_fog_certifies_cannot_log_in(tmp_path):
         for who, (cert, key) in forged.items():
             assert not await handshake(cert, key), who
     assert "fog-1" not in files["cafile"] and "fog-2-trust" in files["cafile"]
+
+
+async def test_a_revoked_device_loses_its_open_connection(site):
+    """`pki revoke` on the fog host and a broker reload: the fog's node closes the device's open connection
+    (taking over its client id), and the device cannot connect again."""
+    ca, broker = site
+    fog_cfg = config(ca, broker, "fog-1", "fog", data_dir=ca.path)
+    fog = Session.from_config(fog_cfg)
+    b = Session.from_config(config(ca, broker, "dev-b", "device"))
+    a = Session.from_config(config(ca, broker, "dev-a", "device"))
+    own_crl = fog_cfg.path(fog_cfg.security.crl_dir) / "fog-1.crl"
+    async with fog, a, b:
+        await connected(fog, a, b)
+        service = asyncio.create_task(crl_service(fog, fog.verifier.registry, own_crl, poll_s=0.05))
+        try:
+            await asyncio.sleep(0.3)
+            assert b.connected.is_set()
+            ca.revoke("dev-b", reason="stolen")
+            broker.reload()
+            for _ in range(200):
+                if not b.connected.is_set() and b.reconnects:
+                    break
+                await asyncio.sleep(0.05)
+            with pytest.raises(TimeoutError):
+                await b.wait_connected(1.5)
+            assert a.connected.is_set()  # the others are unaffected
+        finally:
+            service.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await service
+    assert fog.metrics.get("mqtt_client_closed") >= 1

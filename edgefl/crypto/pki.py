@@ -386,6 +386,11 @@ class PkiRegistry:
     def crl(self, issuer: str) -> Crl | None:
         return self._crls.get(issuer)
 
+    def revoked_subjects(self, issuer: str) -> list[str]:
+        """The names whose certificates from ``issuer`` its current CRL revokes (for closing their connections)."""
+        return sorted({c.subject for certs in self._certs.values() for c in certs
+                       if c.issuer == issuer and (issuer, c.serial) in self._revoked})
+
     def certificates(self, subject: str) -> list[Certificate]:
         return list(self._certs.get(subject, ()))
 

@@ -28,6 +28,7 @@ from edgefl.runtime.lock import DataDirLock
 from edgefl.runtime.loop import Supervisor
 from edgefl.runtime.metrics import METRICS
 from edgefl.transport import topics
+from edgefl.transport.mqtt import LinkError
 from edgefl.transport.session import Session
 
 log = logging.getLogger("edgefl.node")
@@ -66,11 +67,27 @@ async def crl_service(session: Session, registry: PkiRegistry, own_crl: Path | N
 
     A CRL is trusted for its own signature, whoever relays it; an older or
     badly signed one is refused, logged and counted (``crl_rejected``).
+    A CA also closes the broker connections of the nodes its CRL revokes
+    (once, and again whenever one of them comes back online, until the broker
+    has reloaded its CRL file and refuses it).
     """
+    closed: set[str] = set()
+
+    async def shut_out(names: list[str]) -> None:
+        for name in names:
+            if name in closed and session.peers.get(name, ("",))[0] != "online":
+                continue
+            closed.add(name)
+            session.peers.pop(name, None)  # online again later: a reconnection, closed again
+            try:
+                await session.close_client(name)
+            except (OSError, LinkError) as exc:
+                log.warning("cannot close %s's broker connection: %s", name, exc)
 
     async def publish_own() -> None:
         seen = None
         while True:
+            await shut_out(registry.revoked_subjects(session.node_id))
             with contextlib.suppress(FileNotFoundError):
                 stat = own_crl.stat()
                 if (stat.st_mtime_ns, stat.st_size) != seen:

@@ -75,7 +75,8 @@ class Link:
     """``async with Link(...) as link``: one broker connection (persistent MQTT session, last will, TCP_NODELAY)."""
 
     def __init__(self, cfg: MqttSection, *, client_id: str, username: str, password: str | None,
-                 tls_context: ssl.SSLContext | None, will: tuple[str, bytes]):
+                 tls_context: ssl.SSLContext | None, will: tuple[str, bytes] | None, clean: bool = False):
+        """``clean``: a new MQTT session that ends with the connection (what the broker held for the id goes)."""
         v5 = cfg.protocol == "5"
         args = dict(
             hostname=cfg.host, port=cfg.port, identifier=client_id, logger=MQTT_LOG,
@@ -84,14 +85,14 @@ class Link:
             # without it a QoS1 round trip waits on Nagle's algorithm and delayed ACKs (~88 ms instead of ~0.4 ms)
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
             protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
-            will=aiomqtt.Will(will[0], will[1], qos=1, retain=True),
+            will=aiomqtt.Will(will[0], will[1], qos=1, retain=True) if will else None,
         )
         if v5:
             props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = cfg.session_expiry_s
-            args.update(clean_start=False, properties=props)
+            props.SessionExpiryInterval = 0 if clean else cfg.session_expiry_s
+            args.update(clean_start=clean, properties=props)
         else:
-            args.update(clean_session=False)
+            args.update(clean_session=clean)
         self._client = aiomqtt.Client(**args)
         self.max_packet: int | None = None  # what the broker's CONNACK says it takes (MQTT 5), once connected
         paho = self._client._client  # aiomqtt drops the CONNACK's properties: read them on the way

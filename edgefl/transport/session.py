@@ -267,6 +267,21 @@ class Session:
                                 os.path.expanduser(self.cfg.tls_key) if self.cfg.tls_key else None)
         return ctx
 
+    async def close_client(self, client_id: str) -> None:
+        """Close another client's connection at the broker, and drop what the broker keeps for it.
+
+        MQTT lets one connection per client id live: connecting under ``client_id``
+        (a clean session that expires at once) makes Mosquitto close the older one.
+        A fog shuts a revoked device out this way; once the broker has reloaded
+        its CRL file, the device's reconnection fails the TLS handshake.
+        """
+        link = Link(self.cfg, client_id=client_id, username=self.cfg.username or self.node_id,
+                    password=self._password(), tls_context=self._tls_context(), will=None, clean=True)
+        async with link:
+            pass
+        self.metrics.inc("mqtt_client_closed")
+        log.info("%s: closed the broker connection of client %s", self.node_id, client_id)
+
     async def _connect_once(self) -> None:
         self._nonce = os.urandom(8)
         will = (self.topic("status"), self.signer.seal(Status(state="offline", session=self._nonce)))
