@@ -75,8 +75,8 @@ class MqttSection:
     chunk_timeout_s: float = field(default=30.0, metadata=_range(0.1))
     # what one sender may make this node read: messages a second on average, and in a burst (0: no limit);
     # beyond it messages are dropped before their signature is checked (inbound_rejected{rate_limited})
-    rate_per_sender: float = field(default=200.0, metadata=_range(0))
-    rate_burst: int = field(default=2000, metadata=_range(1))
+    rate_per_sender: float = field(default=100.0, metadata=_range(0))
+    rate_burst: int = field(default=500, metadata=_range(1))
     reconnect_min_s: float = field(default=0.2, metadata=_range(0.01))
     reconnect_max_s: float = field(default=30.0, metadata=_range(0.01))
     request_timeout_s: float = field(default=10.0, metadata=_range(0.01))
