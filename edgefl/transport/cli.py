@@ -32,7 +32,10 @@ def register(sub) -> None:
     p.add_argument("--reader", action="append", default=[],
                    help="identity that reads the whole tree and publishes as the broker's role: the fog itself on a "
                         "fog broker, the cloud nodes on a cloud broker (repeatable)")
-    p.add_argument("--data-dir", default="/var/lib/mosquitto")
+    p.add_argument("--data-dir", help="the broker's persistence folder (default: {data_dir}/broker/data of the "
+                                      "profile: its own, never the system broker's /var/lib/mosquitto)")
+    p.add_argument("--user", help="the user Mosquitto runs as when started as root (default: the owner of "
+                                  "--keyfile, who can read it; else mosquitto)")
     p.add_argument("--max-packet-size", type=int, default=1 << 20)
     p.add_argument("--cloud-host", default="", help="fog only: bridge to this cloud broker")
     p.add_argument("--cloud-port", type=int, default=8883)
@@ -79,15 +82,18 @@ def broker_config(args) -> int:
     if args.tls:  # the files `edgefl pki issue --id <this fog> --host ...` wrote into the node's data directory
         for name, path in tls_files(args.config, args.role).items():
             setattr(args, name, getattr(args, name, None) or path)
+    data_dir = args.data_dir or str(args.config.path("{data_dir}/broker/data"))
+    user = args.user or (_owner(args.keyfile) if args.tls else None) or "mosquitto"
     settings = BrokerSettings(
-        role=args.role, port=args.port or (8883 if args.tls else 1883), bind=bind, data_dir=args.data_dir,
+        role=args.role, port=args.port or (8883 if args.tls else 1883), bind=bind, data_dir=data_dir,
+        run_user=user,
         max_packet_size=args.max_packet_size, auth="none" if args.anonymous else "tls" if args.tls else "password",
         readers=args.reader, cafile=args.cafile if args.tls else "", certfile=args.certfile if args.tls else "",
         keyfile=args.keyfile if args.tls else "", crlfile=args.crlfile if args.tls else "",
         bridge_cafile=getattr(args, "bridge_cafile", ""),
         cloud_host=args.cloud_host if args.role == "fog" else "",
         cloud_port=args.cloud_port, fog_id=args.fog_id, site=args.site or args.config.node.site,
-        acl_file=str(Path(args.out) / "acl") if args.out else "/etc/mosquitto/edgefl.acl",
+        acl_file=str(Path(args.out) / "acl") if args.out else str(args.config.path("{data_dir}/broker/acl")),
     )
     files = render(settings)
     Path(data_dir).mkdir(parents=True, exist_ok=True)  # Mosquitto does not create it

@@ -19,7 +19,8 @@ from pathlib import Path
 from string import Template
 
 from edgefl import resources
-from edgefl.transport.topics import check_segment
+from edgefl.errors import EdgeflError
+from edgefl.names import check_segment
 
 
 class BrokerError(EdgeflError, RuntimeError):
@@ -132,7 +133,9 @@ class LocalMosquitto:
 
     def __init__(self, workdir: str | os.PathLike, *, port: int | None = None, auth: str = "none",
                  users: dict[str, str] | None = None, readers: list[str] | None = None,
-                 max_packet_size: int = 1 << 20, tls: dict[str, str] | None = None, site: str = ""):
+                 max_packet_size: int = 1 << 20, tls: dict[str, str] | None = None, site: str = "",
+                 conf: str | os.PathLike | None = None):
+        """``conf``: run this configuration as it is (listening on ``port``) instead of rendering one."""
         self.workdir = Path(workdir)
         self.port = port or free_port()
         self.users = users or {}
@@ -149,7 +152,8 @@ class LocalMosquitto:
             role="fog", port=self.port, bind="127.0.0.1", data_dir=str(self.workdir / "data"),
             max_packet_size=max_packet_size, run_user=getpass.getuser(), auth=auth,
             password_file=str(self.workdir / "passwd"), acl_file=str(self.workdir / "acl"),
-            readers=list(readers or []), log_dest=f"file {self.workdir / 'mosquitto.log'}", site=site, **(tls or {}),
+            readers=list(readers or []), log_dest=f"file {self.workdir / 'mosquitto.log'}", site=site,
+            **(tls or {}),
         )
         for name, text in render(settings).items():
             (self.workdir / name).write_text(text)
