@@ -209,7 +209,8 @@ class CaDirectory:
         wanted = [self.key_path(node), self.anchor_path, self.tls_path("ca", "pem"), self.tls_path(node, "pem"),
                   self.tls_path(node, "key"), self.tls_path(f"{node}-ca", "pem"), self.tls_path(f"{node}-ca", "key"),
                   self.tls_path(f"{node}-trust", "pem")]
-        for folder, pattern in (("pki/certs", "*.cert"), ("pki/crl", "*.crl"), ("tls", "crl*.pem")):
+        for folder, pattern in (("pki/certs", "*.cert"), ("pki/crl", "*.crl"), ("tls", "crl*.pem"),
+                                ("trust", "*.pub")):
             wanted += sorted((self.path / folder).glob(pattern))
         if not self.cert_path(node).exists():
             raise PkiError("unknown", f"no certificate for {node}: issue one first")

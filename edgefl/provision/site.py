@@ -209,7 +209,10 @@ class SiteDirectory:
             raise SiteError(f"{node} is a device: it runs no broker")
         b = f"{data_dir}/broker"
         s = BrokerSettings(role=role, port=port or site.port, bind=bind, data_dir=f"{b}/data", run_user=run_user,
-                           auth="tls", acl_file=f"{b}/acl", readers=[node], cafile=f"{data_dir}/tls/ca.pem",
+                           auth="tls", acl_file=f"{b}/acl", readers=[node],
+                           # a fog's broker trusts the root's X.509 CA and its own (its devices'), never another's
+                           cafile=f"{data_dir}/tls/{node}-trust.pem" if role == "fog" else f"{data_dir}/tls/ca.pem",
+                           bridge_cafile=f"{data_dir}/tls/ca.pem",
                            certfile=f"{data_dir}/tls/{node}.pem", keyfile=f"{data_dir}/tls/{node}.key",
                            crlfile=f"{data_dir}/tls/crl.pem", log_dest="stderr")
         if role == "fog":
