@@ -18,3 +18,24 @@
     cluster.py     a main chain and sub-chains in one process (benchmarks, tests, demos)
     cli.py         `edgefl ledger …`
 """
+
+from edgefl._faces import faces
+
+__all__, __getattr__, __dir__ = faces(__name__, {
+    "chain": ["Chain"],
+    "tx": ["ChainSpec", "decode_tx", "record_tx", "txid"],
+    "block": ["Header", "Seal", "Tip", "block_hash", "decode_block", "decode_header"],
+    "committee": ["Committee", "Sig"],
+    "sealer": ["SingleSealer", "QuorumSealer", "make_sealer"],
+    "service": ["LedgerNode", "Producer", "SingleProducer"],
+    "blobs": ["BlobStore", "cid_of"],
+    "crosschain": ["CrossChain", "Verdict"],
+    "proofs": ["verify_proof", "verify_batch_proof"],
+    "audit": ["Tracker", "RemoteSource", "audit_step"],
+    "cluster": ["LocalCluster"],
+    "protocol": ["Submit", "Receipt", "ProofQuery", "BatchProofQuery", "HeadQuery"],
+    "records": ["Note", "TrainingStep", "DataCollected", "CoinUpdate"],
+    "errors": ["LedgerError", "InvalidTx", "InvalidBlock", "ProofError", "StoreError", "BlobError", "BlobNotFound",
+               "BlobCorrupt", "BlobTooLarge", "AuditError"],
+    "validation": ["validate_block", "validate_proposal"],
+})
