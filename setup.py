@@ -122,7 +122,8 @@ setup(
         # devices run an extractor backend; the cloud exports models (onnx, litert's flatbuffer schema)
         "ml": ["onnx>=1.14", "onnxruntime>=1.16", "ai-edge-litert>=1.2", "flatbuffers>=2.0"],
         "bench": ["matplotlib>=3.5"],
-        "test": ["pytest>=8", "pytest-asyncio>=0.24", "pytest-timeout>=2.3", "hypothesis>=6.100", "Cython>=3.0"],
+        "test": ["pytest>=8", "pytest-asyncio>=0.24", "pytest-timeout>=2.3", "hypothesis>=6.100", "Cython>=3.0",
+                 "ruff>=0.6", "mypy>=1.10"],
         "fuzz": ["atheris>=2.3"],  # scripts/fuzz --atheris: coverage-guided (optional; hypothesis and a PRNG otherwise)
     },
     entry_points={"console_scripts": ["edgefl=edgefl.cli:main"]},

@@ -472,7 +472,7 @@ def _schema(cls: type[Message]) -> _Schema:
     schema = cls.__dict__.get("_schema_cache")
     if schema is None:
         schema = _Schema(cls)
-        setattr(cls, "_schema_cache", schema)
+        cls._schema_cache = schema
     return schema
 
 

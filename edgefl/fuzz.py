@@ -482,7 +482,7 @@ class _World:
 
         def seeds():
             out = []
-            for i, ((name, version), cls) in enumerate(classes):
+            for i, (_key, cls) in enumerate(classes):
                 for full in (False, True):
                     try:
                         body = codec.encode(message_example(cls, full))

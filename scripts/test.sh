@@ -9,6 +9,9 @@ export EDGEFL_REQUIRE_BROKER=1   # integration tests fail, not skip, without Mos
 # tflite-runtime wheels exist up to Python 3.11: there its backend test must run, not skip
 if ${PYTHON:-python3} -c 'import sys; sys.exit(sys.version_info >= (3, 12))'; then export EDGEFL_REQUIRE_TFLITE=1; fi
 start=$(date +%s)
+echo "== checks: ruff (lint, import order, bugbear) and mypy (strict where configured) =="
+.venv/bin/ruff check edgefl tests
+.venv/bin/mypy
 echo "== pass 1: compiled extensions =="
 EDGEFL_REQUIRE_EXTENSIONS=1 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 echo "== pass 2: pure-Python twins (EDGEFL_NO_EXTENSIONS=1) =="

@@ -53,7 +53,7 @@ def note(i: int, size: int = 32, signer: str = "dev-1", device: str | None = "de
 def fill(chain: Chain, blocks: int, per_block: int, start: int = 0, size: int = 32) -> list[bytes]:
     """Append ``blocks`` blocks of ``per_block`` notes; returns the tx ids in order."""
     ids, i = [], start
-    for b in range(blocks):
+    for _block in range(blocks):
         for _ in range(per_block):
             ids.append(chain.submit(note(i, size)).id)
             i += 1

@@ -7,8 +7,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edgefl.codec import MaxLen, Range, message
-from edgefl.consensus.evidence import (Behaviour, InvalidEvidence, Statement, check_behaviour, decode_statement,
-                                       encode_statement, equivocation)
+from edgefl.consensus.evidence import (
+    Behaviour,
+    InvalidEvidence,
+    Statement,
+    check_behaviour,
+    decode_statement,
+    encode_statement,
+    equivocation,
+)
 from edgefl.ledger.tx import decode_tx, record_tx
 from tests.ledger_helpers import KEYS, committee
 

@@ -7,8 +7,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgefl import codec
-from edgefl.crypto.envelope import (IdentityRejected, envelope_digest, Rejected, ReplayWindow, SequenceCounter, Signer,
-                                    StaticKeyRegistry, Verifier)
+from edgefl.crypto.envelope import (
+    IdentityRejected,
+    Rejected,
+    ReplayWindow,
+    SequenceCounter,
+    Signer,
+    StaticKeyRegistry,
+    Verifier,
+    envelope_digest,
+)
 from edgefl.crypto.keys import KeyFileError, SigningKey, load_public, save_public
 from edgefl.runtime.metrics import Metrics
 from edgefl.transport.messages import Ping

@@ -7,8 +7,19 @@ import pytest
 
 from edgefl import codec
 from edgefl.consensus import sortition
-from edgefl.consensus.epoch import (COMMITTEE_ROLE, Draw, EpochBeacon, EpochError, EpochSeed, ReputationPenalty,
-                                    SeedShare, check_epoch, check_penalty, next_seed, seed_share)
+from edgefl.consensus.epoch import (
+    COMMITTEE_ROLE,
+    Draw,
+    EpochBeacon,
+    EpochError,
+    EpochSeed,
+    ReputationPenalty,
+    SeedShare,
+    check_epoch,
+    check_penalty,
+    next_seed,
+    seed_share,
+)
 from edgefl.consensus.sortition import SortitionClaim
 from edgefl.crypto import vrf
 from edgefl.runtime.metrics import Metrics

@@ -113,7 +113,7 @@ def run_attack(seed: int, n: int, adversaries: int, weights=None, epochs: int = 
     linear(f, epochs, "b")
     ids = sorted(w)
     rng.shuffle(ids)
-    bad, honest = set(ids[:adversaries]), ids[adversaries:]
+    honest = ids[adversaries:]  # the others equivocate
     side = {m: "ab"[i % 2] for i, m in enumerate(honest)}
     voters = {m: HonestVoter(m, KEYS[m], "main") for m in honest}
     for e in range(1, epochs + 1):

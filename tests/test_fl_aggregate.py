@@ -15,8 +15,16 @@ from hypothesis import strategies as st
 
 from edgefl import codec
 from edgefl.codec import SchemaError
-from edgefl.fl.aggregate import (AGGREGATORS, AggregationError, Update, describe, from_spec, make, options_text,
-                                 parse_options)
+from edgefl.fl.aggregate import (
+    AGGREGATORS,
+    AggregationError,
+    Update,
+    describe,
+    from_spec,
+    make,
+    options_text,
+    parse_options,
+)
 from edgefl.fl.protocol import Aggregation, AggregatorSpec
 from edgefl.fl.round import Contribution, check_aggregation, record_aggregation
 from edgefl.ledger.blobs import BlobStore

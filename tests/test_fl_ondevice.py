@@ -10,10 +10,29 @@ import pytest
 
 from edgefl import codec
 from edgefl.fl import attacks
-from edgefl.fl.ondevice import (PEERS, audit_update, check_update, clip_update, device_steps, device_update, peer_views,
-                                platform_id, step_norm, training_input)
-from edgefl.fl.protocol import (Aggregation, DeviceUpdate, Extractor, ProtocolError, Task, UpdateAck, UpdateOffer,
-                                decode_batch, run_id)
+from edgefl.fl.ondevice import (
+    PEERS,
+    audit_update,
+    check_update,
+    clip_update,
+    device_steps,
+    device_update,
+    peer_views,
+    platform_id,
+    step_norm,
+    training_input,
+)
+from edgefl.fl.protocol import (
+    Aggregation,
+    DeviceUpdate,
+    Extractor,
+    ProtocolError,
+    Task,
+    UpdateAck,
+    UpdateOffer,
+    decode_batch,
+    run_id,
+)
 from edgefl.fl.reputation import INITIAL, Offence, chain_records, fold
 from edgefl.fl.round import check_aggregation, steps_per_round
 from edgefl.ledger.audit import Tracker, batch_bytes

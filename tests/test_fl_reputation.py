@@ -230,7 +230,7 @@ async def test_two_rounds_with_a_label_flipper_and_a_backdoor_under_multikrum(br
         [(_, task)] = records(main, Task)
         updates = {(u.fog, u.round): u for _, u in records(main, FogUpdate)}
         expected = {}
-        for r, a in records(main, Aggregation):
+        for _rec, a in records(main, Aggregation):
             for c in payout(task, a, {f: u for (f, rnd), u in updates.items() if rnd == a.round}):
                 expected[c.account] = expected.get(c.account, 0) + c.delta
         assert dict(st.balances) == expected

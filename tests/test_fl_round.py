@@ -16,9 +16,16 @@ import pytest
 
 from edgefl import codec
 from edgefl.codec import SchemaError
-from edgefl.fl.protocol import (Aggregation, Extractor, FogUpdate, GlobalModel, Task, WarmStart, decode_batch,
-                                run_id)
-from edgefl.fl.round import check_aggregation, check_warm_start, kept_releases, release_mean, steps_per_round, train_device, warm_start
+from edgefl.fl.protocol import Aggregation, Extractor, FogUpdate, GlobalModel, Task, WarmStart, decode_batch, run_id
+from edgefl.fl.round import (
+    check_aggregation,
+    check_warm_start,
+    kept_releases,
+    release_mean,
+    steps_per_round,
+    train_device,
+    warm_start,
+)
 from edgefl.ledger.audit import LocalSource, RemoteSource, Tracker, audit
 from edgefl.ledger.blobs import BlobStore
 from edgefl.ledger.chain import Chain
@@ -92,7 +99,7 @@ async def test_two_rounds_over_mqtt_recorded_on_every_chain(broker, tmp_path):
         # each fog's update per round, and the cloud's aggregation of them, recomputable from the blobs
         updates = {(u.fog, u.round): (rec, u) for rec, u in records(main, FogUpdate)}
         assert sorted(updates) == [(f, r) for f in FOGS for r in (0, 1)]
-        for (fog, r), (rec, u) in updates.items():
+        for (fog, _round), (rec, u) in updates.items():
             assert rec.signer == fog and u.examples == ITEMS * len(FOGS[fog]) and u.devices == sorted(FOGS[fog])
         cloud_aggs = sorted((a for rec, a in records(main, Aggregation) if rec.signer == "cloud-1"),
                             key=lambda a: a.round)

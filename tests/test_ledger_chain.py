@@ -4,7 +4,6 @@ import dataclasses
 import sqlite3
 
 import cbor2
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,7 +20,7 @@ from edgefl.ledger.sealer import QuorumSealer, SingleSealer
 from edgefl.ledger.tx import Tx, anchor_tx, beacon_tx, decode_tx, record_tx, signing_digest
 from edgefl.ledger.validation import build_block, validate_block
 from edgefl.runtime.metrics import Metrics
-from tests.ledger_helpers import (KEYS, T0, fill, main_spec, new_chain, note, registry, sealer_for, sub_spec)
+from tests.ledger_helpers import KEYS, T0, fill, main_spec, new_chain, note, registry, sealer_for, sub_spec
 
 
 @pytest.fixture(scope="module")

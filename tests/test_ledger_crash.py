@@ -16,8 +16,8 @@ import select
 import signal
 import time
 
-from edgefl.ledger.block import Tip
 from edgefl.ledger.blobs import BlobStore
+from edgefl.ledger.block import Tip
 from edgefl.ledger.chain import Chain, verify_blocks
 from edgefl.ledger.records import DataCollected
 from edgefl.ledger.store import Store

@@ -6,10 +6,10 @@ import pytest
 
 from edgefl.ledger.audit import RemoteSource, audit
 from edgefl.ledger.blobs import BlobStore
+from edgefl.ledger.cluster import LocalCluster
 from edgefl.ledger.crosschain import ACCEPT, PENDING, REJECT, Verdict
 from edgefl.ledger.protocol import Find, HeadQuery, Receipt, Submit
 from edgefl.ledger.records import Note
-from edgefl.ledger.cluster import LocalCluster
 from edgefl.ledger.tx import record_tx
 from edgefl.transport.session import RemoteError
 from tests.ledger_helpers import KEYS

@@ -8,7 +8,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgefl import codec
 from edgefl.crypto.envelope import Signer, StaticKeyRegistry, Verifier
 from edgefl.crypto.keys import SigningKey
 from edgefl.fl.partition import PartitionError, partitioner

@@ -2,7 +2,6 @@
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +9,15 @@ import pytest
 
 from edgefl import codec
 from edgefl.ml import export as E
-from edgefl.ml.backends import (BACKENDS, BackendUnavailable, LiteRTBackend, OnnxRuntimeBackend,
-                                TFLiteRuntimeBackend, open_backend, tflite_runtime_problem)
+from edgefl.ml.backends import (
+    BACKENDS,
+    BackendUnavailable,
+    LiteRTBackend,
+    OnnxRuntimeBackend,
+    TFLiteRuntimeBackend,
+    open_backend,
+    tflite_runtime_problem,
+)
 from edgefl.ml.data import synthetic_digits
 from edgefl.ml.extractor import FEATURES, ExtractorWeights, WeightsError, reference_features
 

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from edgefl.consensus.proposal import ProposalSpec
 from edgefl.consensus.byzantine import ByzantineProducer
+from edgefl.consensus.proposal import ProposalSpec
 from edgefl.consensus.shell import PbftProducer
 from edgefl.ledger.blobs import BlobStore
 from edgefl.ledger.chain import Chain

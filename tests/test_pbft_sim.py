@@ -92,7 +92,7 @@ def test_a_restarted_replica_never_signs_against_its_vote_log_and_catches_up(tmp
         sim.restart(victim, log)
         # what it signed before the kill binds it after the restart
         r = sim.nodes[victim].replica
-        for slot, digest in list(log.entries.items()):
+        for slot in list(log.entries):
             if slot[0] == "prepare":
                 _, chain, view, height = slot
                 refused.append(r._sign(Vote(chain, "prepare", view, height, b"\xee" * 32, victim), slot) is None)

@@ -14,7 +14,7 @@ from edgefl import codec
 from edgefl.crypto.ca import CaDirectory
 from edgefl.crypto.envelope import IdentityRejected, Rejected, Signer, Verifier
 from edgefl.crypto.keys import SigningKey
-from edgefl.crypto.pki import (Certificate, Crl, PkiError, PkiRegistry, Revocation, issue, sign_crl)
+from edgefl.crypto.pki import Certificate, Crl, PkiError, PkiRegistry, Revocation, issue, sign_crl
 from edgefl.runtime.metrics import Metrics
 from edgefl.transport.messages import Ping
 

@@ -15,7 +15,7 @@ from edgefl.ledger.errors import InvalidBlock, InvalidTx, LedgerError
 from edgefl.ledger.sealer import QuorumSealer, SingleSealer
 from edgefl.ledger.tx import genesis_tx
 from edgefl.ledger.validation import finish_block
-from tests.ledger_helpers import KEYS, T0, committee, note, registry, sub_spec
+from tests.ledger_helpers import KEYS, T0, note, registry, sub_spec
 
 MEMBERS = ["fog-a", "peer-1", "peer-2", "dev-1"]
 CREDIT = {"fog-a": 6, "peer-1": 3, "peer-2": 1, "dev-1": 2}

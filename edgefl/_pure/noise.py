@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
+
 def normalise(x: np.ndarray, b: float) -> np.ndarray:
     x = np.asarray(x, np.float64)
     lo = x.min(axis=1, keepdims=True)

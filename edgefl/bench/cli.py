@@ -82,7 +82,7 @@ def _runner(mod):
 
 
 def _all(args) -> int:
-    from edgefl.bench import report, suite
+    from edgefl.bench import suite
 
     layers = [x.strip() for x in args.layers.split(",") if x.strip()] if args.layers else None
     doc = suite.run_all(quick=args.quick, profile=args.board, layers=layers)

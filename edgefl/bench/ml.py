@@ -51,12 +51,22 @@ from edgefl.fl import aggregate as agg
 from edgefl.fl.simulation import SimDevice, run_rounds
 from edgefl.ml import export as E
 from edgefl.ml import trainer as T
-from edgefl.ml.backends import BackendUnavailable, open_backend, tflite_runtime_problem
+from edgefl.ml.backends import BackendUnavailable, open_backend
 from edgefl.ml.data import Dataset, load_mnist, synthetic_digits
 from edgefl.ml.device import FeatureBatch, FeatureExtractor
 from edgefl.ml.extractor import ExtractorWeights
-from edgefl.ml.privacy import (SOURCES, DiscreteLaplace, NoNoise, PrivacyAccountant, Privatiser, bound, grid_step,
-                               normalise, sampler_delta, sampler_pmf)
+from edgefl.ml.privacy import (
+    SOURCES,
+    DiscreteLaplace,
+    NoNoise,
+    PrivacyAccountant,
+    Privatiser,
+    bound,
+    grid_step,
+    normalise,
+    sampler_delta,
+    sampler_pmf,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 # ../shared/data/mnist beside the checkout (or beside the folder of worktrees)

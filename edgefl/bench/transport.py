@@ -200,7 +200,8 @@ async def flood_rows(report: Report, port: int, quick: bool) -> None:
     flood = 2000 if quick else 10000
     quiet, quiet_cpu, _, _ = await _flood_round(port, flood=0, rate=0, burst=1, rounds=3)
     base = report.add(Row("transport_flood_none_round", "ms", statistics.median(quiet) * 1e3, max(quiet) * 1e3,
-                          statistics.median(quiet_cpu) * 1e3, note=f"{FLOOD_DEVICES} devices x {FLOOD_REQUESTS} sequential requests, no flood"))
+                          statistics.median(quiet_cpu) * 1e3,
+                          note=f"{FLOOD_DEVICES} devices x {FLOOD_REQUESTS} sequential requests, no flood"))
     default = MqttSection()
     for label, rate, burst in (("unlimited", 0.0, 1), ("limit_default", default.rate_per_sender, default.rate_burst),
                                ("limit_20", 20.0, 20)):

@@ -40,11 +40,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
-from typing import Annotated, Callable
+from typing import Annotated
 
 from edgefl import codec
 from edgefl.codec import MaxLen, Message, Range, message
-from edgefl.consensus.evidence import Behaviour, Statement, encode_statement, equivocation
+from edgefl.consensus.evidence import Behaviour, Statement, equivocation
 from edgefl.consensus.votelog import VoteLog
 from edgefl.crypto.hashing import tagged_hash
 from edgefl.crypto.keys import SigningKey

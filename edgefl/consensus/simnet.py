@@ -28,9 +28,20 @@ from dataclasses import dataclass, field
 
 from edgefl import codec
 from edgefl.consensus import pbft
+from edgefl.consensus.pbft import (
+    App,
+    Blocks,
+    Commit,
+    Evidence,
+    PrePrepare,
+    Propose,
+    Replica,
+    Send,
+    Serve,
+    Validate,
+    Vote,
+)
 from edgefl.consensus.votelog import VoteLog
-from edgefl.consensus.pbft import (App, Blocks, Commit, Evidence, PrePrepare, Propose, Replica, Send, Serve, Validate,
-                                   Vote)
 from edgefl.crypto.keys import SigningKey
 from edgefl.ledger.committee import Committee
 from edgefl.runtime.metrics import Metrics

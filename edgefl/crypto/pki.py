@@ -145,7 +145,7 @@ class Certificate(_Signed):
             raise codec.SchemaError(f"{len(self.public_key)} bytes, expected a 33-byte compressed point",
                                     field="Certificate.public_key")
         try:
-            self.key
+            _ = self.key  # decodes the point
         except ValueError:
             raise codec.SchemaError("not a point on secp256k1", field="Certificate.public_key") from None
         if self.not_after < self.not_before:

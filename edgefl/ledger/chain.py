@@ -18,22 +18,25 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from edgefl.consensus.proposal import check_header
-from edgefl.crypto import accumulator
 from edgefl.crypto.envelope import KeyRegistry
 from edgefl.crypto.hashing import MerkleFrontier, merkle_path
-from edgefl.runtime.logging import RateLimited
-from edgefl.runtime.metrics import METRICS, Metrics
-from edgefl.ledger.block import Tip, decode_header, frame_tx
+from edgefl.ledger.block import Seal, Tip, decode_header, frame_tx
 from edgefl.ledger.errors import InvalidBlock, InvalidTx, LedgerError, ProofError, StoreError
-from edgefl.ledger.proofs import (BATCH_METHODS, MAX_BATCH, BatchProof, TxProof, make_aggregate, make_proof,
-                                  witness_for)
+from edgefl.ledger.proofs import BATCH_METHODS, MAX_BATCH, BatchProof, TxProof, make_aggregate, make_proof, witness_for
 from edgefl.ledger.sealer import Sealer
 from edgefl.ledger.store import Store
-from edgefl.ledger.tx import (MAX_ANCHOR_BLOCKS, MAX_TX, Anchor, ChainSpec, Record, State, TxInfo, decode_tx,
-                              genesis_tx)
-from edgefl.ledger.block import Seal
-from edgefl.ledger.validation import (Verified, build_block, check_seal, finish_block, propose_block, validate_block,
-                                      validate_proposal)
+from edgefl.ledger.tx import MAX_ANCHOR_BLOCKS, MAX_TX, Anchor, ChainSpec, Record, State, TxInfo, decode_tx, genesis_tx
+from edgefl.ledger.validation import (
+    Verified,
+    build_block,
+    check_seal,
+    finish_block,
+    propose_block,
+    validate_block,
+    validate_proposal,
+)
+from edgefl.runtime.logging import RateLimited
+from edgefl.runtime.metrics import METRICS, Metrics
 
 log = logging.getLogger("edgefl.ledger")
 

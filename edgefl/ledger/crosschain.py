@@ -26,8 +26,8 @@ from edgefl.errors import EdgeflError
 from edgefl.ledger.block import decode_header
 from edgefl.ledger.chain import Chain
 from edgefl.ledger.errors import InvalidTx, LedgerError, ProofError
-from edgefl.ledger.protocol import AnchorQuery, BatchProofQuery, ProofQuery
 from edgefl.ledger.proofs import MAX_BATCH, BatchProof, TxProof, verify_batch_proof, verify_proof
+from edgefl.ledger.protocol import AnchorQuery, BatchProofQuery, ProofQuery
 from edgefl.ledger.tx import ChainSpec, TxInfo
 from edgefl.transport.session import RemoteError, RequestTimeout, Session
 

@@ -23,8 +23,18 @@ from edgefl.consensus.proposal import check_header
 from edgefl.crypto import accumulator
 from edgefl.crypto.envelope import KeyRegistry
 from edgefl.crypto.hashing import merkle_root
-from edgefl.ledger.block import (MAX_BLOCK_LIMIT, Header, Seal, Tip, block_hash, decode_block, decode_header,
-                                 encode_block, encode_header, frame_tx)
+from edgefl.ledger.block import (
+    MAX_BLOCK_LIMIT,
+    Header,
+    Seal,
+    Tip,
+    block_hash,
+    decode_block,
+    decode_header,
+    encode_block,
+    encode_header,
+    frame_tx,
+)
 from edgefl.ledger.errors import InvalidBlock, InvalidTx
 from edgefl.ledger.sealer import SEALERS, Sealer
 from edgefl.ledger.tx import State, TxInfo, decode_tx, txid

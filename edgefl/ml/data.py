@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import gzip
 import os
-import zlib
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 

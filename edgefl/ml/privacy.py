@@ -83,7 +83,7 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from edgefl import codec, native
-from edgefl.codec import Array, MaxLen, Message, Range, message
+from edgefl.codec import MaxLen, Message, Range, message
 from edgefl.crypto.hashing import merkle_root
 from edgefl.errors import EdgeflError
 from edgefl.runtime.files import write_atomic

@@ -25,8 +25,8 @@ import numpy as np
 
 from edgefl.codec import SchemaError
 from edgefl.fl.aggregate import AggregationError, parse_options
-from edgefl.fl.protocol import Aggregation, AggregatorSpec, Extractor, FogUpdate, GlobalModel, Task
 from edgefl.fl.leader import LeaderDraw, epoch_seed
+from edgefl.fl.protocol import Aggregation, AggregatorSpec, Extractor, FogUpdate, GlobalModel, Task
 from edgefl.fl.reputation import payout, payout_reason
 from edgefl.fl.round import Contribution, record_aggregation
 from edgefl.ledger.blobs import fetch

@@ -27,11 +27,28 @@ from edgefl import codec
 from edgefl.fl.aggregate import AggregationError
 from edgefl.fl.attacks import poison_aggregate
 from edgefl.fl.leader import prove
-from edgefl.fl.protocol import (Aggregation, BatchAck, FogUpdate, ProtocolError, Task, TaskView, WarmStart,
-                                decode_batch, run_id)
+from edgefl.fl.protocol import (
+    Aggregation,
+    BatchAck,
+    FogUpdate,
+    ProtocolError,
+    Task,
+    TaskView,
+    WarmStart,
+    decode_batch,
+    run_id,
+)
 from edgefl.fl.reputation import OFFENCES, Offence, chain_records, fold, shares_of
-from edgefl.fl.round import (Contribution, kept_releases, params_of, record_aggregation, release_mean,
-                             steps_per_round, train_device, warm_start)
+from edgefl.fl.round import (
+    Contribution,
+    kept_releases,
+    params_of,
+    record_aggregation,
+    release_mean,
+    steps_per_round,
+    train_device,
+    warm_start,
+)
 from edgefl.fl.selection import Selection, select, selection_seed, weight
 from edgefl.ledger.audit import Tracker
 from edgefl.ledger.blobs import cid_of, fetch

@@ -18,8 +18,15 @@ import asyncio
 import logging
 
 from edgefl import codec
-from edgefl.fl.ondevice import (audit_update, check_update, device_steps, device_update, peer_views, platform_id,
-                                training_input)
+from edgefl.fl.ondevice import (
+    audit_update,
+    check_update,
+    device_steps,
+    device_update,
+    peer_views,
+    platform_id,
+    training_input,
+)
 from edgefl.fl.protocol import DeviceUpdate, ProtocolError, Task, UpdateAck, UpdateOffer, decode_batch, run_id
 from edgefl.fl.reputation import Offence
 from edgefl.fl.round import Contribution, steps_per_round, train_device

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 
-def fsync_dir(path: str | os.PathLike) -> None:
+def fsync_dir(path: str | os.PathLike[str]) -> None:
     """Make a rename in ``path`` durable (the directory entry is data too)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -17,8 +17,8 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str | os.PathLike, data: bytes | Iterable[bytes], *, mode: int = 0o644,
-                 tmp_dir: str | os.PathLike | None = None) -> Path:
+def write_atomic(path: str | os.PathLike[str], data: bytes | Iterable[bytes], *, mode: int = 0o644,
+                 tmp_dir: str | os.PathLike[str] | None = None) -> Path:
     """Replace ``path`` with ``data`` (bytes, or an iterable of chunks written in order).
 
     Temp file (in ``tmp_dir`` if given, which must be on the same filesystem,

@@ -24,7 +24,7 @@ class DataDirLocked(EdgeflError, RuntimeError):
 class DataDirLock:
     """``with DataDirLock(data_dir):`` (or ``async with``, beside the session it protects)."""
 
-    def __init__(self, data_dir: str | os.PathLike):
+    def __init__(self, data_dir: str | os.PathLike[str]):
         self.path = Path(data_dir).expanduser() / "edgefl.lock"
         self._fd: int | None = None
 
@@ -51,11 +51,11 @@ class DataDirLock:
         self.acquire()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
     async def __aenter__(self) -> "DataDirLock":
         return self.__enter__()
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         self.release()

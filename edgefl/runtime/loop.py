@@ -19,6 +19,7 @@ import os
 import random
 import signal
 import threading
+from types import TracebackType
 from typing import Any, Awaitable, Callable, Coroutine
 
 from edgefl.runtime.config import ConfigError
@@ -83,7 +84,7 @@ class Supervisor:
         self.stop_reason = ""
         self.failed = False  # stopped because a service cannot run
         self._tg = asyncio.TaskGroup()
-        self._tasks: dict[str, asyncio.Task] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
         self._signals: list[int] = []
 
     async def __aenter__(self) -> "Supervisor":
@@ -98,10 +99,11 @@ class Supervisor:
                     pass
         return self
 
-    async def __aexit__(self, exc_type, exc, tb) -> bool | None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
         self.stop(self.stop_reason or "leaving supervisor")
         try:
-            return await self._tg.__aexit__(exc_type, exc, tb)
+            await self._tg.__aexit__(exc_type, exc, tb)
         finally:
             loop = asyncio.get_running_loop()
             for sig in self._signals:
@@ -125,7 +127,7 @@ class Supervisor:
         logging.shutdown()
         os._exit(code)
 
-    def spawn(self, name: str, factory: Callable[[], Awaitable[Any]], *, restart: bool = True) -> asyncio.Task:
+    def spawn(self, name: str, factory: Callable[[], Awaitable[Any]], *, restart: bool = True) -> asyncio.Task[None]:
         """Run ``factory()`` as service ``name``; restart it after a crash when ``restart``."""
         if name in self._tasks and not self._tasks[name].done():
             raise ValueError(f"service {name!r} is already running")

@@ -23,7 +23,7 @@ class StateError(EdgeflError, RuntimeError):
 
 
 class StateFile:
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
 
     def load(self, default: Any) -> Any:

@@ -20,8 +20,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from edgefl.errors import EdgeflError
 from edgefl import codec
+from edgefl.errors import EdgeflError
 from edgefl.runtime.logging import RateLimited
 from edgefl.runtime.metrics import METRICS, Metrics
 

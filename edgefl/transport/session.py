@@ -31,7 +31,6 @@ import dataclasses
 import heapq
 import itertools
 import logging
-import math
 import os
 import random
 import ssl

@@ -19,14 +19,31 @@ Modules: ``group`` (parameters, canonical elements, encoding), ``primes``
 modulus generation).
 """
 
-from edgefl.crypto.accumulator.batch import (VERIFIERS, AggregateProof, batch_verify, prove_aggregate,
-                                             verify_aggregate)
-from edgefl.crypto.accumulator.group import (ELEMENT_BYTES, GENERATOR, RSA2048, RSA2048_N, AccumulatorError,
-                                             EncodingError, Group, InvalidElement, InvalidExponent,
-                                             InvalidInput)
-from edgefl.crypto.accumulator.membership import (Accumulator, MembershipProof, accumulate, root_factor,
-                                                  root_factor_naive, update, update_witness, verify_block,
-                                                  verify_membership, witness)
+from edgefl.crypto.accumulator.batch import VERIFIERS, AggregateProof, batch_verify, prove_aggregate, verify_aggregate
+from edgefl.crypto.accumulator.group import (
+    ELEMENT_BYTES,
+    GENERATOR,
+    RSA2048,
+    RSA2048_N,
+    AccumulatorError,
+    EncodingError,
+    Group,
+    InvalidElement,
+    InvalidExponent,
+    InvalidInput,
+)
+from edgefl.crypto.accumulator.membership import (
+    Accumulator,
+    MembershipProof,
+    accumulate,
+    root_factor,
+    root_factor_naive,
+    update,
+    update_witness,
+    verify_block,
+    verify_membership,
+    witness,
+)
 from edgefl.crypto.accumulator.primes import hash_to_prime, representative
 
 

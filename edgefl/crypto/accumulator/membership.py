@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import gmpy2
 from gmpy2 import mpz
 
-from edgefl.crypto.accumulator.group import (RSA2048, Group, InvalidInput, check_exponent)
+from edgefl.crypto.accumulator.group import RSA2048, Group, InvalidInput, check_exponent
 from edgefl.crypto.accumulator.primes import PRIME_BITS, representative
 
 MAX_ELEMENT_BITS = PRIME_BITS  # a member's exponent is one representative
