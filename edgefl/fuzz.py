@@ -52,6 +52,8 @@ from typing import Any, Callable, Protocol, get_args, get_origin
 
 import numpy as np
 
+from edgefl.errors import EdgeflError
+
 HANG_S = 5.0  # one input may take this long
 MAX_CORPUS = 48  # inputs kept per target: the first one of each distinct verdict
 FUZZ_DIR = Path(__file__).resolve().parent.parent / "tests" / "fuzz"
@@ -309,7 +311,9 @@ class Target:
     typed: tuple[type[BaseException], ...]
 
 
-class Crash(Exception):
+class Crash(EdgeflError):
+    reason = "crash"
+
     def __init__(self, target: str, data: bytes, trace: str):
         super().__init__(f"{target}: {trace.strip().splitlines()[-1]}")
         self.target, self.data, self.trace = target, data, trace

@@ -24,7 +24,8 @@ def defined_errors():
     seen = {}
     for mod in edgefl_modules():
         for name, obj in vars(mod).items():
-            if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == mod.__name__:
+            if (inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == mod.__name__
+                    and not name.startswith("_")):  # private control-flow signals never leave their module
                 seen[f"{mod.__name__}.{name}"] = obj
     return seen
 
