@@ -18,6 +18,7 @@ BENCHMARKS = {
     "ml": "edgefl.bench.ml",
     "round": "edgefl.bench.round",
     "ledger": "edgefl.bench.ledger",
+    "consensus": "edgefl.bench.consensus",
 }
 
 

@@ -7,7 +7,8 @@ noisy machine hits both alike, and reported side by side as a ratio.
 
 Output: a console table, ``--json FILE`` (a list of rows with ``name``,
 ``unit``, ``median``, ``p99``, ``cpu_median`` and optional ``anchor``,
-``ratio``, ``goal``, ``note``) and ``--markdown FILE``.
+``ratio``, ``goal``, ``note`` and whatever further statistics a benchmark
+puts in ``extra``) and ``--markdown FILE``.
 
 Units: latency rows are milliseconds per operation; throughput rows are
 operations per second, where ``p99`` is the rate of the slowest 1 % of runs;
@@ -38,6 +39,7 @@ class Row:
     ratio: float | None = None
     goal: str | None = None
     note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # further statistics a benchmark reports (JSON only)
 
     @property
     def cpu_pct(self) -> float | None:
@@ -46,7 +48,8 @@ class Row:
         return 100.0 * self.cpu_median / self.median
 
     def to_json(self) -> dict[str, Any]:
-        out = {k: v for k, v in asdict(self).items() if v is not None and v != ""}
+        out = {k: v for k, v in asdict(self).items() if v is not None and v != "" and k != "extra"}
+        out.update(self.extra)
         if self.cpu_pct is not None:
             out["cpu_pct"] = round(self.cpu_pct, 1)
         return out

@@ -8,8 +8,13 @@ and whether it is met.
 
 Sources: the Microchain testbed (desktop / Raspberry Pi 3B+, 1 MB blocks,
 4 / 16 nodes), a Fabric-based edge sub-chain (8 vCPUs, 1,000 transactions from
-10 clients), the accumulator design's batch proof verification (t = 8,
-|N| = 2048) and the crowdsourcing FL design's accuracy.
+10 clients), a Rust 2-chain HotStuff on 4 local nodes, the accumulator
+design's batch proof verification (t = 8, |N| = 2048) and the crowdsourcing
+FL design's accuracy.
+
+``GOALS`` holds the project's own goals for rows that have no goal of their
+own module's making (the consensus layer's); a goal may name the statistic it
+judges ("mean <= 20 ms"; the median otherwise).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ class Anchor:
     value: float  # desktop figure (or the only one)
     rows: tuple[tuple[str, str], ...]  # (layer, row name) candidates, first present wins
     pi: float | None = None  # the Raspberry Pi 3B+ figure, where published
-    stat: str = "median"  # which statistic of the row: median or p99
+    stat: str = "median"  # which statistic of the row: median, p99, mean or max (the median if the row lacks it)
     note: str = ""
     higher_is_better: bool = False
 
@@ -44,6 +49,7 @@ MICRO = "Microchain testbed, per operation (1 MB blocks; desktop / Pi 3B+ at CPU
 LATENCY = "Microchain network latency"
 THROUGHPUT = "Microchain throughput vs block size"
 FABRIC = "Edge-blockchain transaction creation (Fabric sub-chain, 8 vCPU, 1,000 tx from 10 clients)"
+HOTSTUFF = "Rust 2-chain HotStuff, 4 local nodes"
 BATCH = "Batch proof verification (t = 8, |N| = 2048), cost relative to independent checks"
 ACCURACY = "Crowdsourcing FL accuracy (MNIST)"
 
@@ -55,12 +61,17 @@ ANCHORS: tuple[Anchor, ...] = (
     _a(MICRO, "validate block, cold", "ms", 358.0, ("ledger", "validate_block_1MB_cold"), pi=492.0,
        note="every transaction decoded and its signature verified"),
     _a(MICRO, "verify vote", "ms", 303.0, ("consensus", "verify_vote"), ("crypto", "verify_vote"), pi=436.0),
+    _a(MICRO, "verify vote carrying a VRF claim", "ms", 303.0, ("consensus", "verify_sortition_vote"), pi=436.0,
+       note="a committee vote with its sortition claim (VRF proof, binomial draw), beside the plain vote's figure"),
     _a(LATENCY, "commit transaction, 4 nodes", "s", 0.16, ("consensus", "commit_tx_n4")),
     _a(LATENCY, "commit transaction, 16 nodes", "s", 0.25, ("consensus", "commit_tx_n16")),
     _a(LATENCY, "block proposal, 4 nodes", "s", 0.5, ("consensus", "block_proposal_n4")),
     _a(LATENCY, "block proposal, 16 nodes", "s", 1.7, ("consensus", "block_proposal_n16")),
     _a(LATENCY, "chain finality, 4 nodes", "s", 1.4, ("consensus", "chain_finality_n4")),
     _a(LATENCY, "chain finality, 16 nodes", "s", 21.5, ("consensus", "chain_finality_n16")),
+    _a(HOTSTUFF, "consensus latency", "ms", 2.0, ("consensus", "consensus_n4"),
+       note="proposal to commit at every replica"),
+    _a(HOTSTUFF, "end to end", "ms", 9.0, ("consensus", "commit_tx_n4"), note="client submit to commit"),
     *(_a(THROUGHPUT, f"{label} blocks", "MB/h", v, ("consensus", f"throughput_MBph_block_{label}"),
          higher_is_better=True)
       for label, v in (("512K", 202.0), ("1M", 293.0), ("2M", 405.0), ("4M", 263.0))),
@@ -68,8 +79,8 @@ ANCHORS: tuple[Anchor, ...] = (
       for label, mx, avg, tps in (("32B", 0.65, 0.33, 193.33), ("8KiB", 0.70, 0.41, 173.04),
                                   ("16KiB", 0.97, 0.54, 131.98), ("32KiB", 2.35, 1.09, 65.69))
       for what, unit, v, stat, rows in (
-          ("max latency", "s", mx, "p99", (("consensus", f"committee_tx_{label}"),)),
-          ("average latency", "s", avg, "median", (("consensus", f"committee_tx_{label}"),)),
+          ("max latency", "s", mx, "max", (("consensus", f"committee_tx_{label}"),)),
+          ("average latency", "s", avg, "mean", (("consensus", f"committee_tx_{label}"),)),
           ("throughput", "tx/s", tps, "median", (("consensus", f"committee_tx_tps_{label}"),
                                                 ("ledger", f"append_tps_{label}"))))),
     _a(BATCH, "Protocol 3 (unweighted, unsound)", "ratio", 0.124, ("accumulator", "batch_verify_ratio_unweighted_t8"),
@@ -91,13 +102,63 @@ ANCHORS: tuple[Anchor, ...] = (
 # --------------------------------------------------------------------------- goals
 
 _GOAL = re.compile(r"^\s*(<=|>=|<|>)\s*([0-9.eE+-]+)\s*(.*)$")
+_STAT = re.compile(r"^\s*(median|mean|max|p99)\s+(?=[<>])")
+
+
+def _ten_times(rows: dict[str, float], unit: str) -> dict[tuple[str, str], str]:
+    return {("consensus", name): f">= {10 * v:g} {unit}" for name, v in rows.items()}
+
+
+# the issue's goals on this 2-core machine for the consensus layer (edgefl bench consensus)
+GOALS: dict[tuple[str, str], str] = {
+    ("consensus", "commit_tx_n4"): "<= 5 ms", ("consensus", "commit_tx_n16"): "<= 20 ms",
+    ("consensus", "block_proposal_n4"): "<= 10 ms", ("consensus", "block_proposal_n16"): "<= 40 ms",
+    ("consensus", "chain_finality_n4"): "<= 50 ms", ("consensus", "chain_finality_n16"): "<= 200 ms",
+    ("consensus", "view_change_n4"): "<= 2 s", ("consensus", "view_change_n16"): "<= 2 s",
+    ("consensus", "verify_vote"): "<= 0.1 ms",
+    # throughput ≥ 10× each anchor; committee transactions ≥ 10× Fabric's tx/s at ≤ 20 ms average latency
+    **_ten_times({f"throughput_MBph_block_{k}": v for k, v in
+                  (("512K", 202.0), ("1M", 293.0), ("2M", 405.0), ("4M", 263.0))}, "MB/h"),
+    **_ten_times({f"committee_tx_tps_{k}": v for k, v in
+                  (("32B", 193.33), ("8KiB", 173.04), ("16KiB", 131.98), ("32KiB", 65.69))}, "tx/s"),
+    **{("consensus", f"committee_tx_{k}"): "mean <= 20 ms" for k in ("32B", "8KiB", "16KiB", "32KiB")},
+}
+
+
+def goal_for(layer: str, row: str) -> str | None:
+    return GOALS.get((layer, row))
+
+
+def anchor_for(layer: str, row: str, stat: str = "median") -> Anchor | None:
+    """The first anchor that row ``layer.row`` measures with statistic ``stat``."""
+    return next((a for a in ANCHORS if (layer, row) in a.rows and a.stat == stat), None)
+
+
+def goal_stat(goal: str | None) -> str:
+    """The row statistic a goal judges: "mean <= 20 ms" judges the mean; a bare bound the median."""
+    m = _STAT.match(goal or "")
+    return m.group(1) if m else "median"
+
+
+def bare_goal(goal: str | None) -> str:
+    """The goal without its statistic: the bound and unit that ``_GOAL`` reads."""
+    return _STAT.sub("", goal or "", count=1)
+
+
+def row_value(row: Mapping[str, Any]) -> Any:
+    """The statistic of ``row`` that its goal judges."""
+    return row.get(goal_stat(row.get("goal")), row.get("median"))
+
+
+def row_met(row: Mapping[str, Any]) -> bool | None:
+    return goal_met(row.get("goal"), row_value(row), row.get("unit", ""))
 
 
 def goal_met(goal: str | None, value: float | None, unit: str) -> bool | None:
     """Whether ``value`` (in the row's ``unit``) meets a goal string like "<= 20 ms" or ">= 5000 tx/s"; None if unknown."""
     if not goal or value is None or not math.isfinite(value):
         return None
-    m = _GOAL.match(goal)
+    m = _GOAL.match(bare_goal(goal))
     if m is None:
         return None
     op, bound, goal_unit = m.group(1), float(m.group(2)), m.group(3).strip()
@@ -136,8 +197,8 @@ def table(rows_by_layer: Mapping[str, Iterable[dict]]) -> list[dict[str, Any]]:
         if found:
             name, row = found
             value = _in_anchor_unit(row, a)
-            entry.update(measured=value, cpu_pct=row.get("cpu_pct"), goal=row.get("goal"),
-                         met=goal_met(row.get("goal"), row.get("median"), row.get("unit", "")))
+            judged = {**row, "goal": row.get("goal") or GOALS.get(tuple(name.split(".", 1)))}
+            entry.update(measured=value, cpu_pct=row.get("cpu_pct"), goal=judged["goal"], met=row_met(judged))
             if value is not None:
                 entry["ratio"] = value / a.value
                 entry["ratio_pi"] = value / a.pi if a.pi else None

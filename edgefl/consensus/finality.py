@@ -334,3 +334,43 @@ class ChainFinality:
     def needs_votes(self) -> bool:
         """Whether a block holding more than votes is not final yet (votes for vote-only blocks stop there)."""
         return self.content > self.finalized_height
+
+
+class Caller:
+    """Which link the main chain's node asks the final committee to vote on, so that the votes converge.
+
+    Every block is a checkpoint and the votes themselves make blocks, so a call on every new tip splits the
+    members' votes over ever newer targets, none reaching two thirds: nothing becomes final while votes keep
+    arriving (seen as soon as blocks are sealed faster than votes come back).  So one call stands until its
+    target is justified, or ``patience`` seconds pass (votes were lost: call again on the tip).  First the justified
+    checkpoint → the tip; once a checkpoint at or above the last content is justified, it → its direct child,
+    which makes it final.  Two rounds of votes per finality, whatever the block rate.
+    """
+
+    def __init__(self, finality: ChainFinality, patience: float = 1.0):
+        self.finality = finality
+        self.patience = patience
+        self.standing: FfgCall | None = None
+        self.since = 0.0
+
+    def next(self, now: float) -> FfgCall | None:
+        """The call to publish now, or None (nothing needs votes, or the standing call is still gathering them)."""
+        f, chain = self.finality, self.finality.chain
+        if not f.needs_votes():
+            self.standing = None
+            return None
+        j, tip = f.justified, chain.tip.height
+        fresh = self.standing is not None and now - self.since < self.patience
+        if fresh and j.epoch < self.standing.target_epoch:
+            return None
+        if j.epoch >= f.content:  # the content is justified: its child's justification finalizes it
+            if tip <= j.epoch:
+                return None
+            target = j.epoch + 1
+        else:
+            target = tip
+        if fresh and (self.standing.source_epoch, self.standing.target_epoch) == (j.epoch, target):
+            return None
+        self.standing = FfgCall(chain.id, j.epoch, j.hash, target, chain.store.block_row(target)[0])
+        self.since = now
+        return self.standing

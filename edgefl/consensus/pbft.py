@@ -31,7 +31,9 @@ the highest-view prepared certificate (stopping at the first height with none,
 or whose block does not extend the previous: nothing above it can have
 committed).  Every signature a replica gives goes through its ``VoteLog``
 first, so it never signs two different digests for one slot, even across a
-kill -9 and restart.  A replica that learns of committed heights beyond its
+kill -9 and restart; a prepare reserves the commit slot of the same block (and
+the leader's pre-prepare its own prepare and commit), so a block costs each
+replica one durable write.  A replica that learns of committed heights beyond its
 own asks a peer for the blocks and checks each commit certificate.
 """
 
@@ -264,6 +266,7 @@ class Replica:
         self.view = self.votelog.view
         self.changing = self.view > 0  # restarted mid-run: wait for the current view's NewView (or move on)
         self.committed, self.committed_hash = height, tip_hash  # the last height handed out as Commit
+        self.committed_sigs = list(tip_sigs or [])  # its commit certificate
         # the stable point: a checkpoint certificate, or the tip's own commit certificate (its seal) after a restart
         self.stable, self.stable_hash, self.stable_sigs = height, tip_hash, list(tip_sigs or [])
         self.slots: dict[int, _Slot] = {}
@@ -284,6 +287,7 @@ class Replica:
         self.fetch_until = -1.0  # a state-transfer request is outstanding until then
         self.mandated: dict[int, bytes] = {}  # what the NewView obliges the leader to re-propose, by height
         self.attempts = 0  # view changes since the last NewView: each waits twice as long
+        self.stalls = 0  # new views since the last commit
         self.my_checkpoint: Checkpoint | None = None
         self.ahead_peer: str | None = None  # who last showed us a certificate above our next height
 
@@ -306,10 +310,13 @@ class Replica:
         else:
             self.out.append(Send(to, msg))
 
-    def _sign(self, st: Statement, slot: tuple | None = None) -> Statement | None:
-        """``st`` signed, unless this replica already signed something else in its slot (then None)."""
+    def _sign(self, st: Statement, slot: tuple | None = None, also: tuple = ()) -> Statement | None:
+        """``st`` signed, unless this replica already signed something else in its slot (then None).
+
+        ``also``: (slot, digest) pairs this replica will sign next, reserved in the same durable vote-log write.
+        """
         digest = st.digest()
-        if slot is not None and not self.votelog.guard(slot, digest):
+        if slot is not None and not self.votelog.guard(slot, digest, also):
             self.metrics.inc("pbft_refused_to_sign", kind=st.TYPE)
             return None
         return dataclasses.replace(st, sig=self.key.sign(digest))
@@ -336,9 +343,14 @@ class Replica:
         """Between the watermarks: above the stable checkpoint, at most two checkpoint intervals beyond it."""
         return self.stable < height <= self.stable + 2 * self.checkpoint_every
 
+    def _patience(self) -> float:
+        """The view timeout, one more for every new view since the last commit: a committee too slow for one
+        timeout (a loaded machine) gets a longer one in the next view instead of changing views forever."""
+        return self.view_timeout * (1 + min(self.stalls, 16))
+
     def _arm(self) -> None:
         if self.deadline is None:
-            self.deadline = self.now + self.view_timeout
+            self.deadline = self.now + self._patience()
         if self.resend_at is None:
             self.resend_at = self.now + self.view_timeout / 4
 
@@ -357,7 +369,7 @@ class Replica:
 
     def _progress(self) -> None:
         waiting = any(s.pre is not None and h > self.committed for h, s in self.slots.items())
-        self.deadline = (self.now + self.view_timeout) if waiting else None
+        self.deadline = (self.now + self._patience()) if waiting else None
         self.resend_at = (self.now + self.view_timeout / 4) if waiting else None
 
     # ------------------------------------------------------------------ leader
@@ -377,7 +389,8 @@ class Replica:
             return False
         h = h or self.app.block_hash(raw)
         pre = self._sign(PrePrepare(self.chain, self.view, self.next_height, h, self.me),
-                         ("pre-prepare", self.chain, self.view, self.next_height))
+                         ("pre-prepare", self.chain, self.view, self.next_height),
+                         self._vote_slots(("prepare", "commit"), self.next_height, h))
         if pre is None:
             return False
         self.next_height += 1
@@ -519,8 +532,17 @@ class Replica:
         self.prepared[c.height] = Prepared(c, slot.block)
         self._vote("commit", c.height, c.hash)
 
+    def _vote_slots(self, phases: tuple[str, ...], height: int, h: bytes) -> tuple:
+        return tuple(((p, self.chain, self.view, height), vote_digest(self.chain, p, self.view, height, h))
+                     for p in phases)
+
     def _vote(self, phase: str, height: int, h: bytes) -> None:
-        vote = self._sign(Vote(self.chain, phase, self.view, height, h, self.me), (phase, self.chain, self.view, height))
+        # the prepare reserves the commit of the same block: one durable write (one fsync) per block, not two.
+        # Safe: a commit at (view, height) follows a prepare certificate, and one for another block than the one
+        # this replica prepared there would take more than f members signing two prepares
+        also = self._vote_slots(("commit",), height, h) if phase == "prepare" else ()
+        vote = self._sign(Vote(self.chain, phase, self.view, height, h, self.me), (phase, self.chain, self.view, height),
+                          also)
         if vote is not None:
             self._send(self.leader(), vote)
 
@@ -548,8 +570,8 @@ class Replica:
                 break
             h, block, sigs = found[0]
             self.committed += 1
-            self.committed_hash = h
-            self.slots.pop(self.committed, None)
+            self.committed_hash, self.committed_sigs = h, list(sigs)
+            self.stalls = 0  # progress: the view timeout is back to its base            self.slots.pop(self.committed, None)
             self.out.append(Commit(self.committed, h, block, sigs))
             self.metrics.inc("pbft_committed")
             if self.committed % self.checkpoint_every == 0:
@@ -609,8 +631,12 @@ class Replica:
         self.votelog.enter_view(view)
         self.slots = {}
         self.deadline = None
-        stable = self.stable
-        vc = self._sign(ViewChange(self.chain, view, stable, self.stable_hash, self.stable_sigs,
+        # the stable point: the last committed block, whose commit certificate proves it as a checkpoint
+        # certificate would (so the view change carries the prepared blocks above it, not those since the checkpoint)
+        stable, stable_hash, stable_sigs = self.stable, self.stable_hash, self.stable_sigs
+        if self.committed > stable and self.committed_sigs:
+            stable, stable_hash, stable_sigs = self.committed, self.committed_hash, self.committed_sigs
+        vc = self._sign(ViewChange(self.chain, view, stable, stable_hash, stable_sigs,
                                    [p for h, p in sorted(self.prepared.items()) if h > stable], self.me),
                         ("view-change", self.chain, view, 1 << 62))
         self.attempts += 1
@@ -676,7 +702,8 @@ class Replica:
             self._fetch(top.signer)
         self.next_height, self.last_proposed = self.committed + 1, self.committed_hash
         self.attempts = 0
-        self.deadline = self.now + self.view_timeout if redo else None
+        self.stalls += 1
+        self.deadline = self.now + self._patience() if redo else None
         self.metrics.inc("pbft_new_view")
         if self.leader() == self.me:
             for height, hsh, block in redo:

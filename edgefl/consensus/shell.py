@@ -55,7 +55,7 @@ class PbftProducer(Producer):
     name = "pbft"
 
     def __init__(self, node: LedgerNode, key: SigningKey, *, votelog: str | Path | None = None,
-                 view_timeout: float = 1.0, checkpoint_every: int = 16, tick: float = 0.01):
+                 view_timeout: float = 1.0, checkpoint_every: int = 16, tick: float = 0.01, idle: float = 0.25):
         super().__init__(node)
         chain = node.chain
         self.me = node.session.signer.node_id
@@ -68,7 +68,7 @@ class PbftProducer(Producer):
                                votelog=VoteLog(votelog) if votelog else None, window=1,
                                checkpoint_every=checkpoint_every, view_timeout=view_timeout, now=time.monotonic(),
                                metrics=node.metrics)
-        self.tick = tick
+        self.tick, self.idle = tick, idle
         self._checked: dict[bytes, tuple] = {}  # proposals validated here: hash -> (Verified, State)
         self._actions: asyncio.Queue = asyncio.Queue()
         self._kick = asyncio.Event()
@@ -82,6 +82,7 @@ class PbftProducer(Producer):
     def admitted(self, raw: bytes) -> None:
         self._share.append(raw)
         self._share_bytes += len(raw)
+        self._kick.set()  # the leader proposes now, not at the next tick (while a block is in flight, requests batch)
         if self._share_bytes > self.spec.max_block // 2 or len(self._share) >= 4096:
             self._send_requests()
 
@@ -93,9 +94,10 @@ class PbftProducer(Producer):
     async def run(self) -> None:
         s = self.node.session
         async with contextlib.AsyncExitStack() as stack:
-            subs = [await stack.enter_async_context(s.subscribe(topics.pattern(site=s.site, kind=KIND))),
-                    await stack.enter_async_context(s.subscribe(topics.pattern(site=s.site, kind=KIND,
-                                                                               target=self.me)))]
+            # each peer's broadcasts (not our own, which the broker would echo back) and what is sent to us
+            patterns = [topics.pattern(site=s.site, node=peer, kind=KIND) for peer in self.replica.ids
+                        if peer != self.me] + [topics.pattern(site=s.site, kind=KIND, target=self.me)]
+            subs = [await stack.enter_async_context(s.subscribe(p)) for p in patterns]
             async with asyncio.TaskGroup() as tg:
                 for sub in subs:
                     tg.create_task(self._receive(sub))
@@ -113,6 +115,7 @@ class PbftProducer(Producer):
             if isinstance(rx.message, Requests):
                 if sender in self.replica.ids:
                     await self.node.call(self._admit, rx.message.txs)
+                    self._kick.set()  # pending requests: the leader proposes them, the others time their leader
                 continue
             self.replica.now = time.monotonic()
             self.replica.receive(sender, rx.message)
@@ -126,10 +129,17 @@ class PbftProducer(Producer):
                 with contextlib.suppress(InvalidTx):
                     chain.submit(raw)
 
+    def _sleep(self) -> float:
+        """Until the replica's next timer (leader's resend, view timeout, state transfer), within [tick, idle]: an
+        idle member does not wake a hundred times a second; a kick (a request, a commit) wakes it at once."""
+        r, now = self.replica, time.monotonic()
+        timers = [t for t in (r.deadline, r.resend_at, r.fetch_until if r.fetch_until >= 0 else None) if t is not None]
+        return min(self.idle, max(self.tick, min(timers, default=now + self.idle) - now))
+
     async def _clock(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.tick):
+                async with asyncio.timeout(self._sleep()):
                     await self._kick.wait()
             self._kick.clear()
             self._send_requests()
@@ -164,9 +174,9 @@ class PbftProducer(Producer):
                 if isinstance(a, Send):
                     await self._publish(a)
                 elif isinstance(a, Validate):
-                    ok = False
+                    ok = chain.tip.hash == a.prev and a.hash in self._checked  # our own proposal: built valid
                     with contextlib.suppress(LedgerError):  # counted and logged by the chain
-                        if chain.tip.hash == a.prev:
+                        if chain.tip.hash == a.prev and not ok:
                             self._checked[a.hash] = await node.call(chain.validate_proposal, a.block)
                             ok = True
                     self.replica.now = time.monotonic()

@@ -30,12 +30,16 @@ class VoteLog:
         if self.path is not None and self.path.exists():
             self.view, self.entries = _parse(codec.decode(self.path.read_bytes(), LIMITS), self.path)
 
-    def guard(self, slot: tuple, digest: bytes) -> bool:
-        held = self.entries.get(slot)
-        if held is not None:
-            return held == digest
-        self.entries[slot] = digest
-        self._save()
+    def guard(self, slot: tuple, digest: bytes, also: tuple[tuple[tuple, bytes], ...] = ()) -> bool:
+        """Whether signing ``digest`` at ``slot`` is safe; ``also``: further (slot, digest) pairs to reserve in the
+        same durable write (a slot the caller will sign next, so that its signature needs no write of its own)."""
+        if self.entries.get(slot, digest) != digest:
+            return False
+        fresh = [(s, d) for s, d in ((slot, digest), *also) if s not in self.entries]
+        for s, d in fresh:
+            self.entries[s] = d
+        if fresh:
+            self._save()
         return True
 
     def enter_view(self, view: int) -> None:

@@ -28,10 +28,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, ClassVar
 
+from edgefl.consensus.finality import Caller as FfgCaller
 from edgefl.consensus.finality import ChainFinality, FfgCall, HonestVoter
 from edgefl.consensus.finality import enabled as finality_enabled
 from edgefl.crypto.envelope import DirectoryKeyRegistry, KeyRegistry, StaticKeyRegistry
@@ -398,10 +400,10 @@ class LedgerNode:
         return record_tx(v, voter.member, voter.key)
 
     async def _ffg_calls(self) -> None:
-        """Main: after blocks that need finality, vote ourselves and ask the final committee to vote on the tip."""
+        """Main: after blocks that need finality, vote ourselves and ask the final committee to vote (``FfgCaller``)."""
         voter = self._voter()
         await self.call(self.finality.update)  # evidence already on the chain was reported before a restart
-        called = -1
+        caller = FfgCaller(self.finality, patience=max(0.5, 4 * self.block_interval_s))
         member = voter.member
         while True:
             await asyncio.sleep(self.block_interval_s)
@@ -410,12 +412,9 @@ class LedgerNode:
                 asyncio.ensure_future(self._quiet(self.submit(record_tx(b, member, voter.key))))
                 self.metrics.inc("ffg_equivocation", member=b.member)
                 log.warning("%s: %s equivocated (FFG votes): evidence recorded", self.chain.id, b.member)
-            tip = self.chain.tip
-            if not self.finality.needs_votes() or tip.height <= called:
+            call = await self.call(caller.next, time.monotonic())  # reads the store: on the worker thread
+            if call is None:
                 continue
-            called = tip.height
-            src = self.finality.justified
-            call = FfgCall(self.chain.id, src.epoch, src.hash, tip.height, tip.hash)
             if member in self.chain.spec.finality:
                 raw = await self.call(self._cast, voter, call)
                 if raw is not None:
