@@ -43,12 +43,20 @@ KIND = "pbft"
 class ChainApp(App):
     def __init__(self, max_block: int):
         self.max_block = max_block
+        self._last: tuple[bytes, bytes, bytes] | None = None  # (raw, hash, prev) of the block decoded last
+
+    def _decoded(self, raw: bytes) -> tuple[bytes, bytes]:
+        # the core asks for a proposal's hash and then its parent: decode a (megabyte) block once, not twice
+        if self._last is None or self._last[0] is not raw:
+            header = decode_block(raw, self.max_block).header
+            self._last = (raw, block_hash(header), decode_header(header).prev)
+        return self._last[1], self._last[2]
 
     def block_hash(self, raw: bytes) -> bytes:
-        return block_hash(decode_block(raw, self.max_block).header)
+        return self._decoded(raw)[0]
 
     def prev_hash(self, raw: bytes) -> bytes:
-        return decode_header(decode_block(raw, self.max_block).header).prev
+        return self._decoded(raw)[1]
 
 
 class PbftProducer(Producer):
@@ -75,19 +83,23 @@ class PbftProducer(Producer):
         self.messages_in = 0
         self._share: list[bytes] = []  # admitted here, to pass on to the peers at the next tick
         self._share_bytes = 0
+        self._share_at = 0.0  # when the first of them was admitted
 
     def wake(self) -> None:
         self._kick.set()
 
     def admitted(self, raw: bytes) -> None:
+        if not self._share:
+            self._share_at = time.monotonic()
         self._share.append(raw)
         self._share_bytes += len(raw)
         self._kick.set()  # the leader proposes now, not at the next tick (while a block is in flight, requests batch)
         if self._share_bytes > self.spec.max_block // 2 or len(self._share) >= 4096:
             self._send_requests()
 
-    def _send_requests(self) -> None:
-        if self._share:
+    def _send_requests(self, now: float | None = None) -> None:
+        """Pass on what was admitted here, at most one tick after the first of it: one message per batch."""
+        if self._share and (now is None or now >= self._share_at + self.tick):
             self._actions.put_nowait(Send(None, Requests(self._share)))
             self._share, self._share_bytes = [], 0
 
@@ -134,6 +146,8 @@ class PbftProducer(Producer):
         idle member does not wake a hundred times a second; a kick (a request, a commit) wakes it at once."""
         r, now = self.replica, time.monotonic()
         timers = [t for t in (r.deadline, r.resend_at, r.fetch_until if r.fetch_until >= 0 else None) if t is not None]
+        if self._share:
+            return max(0.0, self._share_at + self.tick - now)  # requests to pass on
         return min(self.idle, max(self.tick, min(timers, default=now + self.idle) - now))
 
     async def _clock(self) -> None:
@@ -142,9 +156,9 @@ class PbftProducer(Producer):
                 async with asyncio.timeout(self._sleep()):
                     await self._kick.wait()
             self._kick.clear()
-            self._send_requests()
             r, chain = self.replica, self.node.chain
             now = time.monotonic()
+            self._send_requests(now)
             r.timeout(now)
             if chain.pending:
                 r.pending(now)
