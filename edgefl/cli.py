@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "edgefl.bench.cli",
     "edgefl.ml.cli",
     "edgefl.provision.cli",
+    "edgefl.experiments.cli",
 ]
 
 

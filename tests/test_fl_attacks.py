@@ -50,6 +50,12 @@ def test_label_flipping_changes_exactly_the_source_class():
     assert np.array_equal(labels, DATA.labels)  # the input is not modified in place
 
 
+def test_label_reversal_maps_every_class_to_its_mirror():
+    x, y = A.make("labelreverse").data(DATA.images, DATA.labels)
+    assert x is DATA.images and y.dtype == DATA.labels.dtype
+    assert np.array_equal(y, 9 - DATA.labels) and (y != DATA.labels).all()  # no class is its own mirror
+
+
 def test_random_labels_replace_a_seeded_fraction():
     a = A.make("randomlabels", fraction=0.5)
     _, y1 = a.data(DATA.images, DATA.labels, seed=1)

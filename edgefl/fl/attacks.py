@@ -8,7 +8,8 @@ changes only what its kind touches (the other hook passes its input through):
   ``edgefl.ml.data.Dataset`` holds them, because that is what a device
   controls: the extractor is the released one, and the features it yields
   are normalised and privatised by code the device runs on what it gives it.
-  Label flipping (source → target), random labels, noisy inputs (Gaussian
+  Label flipping (source → target), label reversal (every class l →
+  9 − l), random labels, noisy inputs (Gaussian
   pixel noise), backdoor (a trigger patch, labels → target;
   ``backdoor_test_set`` builds the triggered test set for the attack
   success rate).
@@ -132,6 +133,18 @@ class LabelFlip(Attack):
         labels = np.array(labels, copy=True)
         labels[labels == self.source] = self.target
         return images, labels
+
+
+@dataclass(frozen=True)
+class LabelReverse(Attack):
+    """Every label l relabelled classes − 1 − l: the label flipping of Fang et al. 2020 and Cao et al. 2021."""
+
+    name: ClassVar[str] = "labelreverse"
+    kind: ClassVar[str] = "data"
+    classes: int = 10
+
+    def data(self, images, labels, *, seed=0):
+        return images, (self.classes - 1 - np.asarray(labels)).astype(np.asarray(labels).dtype)
 
 
 @dataclass(frozen=True)
@@ -331,8 +344,8 @@ class Fang(Attack):
 # --------------------------------------------------------------------------- the registry
 
 
-ATTACKS: dict[str, type[Attack]] = {c.name: c for c in (NoAttack, LabelFlip, RandomLabels, NoisyInputs, Backdoor,
-                                                        SignFlip, Scaling, Gaussian, LittleIsEnough, Fang)}
+ATTACKS: dict[str, type[Attack]] = {c.name: c for c in (NoAttack, LabelFlip, LabelReverse, RandomLabels, NoisyInputs,
+                                                        Backdoor, SignFlip, Scaling, Gaussian, LittleIsEnough, Fang)}
 
 
 def make(name: str = "none", **options) -> Attack:

@@ -1,4 +1,4 @@
-"""`edgefl model …`: export the extractor (ONNX + TFLite), hash and verify model files."""
+"""`edgefl model …`: train and export the extractor (ONNX + TFLite), hash and verify model files."""
 
 from __future__ import annotations
 
@@ -23,6 +23,22 @@ def register(sub) -> None:
     p.add_argument("--save-weights", action="store_true", help="also write the weights as extractor-vN.npz")
     p.set_defaults(func=export_cmd)
 
+    p = model.add_parser("train", help="train the extractor's convolutional layers on the requester's own labelled "
+                         "data (numpy), then export and describe it as `export` does")
+    p.add_argument("--out", default=".", help="output folder (default: here)")
+    p.add_argument("--data", default="generated",
+                   help="the requester's public data: 'generated' digits (default), an .npz or a folder of MNIST "
+                        "IDX files (its first --items images: with MNIST t10k these lie in the experiments' "
+                        "training portion, never in their last 2,000 test images)")
+    p.add_argument("--items", type=int, default=5000, help="how many images of it (default 5000)")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0, help="initial weights and batch order (default 0)")
+    p.add_argument("--version", type=int, default=2, help="model version of the release (default 2)")
+    p.add_argument("--format", choices=["onnx", "tflite", "both"], default="both")
+    p.set_defaults(func=train_cmd)
+
     p = model.add_parser("hash", help="print the hash the cloud publishes for model files")
     p.add_argument("files", nargs="+")
     p.set_defaults(func=hash_cmd)
@@ -41,16 +57,49 @@ def register(sub) -> None:
 
 
 def export_cmd(args) -> int:
-    from edgefl.ml.export import FORMATS, SUFFIX, ModelRelease, export
     from edgefl.ml.extractor import ExtractorWeights
 
     w = ExtractorWeights.load(args.weights) if args.weights else ExtractorWeights.random(seed=args.seed)
     if args.version is not None:
         w = ExtractorWeights(**w.arrays(), version=args.version)
+    if args.save_weights:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        w.save(Path(args.out) / f"extractor-v{w.version}.npz")
+    write_release(w, Path(args.out), args.format)
+    return 0
+
+
+def train_cmd(args) -> int:
+    import time
+
+    from edgefl.ml.data import load_dataset
+    from edgefl.ml.pretrain import train_extractor
+
+    data = load_dataset(args.data, args.items, seed=args.seed)
+    print(f"training the extractor on {len(data)} images of {args.data} ({args.epochs} epochs, batch {args.batch})")
+    t0 = time.perf_counter()
+    w, history = train_extractor(data.images, data.labels, epochs=args.epochs, batch_size=args.batch, lr=args.lr,
+                                 seed=args.seed, version=args.version,
+                                 on_epoch=lambda e, loss, acc: print(f"  epoch {e}: loss {loss:.4f}, training "
+                                                                     f"accuracy {100 * acc:.1f} % "
+                                                                     f"({time.perf_counter() - t0:.0f} s)"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    manifest = {"version": w.version, "weights": w.digest().hex(), "models": {}}
-    for fmt in FORMATS if args.format == "both" else [args.format]:
+    w.save(out / f"extractor-v{w.version}.npz")
+    print(f"{out / f'extractor-v{w.version}.npz'}  weights {w.digest().hex()}  (the cloud's fl.weights)")
+    write_release(w, out, args.format, trained={"data": args.data, "items": len(data), "epochs": args.epochs,
+                                                "batch": args.batch, "lr": args.lr, "seed": args.seed,
+                                                "loss": history.loss, "accuracy": history.accuracy})
+    return 0
+
+
+def write_release(w, out: Path, formats: str = "both", **extra) -> dict:
+    """Export ``w`` in each format with its ``ModelRelease`` (.release.cbor) and a JSON manifest; the manifest."""
+    from edgefl.ml.export import FORMATS, SUFFIX, ModelRelease, export
+
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {"version": w.version, "weights": w.digest().hex(), "models": {}, **extra}
+    for fmt in FORMATS if formats == "both" else [formats]:
         data = export(w, fmt)
         path = out / f"extractor-v{w.version}{SUFFIX[fmt]}"
         path.write_bytes(data)
@@ -58,10 +107,8 @@ def export_cmd(args) -> int:
         (out / f"{path.name}.release.cbor").write_bytes(codec.encode_message(release))
         manifest["models"][fmt] = {"file": path.name, "hash": release.hash.hex(), "size": release.size}
         print(f"{path}  {release.hash.hex()}  {release.size} bytes")
-    if args.save_weights:
-        w.save(out / f"extractor-v{w.version}.npz")
     (out / f"extractor-v{w.version}.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return 0
+    return manifest
 
 
 def hash_cmd(args) -> int:

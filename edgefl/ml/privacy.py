@@ -131,6 +131,33 @@ def normalise(features: np.ndarray, batch_size: int) -> np.ndarray:
     return _kernel.normalise(np.ascontiguousarray(x), bound(batch_size))
 
 
+def batch_normalise(features: np.ndarray, batch_size: int) -> np.ndarray:
+    """Jiang et al.'s batch normalisation, the design's comparison: every run of ``batch_size`` rows
+    standardised per coordinate (mean 0, variance 1 over those rows; a constant coordinate → 0), float64.
+
+    By Samuelson's inequality a value standardised among n ≤ N lies in
+    [−√(n−1), √(n−1)] ⊆ [−B, B], so the same noise scale applies.  Unlike
+    ``normalise`` a row's output depends on the other rows of its batch.
+    """
+    x = np.asarray(features, np.float64)
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise PrivacyError(f"features must be (n, d) with d ≥ 1, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise PrivacyError("features contain NaN or infinity")
+    b = bound(batch_size)
+    out = np.empty_like(x)
+    for at in range(0, len(x), batch_size):
+        chunk = x[at:at + batch_size]
+        centred = chunk - chunk.mean(axis=0)
+        sd = np.sqrt((centred ** 2).mean(axis=0))
+        z = np.divide(centred, sd, out=np.zeros_like(centred), where=sd > 0)
+        out[at:at + batch_size] = np.clip(z, -b, b)  # only rounding can step past √(n−1)
+    return out
+
+
+NORMALISERS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {"minmax": normalise, "batchnorm": batch_normalise}
+
+
 # --------------------------------------------------------------------------- sampling
 
 
@@ -424,17 +451,26 @@ class Privatiser:
     """Normalise, add noise and charge the accountant: the device's one call before sending features.
 
     Items whose budget is spent are withheld (``Release.withheld``), never sent.
-    With no accountant (ε = ∞ baselines) nothing is charged.
+    With no accountant (ε = ∞ baselines) nothing is charged.  ``normaliser``
+    names how features are brought into [−B, B] (``NORMALISERS``): the
+    design's per-row scaling (``"minmax"``, what devices run) or, for the
+    design's comparison, Jiang et al.'s batch normalisation.
     """
 
     def __init__(self, noise: NoiseMechanism, *, epsilon: float, batch_size: int, unit: str = "feature",
-                 accountant: PrivacyAccountant | None = None):
+                 accountant: PrivacyAccountant | None = None, normaliser: str = "minmax"):
         if noise.name != NoNoise.name:
             check_epsilon(epsilon)
         if accountant is not None and accountant.unit != unit:
             raise PrivacyError(f"the accountant counts {accountant.unit!r} units, the release is {unit!r}")
+        if normaliser not in NORMALISERS:
+            raise PrivacyError(f"unknown normaliser {normaliser!r}; known: {', '.join(NORMALISERS)}")
         self.noise, self.epsilon, self.batch_size, self.unit = noise, epsilon, batch_size, unit
-        self.accountant = accountant
+        self.accountant, self.normaliser = accountant, normaliser
+
+    def normalise(self, features: np.ndarray) -> np.ndarray:
+        """Features brought into [−B, B] as a release does, without noise (test and root data)."""
+        return NORMALISERS[self.normaliser](features, self.batch_size)
 
     def release(self, ids: Sequence[int], features: np.ndarray, *, task: str = "", round: int = 0) -> Release:
         ids = np.asarray(ids, np.int64)
@@ -445,7 +481,7 @@ class Privatiser:
         if withheld.size:
             log.info("withholding %d item(s) whose ε budget is spent", withheld.size)
         ids, features = ids[keep], np.asarray(features)[keep]
-        values = normalise(features, self.batch_size)
+        values = self.normalise(features)
         noised = self.noise.perturb(values, bound=bound(self.batch_size), coordinates=coordinates(self.unit, values.shape[1]),
                                     epsilon=self.epsilon)
         spend = None
