@@ -166,3 +166,23 @@ def test_batch_normalisation_stays_within_the_design_bound():
 def test_experiment_refuses_unknown_names(capsys):
     assert main(["experiment", "attacks", "--data", "generated", "--attacks", "teleport"]) == 1
     assert "unknown aggregator or attack: teleport" in capsys.readouterr().err
+
+
+def test_an_interrupted_run_resumes_from_its_journal(tmp_path, capsys):
+    args = ["experiment", "devices", "--quick", "--data", "generated", "--train", "200", "--test", "100",
+            "--rounds", "1", "--out", str(tmp_path)]
+    assert main(args) == 0
+    first = json.loads((tmp_path / "devices.json").read_text())["rows"]
+    journal = tmp_path / "devices.rows.jsonl"
+    lines = journal.read_text().splitlines()
+    assert len(lines) == 1 + 3  # the header, then one row per setting (5, 10, 20 devices)
+    journal.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:40])  # killed while writing the last row
+    capsys.readouterr()
+    assert main(args + ["--resume"]) == 0
+    assert "resuming: 2 rows" in capsys.readouterr().err
+    again = json.loads((tmp_path / "devices.json").read_text())["rows"]
+    assert [r["accuracy"] for r in again] == [r["accuracy"] for r in first]  # seeded, no DP: the same run
+    assert len(journal.read_text().splitlines()) == 4
+    other = args[:-1] + [str(tmp_path), "--train", "150"]  # other data: the journal is not reused
+    assert main(other + ["--resume"]) == 0
+    assert "resuming" not in capsys.readouterr().err

@@ -33,6 +33,8 @@ def register(sub) -> None:
                         "attacks) that finishes in a few minutes")
     p.add_argument("--out", default="experiment-results",
                    help="folder for NAME.md, NAME.json and the plots (default: ./experiment-results)")
+    p.add_argument("--resume", action="store_true",
+                   help="take the rows of an interrupted run with the same data from OUT/NAME.rows.jsonl")
     p.add_argument("--train", type=int, help="training images across the devices (default 8000; quick 2000)")
     p.add_argument("--test", type=int, help="test images (default 2000; quick 500)")
     p.add_argument("--rounds", type=int, help="rounds of the learning experiments (default 5; quick 3)")
@@ -74,13 +76,13 @@ def experiment_cmd(args) -> int:
     settings = [s for n in names for s in plans.grid(n, sc)]
     log(f"edgefl experiment {args.name}: {len(settings)} settings on {source}")
     t0 = time.perf_counter()
-    rows = plans.run_all(lab, settings, log=log)
+    out = Path(args.out)
+    rows = plans.run_all(lab, settings, log=log, journal=out / f"{args.name}.rows.jsonl", resume=args.resume)
     command = "edgefl experiment " + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index("experiment") + 1:]) \
         if "experiment" in sys.argv else f"edgefl experiment {args.name}"
     meta = {"name": args.name, "source": source, "scale": "quick" if args.quick else "full",
             "seconds": time.perf_counter() - t0, "command": command, "extractors": trained,
             "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sc.__dict__.items()}}
-    out = Path(args.out)
     markdown, doc = plans.report(names, rows, sc, out, meta)
     md, js = plans.write(out, args.name, markdown, doc)
     print(markdown)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -143,19 +143,49 @@ def extractor_makers(train, sc: Scale, seed: int = 0, log: Callable[[str], None]
 # --------------------------------------------------------------------------- running
 
 
-def run_all(lab: Lab, settings: list[Setting], log: Callable[[str], None] = print) -> list[dict]:
-    """Run every setting once (equal ones in different experiments share the run), with a progress bar."""
-    unique: dict[Setting, dict | None] = {}
-    for s in settings:
-        unique.setdefault(replace(s, experiment=""), None)
-    lab.progress = Progress(sum(s.rounds for s in unique))
+def run_all(lab: Lab, settings: list[Setting], log: Callable[[str], None] = print,
+            journal: Path | None = None, resume: bool = False) -> list[dict]:
+    """Run every setting once (equal ones in different experiments share the run), with a progress bar.
+
+    Each finished row is appended to ``journal`` (JSON lines, after a header naming the data); with
+    ``resume`` the rows already there for the same data are taken instead of run again.
+    """
+    def key(s: Setting) -> str:
+        return json.dumps(asdict(replace(s, experiment="")), sort_keys=True, default=list)
+
+    header = {"journal": 1, "source": lab.source, "train": len(lab.train), "test": len(lab.test)}
+    done: dict[str, dict] = {}
+    if journal is not None and resume and journal.exists():
+        lines = journal.read_text().splitlines()
+        if lines and json.loads(lines[0]) == header:
+            for line in lines[1:]:
+                try:
+                    row = json.loads(line)
+                except ValueError:  # a line cut short by a crash: run that setting again
+                    continue
+                done[row.pop("_key")] = row
+            log(f"resuming: {len(done)} rows from {journal}")
+    if journal is not None:
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        with journal.open("w") as f:
+            f.write(json.dumps(header) + "\n" + "".join(json.dumps({**r, "_key": k}, default=float) + "\n"
+                                                       for k, r in done.items()))
+    todo = {key(s): s for s in settings if key(s) not in done}
+    lab.progress = Progress(sum(s.rounds for s in todo.values()))
     rows = []
     try:
         for s in settings:
-            key = replace(s, experiment="")
-            if unique[key] is None:
-                unique[key] = lab.run(s)
-            rows.append({**unique[key], "experiment": s.experiment})
+            k = key(s)
+            if k not in done:
+                try:
+                    done[k] = lab.run(s)
+                except Exception as exc:  # one broken setting does not lose the others' hours
+                    log(f"{s.label()}: {type(exc).__name__}: {exc}")
+                    done[k] = {**asdict(s), "label": s.label(), "error": f"{type(exc).__name__}: {exc}"}
+                if journal is not None:
+                    with journal.open("a") as f:
+                        f.write(json.dumps({**done[k], "_key": k}, default=float) + "\n")
+            rows.append({**done[k], "experiment": s.experiment})
     finally:
         lab.progress.close()
     return rows
