@@ -19,6 +19,7 @@ BENCHMARKS = {
     "round": "edgefl.bench.round",
     "ledger": "edgefl.bench.ledger",
     "consensus": "edgefl.bench.consensus",
+    "scale": "edgefl.bench.scale",
 }
 
 

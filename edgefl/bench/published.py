@@ -101,6 +101,24 @@ ANCHORS: tuple[Anchor, ...] = (
 
 # --------------------------------------------------------------------------- goals
 
+# The project's own goals for rows no paper has a figure for, by row-name prefix (first match wins):
+# `edgefl bench scale` — one fog serving up to 1,000 devices must cost linearly more per device.
+GOALS: tuple[tuple[str, str], ...] = (
+    ("scale_round_per_device_ratio_", "<= 1.2"),  # per-device round at the largest count / at 100
+    ("scale_deliveries_per_device_max_", "<= 10"),
+    ("scale_verify_ms_per_block_n", "<= 1 ms"),
+    ("scale_fog_rss_mb_per_device", "<= 2"),
+    ("scale_reconnects_n", "<= 0"),
+    ("scale_stale_n", "<= 0"),
+    ("scale_request_timeouts_n", "<= 0"),
+)
+
+
+def goal_for(name: str) -> str | None:
+    """The project's goal for row ``name`` (``GOALS``), if it has one."""
+    return next((goal for prefix, goal in GOALS if name.startswith(prefix)), None)
+
+
 _GOAL = re.compile(r"^\s*(<=|>=|<|>)\s*([0-9.eE+-]+)\s*(.*)$")
 _STAT = re.compile(r"^\s*(median|mean|max|p99)\s+(?=[<>])")
 

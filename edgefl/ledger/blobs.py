@@ -25,6 +25,7 @@ from typing import Annotated, Iterable, Iterator
 from edgefl.codec import MaxLen, Message, message
 from edgefl.ledger.errors import BlobCorrupt, BlobError, BlobNotFound, BlobTooLarge
 from edgefl.runtime.files import write_atomic
+from edgefl.runtime.metrics import METRICS
 
 CID_BYTES = 32
 DEFAULT_MAX_BLOB = 16 << 20
@@ -68,6 +69,9 @@ class BlobStore:
         if final.exists():
             return cid
         write_atomic(final, data, tmp_dir=self.tmp)
+        METRICS.inc("blob_written")
+        METRICS.inc("blob_written_bytes", len(data))
+        METRICS.inc("blob_fsync", 2)  # the file and its directory
         return cid
 
     def get(self, cid: bytes) -> bytes:

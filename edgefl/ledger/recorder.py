@@ -20,6 +20,7 @@ from edgefl.codec import Message
 from edgefl.crypto.keys import SigningKey
 from edgefl.ledger.protocol import Receipt, Submit
 from edgefl.ledger.tx import record_tx
+from edgefl.runtime.metrics import METRICS
 
 Submitter = Callable[[bytes], Receipt]
 
@@ -32,7 +33,8 @@ class Recorder:
 
     def __call__(self, msg: Message) -> Receipt:
         """Sign ``msg`` as a record (indexed by its ``device`` field, if it has one) and wait until it is durable."""
-        return self.submit(record_tx(msg, self.signer, self.key, device=getattr(msg, "device", None)))
+        with METRICS.timed("ledger_record_wait"):  # how long the caller's thread waits for the chain
+            return self.submit(record_tx(msg, self.signer, self.key, device=getattr(msg, "device", None)))
 
 
 def via_session(session, node: str, loop: asyncio.AbstractEventLoop, *, timeout: float = 30.0) -> Submitter:

@@ -280,7 +280,8 @@ class FogNode:
         if task.train_at == "device":  # the devices trained: their checked, recorded updates
             contributions, steps = self.desk.contributions(batches), 0
         else:
-            origin, contributions, steps = await self._train_here(task, round, model, origin, batches)
+            with METRICS.timed("fl_train"):
+                origin, contributions, steps = await self._train_here(task, round, model, origin, batches)
         if not contributions:
             log.warning("%s: round %d: no device sent any items", self.id, round)
             return None
@@ -366,7 +367,8 @@ class FogNode:
             loaded = [decode_batch(self.blobs.get(c)) for c in cids]
             if not any(len(b.ids) for b in loaded):
                 return self.blobs.get(model)  # nothing to fit: the round trains nobody either
-            warm = await asyncio.to_thread(warm_start, self.blobs.get(model), loaded)
+            with METRICS.timed("fl_warm_start"):
+                warm = await asyncio.to_thread(warm_start, self.blobs.get(model), loaded)
             ws = WarmStart(task=task.task, round=round, origin=model, batches=cids, model=self.blobs.put(warm))
             receipt = await self.ledger.submit(record_tx(ws, self.id, self.session.signer.key,
                                                          refs=[model, *cids, ws.model], model=ws.model))

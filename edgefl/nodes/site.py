@@ -39,6 +39,7 @@ class LocalSite:
         self.roles = {cloud: "cloud", **{f: "fog" for f in fogs}, **{d: "device" for ds in fogs.values() for d in ds},
                       **{c: "device" for c in clients}}
         self.cfgs: dict[str, Config] = {}
+        self.overrides: dict[str, list[str]] = {}  # what rebuilds a node's configuration in another process
         trust = self.workdir / "trust"
         for node, role in self.roles.items():
             fog = next((f for f, ds in fogs.items() if node in ds), None)
@@ -49,6 +50,7 @@ class LocalSite:
                 sets.append(f"node.fog={fog}")
             if role == "fog":
                 sets.append("fl.devices=[" + ",".join(f'"{d}"' for d in fogs[node]) + "]")
+            self.overrides[node] = sets
             self.cfgs[node] = cfg = load_config(overrides=sets, env={})
             key_file = cfg.path(cfg.security.key_file)
             if not key_file.exists():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 from collections import Counter
 
 
@@ -21,6 +23,16 @@ class Metrics:
     def inc(self, name: str, n: int = 1, **labels: str) -> None:
         with self._lock:
             self._counts[_key(name, labels)] += n
+
+    @contextlib.contextmanager
+    def timed(self, name: str, **labels: str):
+        """Add the block's wall time to ``{name}_us`` (microseconds) and count it in ``{name}_n``."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.inc(f"{name}_us", int((time.perf_counter() - t0) * 1e6), **labels)
+            self.inc(f"{name}_n", **labels)
 
     def get(self, name: str, **labels: str) -> int:
         return self._counts.get(_key(name, labels), 0)
