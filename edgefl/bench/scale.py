@@ -387,8 +387,8 @@ def summarise(n: int, snaps: list[dict], verify: dict[str, float], rounds_asked:
     # from round 0's start: what a node met while the others were still starting is not load
     first, last = (snaps[0]["metrics"], snaps[-1]["metrics"]) if snaps else ({}, {})
     counts = {key: _metric(last, name) - _metric(first, name) for key, name in COUNT_METRICS.items()}
-    return {"devices": n, "rounds_asked": rounds_asked, "rounds_completed": len(rounds), "rounds": rounds, "figures": figures, "counts": counts,
-            "verify": verify, "accuracy": snaps[-1]["accuracy"] if snaps else None}
+    return {"devices": n, "rounds_asked": rounds_asked, "rounds_completed": len(rounds), "rounds": rounds,
+            "figures": figures, "counts": counts, "verify": verify, "accuracy": snaps[-1]["accuracy"] if snaps else None}
 
 
 def growth_exponent(ns: list[float], ys: list[float]) -> float | None:
@@ -409,7 +409,7 @@ def report_of(points: list[dict], *, head: list[int]) -> Report:
     report = Report("edgefl bench scale")
 
     def add(name: str, unit: str, value: Any, note: str, **kw) -> None:
-        report.add(Row(name, unit, _num(value), _num(value), goal=goal_for(name), note=note, **kw))
+        report.add(Row(name, unit, _num(value), _num(value), goal=goal_for("scale", name), note=note, **kw))
 
     model = "-".join(map(str, head))
     ns = [p["devices"] for p in points]

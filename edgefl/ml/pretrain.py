@@ -25,14 +25,15 @@ from typing import Callable
 
 import numpy as np
 
+from edgefl.errors import EdgeflError
 from edgefl.ml import blas
 from edgefl.ml.extractor import FEATURES, FILTERS, ExtractorWeights
 
 CLASSES = 10
 
 
-class PretrainError(ValueError):
-    pass
+class PretrainError(EdgeflError, ValueError):
+    reason = "pretrain"
 
 
 @dataclass
