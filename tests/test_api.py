@@ -1,6 +1,7 @@
 """The declared public API: every package names its faces in __all__, each resolves, none costs an import."""
 
 import importlib
+import pkgutil
 import subprocess
 import sys
 
@@ -18,6 +19,8 @@ def test_every_public_name_resolves_to_what_its_module_defines(name):
         assert value is not None and face in dir(pkg)
     with pytest.raises(AttributeError):
         _ = pkg.no_such_face
+    modules = {m.name for m in pkgutil.iter_modules(pkg.__path__)}
+    assert not modules & set(pkg.__all__)  # `from edgefl.ml import export` must stay the module
 
 
 def test_importing_a_package_imports_nothing_until_a_name_is_used():

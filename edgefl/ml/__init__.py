@@ -7,7 +7,7 @@ from edgefl._faces import faces
 
 __all__, __getattr__, __dir__ = faces(__name__, {
     "extractor": ["ExtractorWeights", "WeightsError", "FEATURES"],
-    "export": ["ModelRelease", "ModelError", "ModelHashMismatch", "export", "FORMATS"],
+    "export": ["ModelRelease", "ModelError", "ModelHashMismatch", "FORMATS"],
     "backends": ["Backend", "BackendUnavailable", "open_backend"],
     "device": ["FeatureBatch", "FeatureExtractor"],
     "privacy": ["PrivacyAccountant", "PrivacyError", "BudgetExceeded", "Privatiser", "normalise", "mechanism"],

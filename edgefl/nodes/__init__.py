@@ -5,7 +5,6 @@ from edgefl._faces import faces
 __all__, __getattr__, __dir__ = faces(__name__, {
     "node": ["run_node"],
     "site": ["LocalSite"],
-    "demo": ["demo"],
     "device": ["DeviceNode"],
     "fog": ["FogNode"],
     "cloud": ["CloudNode"],
