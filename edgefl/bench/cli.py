@@ -20,6 +20,7 @@ BENCHMARKS = {
     "ledger": "edgefl.bench.ledger",
     "consensus": "edgefl.bench.consensus",
     "scale": "edgefl.bench.scale",
+    "device": "edgefl.bench.device",
 }
 
 

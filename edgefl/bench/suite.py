@@ -84,6 +84,7 @@ class Caps:
     cores: int  # what the board has
     used_cores: int  # what the run gets: min(board, this machine)
     threads: int
+    profile: str = ""  # the profile as named (layers that apply a board's settings themselves take it)
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "model": self.model, "cores": self.cores, "used_cores": self.used_cores,
@@ -103,7 +104,8 @@ def board_caps(profile: str) -> Caps:
     cfg = load_config(profile, env={})
     cores = cfg.board.cpu_cores or os.cpu_count() or 1
     used = max(1, min(cores, len(os.sched_getaffinity(0))))
-    return Caps(cfg.board.name or Path(profile).stem, cfg.board.model, cores, used, max(1, min(cfg.ml.threads, used)))
+    return Caps(cfg.board.name or Path(profile).stem, cfg.board.model, cores, used, max(1, min(cfg.ml.threads, used)),
+                profile)
 
 
 # --------------------------------------------------------------------------- running the layers
@@ -124,7 +126,7 @@ def _layer_options(layer: str, quick: bool, caps: Caps | None, accepted: set[str
     """The layer's arguments: --quick or the full run's options, the profile's threads; only those it accepts."""
     pairs = [("--quick",)] if quick else list(FULL_OPTIONS.get(layer, []))
     if caps is not None:
-        pairs.append(("--threads", str(caps.threads)))
+        pairs += [("--threads", str(caps.threads)), ("--profile", caps.profile)]
     return [word for pair in pairs if pair[0] in accepted for word in pair]
 
 
