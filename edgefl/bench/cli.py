@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -24,6 +26,34 @@ BENCHMARKS = {
 }
 
 
+def _summary(module: str) -> str:
+    """The first line of a layer module's docstring, read from its file: the parser of every `edgefl` command
+    is built at each start, and `edgefl run` on a device must not import every benchmark to build it."""
+    spec = importlib.util.find_spec(module)
+    text = Path(spec.origin).read_text() if spec and spec.origin else ""
+    m = re.match(r'\s*(?:[rub]{0,2})("""|\'\'\')\s*(.*)', text)
+    return m.group(2).strip().rstrip('"\'') if m else ""
+
+
+class _LayerParser(argparse.ArgumentParser):
+    """A layer's parser that adds the layer's own options (importing its module) only when it is used."""
+
+    layer_module: str | None = None
+
+    def _load(self) -> None:
+        module, self.layer_module = self.layer_module, None
+        if module:
+            add_layer_arguments(self, module)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._load()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._load()
+        return super().format_help()
+
+
 def add_layer_arguments(p: argparse.ArgumentParser, module: str) -> None:
     """The options every layer's benchmark takes, and its own."""
     p.add_argument("--json", metavar="FILE", help="write rows as JSON")
@@ -36,12 +66,11 @@ def add_layer_arguments(p: argparse.ArgumentParser, module: str) -> None:
 
 def register(sub) -> None:
     bench = sub.add_parser("bench", help="benchmarks: print a table, write JSON").add_subparsers(
-        dest="bench_name", metavar="NAME")
+        dest="bench_name", metavar="NAME", parser_class=_LayerParser)
     for name, module in BENCHMARKS.items():
-        mod = importlib.import_module(module)
-        p = bench.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0])
-        add_layer_arguments(p, module)
-        p.set_defaults(func=_runner(mod))
+        p = bench.add_parser(name, help=_summary(module))
+        p.layer_module = module
+        p.set_defaults(func=_runner(module))
 
     p = bench.add_parser("all", help="every layer's benchmark, one report (Markdown, HTML, PNG charts, JSON) "
                                      "beside the published tables")
@@ -72,8 +101,9 @@ def register(sub) -> None:
     p.set_defaults(func=_compare)
 
 
-def _runner(mod):
+def _runner(module: str):
     def go(args) -> int:
+        mod = importlib.import_module(module)
         options = {k: v for k, v in vars(args).items()
                    if k not in ("json", "markdown", "func", "config", "command", "bench_name", "profile",
                                 "overrides", "log_level", "log_json")}

@@ -70,6 +70,16 @@ def threads() -> int | None:
     return int(control[1]()) if control else None
 
 
+def set_threads(n: int) -> bool:
+    """Hold the BLAS to ``n`` threads from now on (``ml.blas_threads``); False when it cannot be controlled."""
+    control = _find_control()
+    if control is None:
+        return False
+    with _lock:
+        control[0](int(n))
+    return True
+
+
 @contextlib.contextmanager
 def single_threaded():
     """Run the body with the BLAS on one thread, restoring the previous count after."""

@@ -1,10 +1,15 @@
 """The device's side of training: a verified extractor, private features, the batch it sends.
 
-    fx = FeatureExtractor.open("onnxruntime", model_bytes, release, privatiser, threads=4)
+    fx = FeatureExtractor.open("onnxruntime", model_bytes, release, privatiser, threads=4, chunk_rows=64)
     batch = fx.batch(ids, images, labels, task="t1", round=0)    # a FeatureBatch, ready to sign
 
 The model's bytes are checked against the published ``ModelRelease`` before a
-runtime ever sees them; raw images never leave ``batch``.
+runtime ever sees them; raw images never leave ``batch``.  Images stream
+through the backend and the privatiser ``chunk_rows`` at a time
+(``ml.chunk_rows``): a runtime sizes its activations to the batch it is
+given (LiteRT about 150 KB per 28×28 image for the default extractor) and
+noise needs about 40 bytes per value of float64 scratch, so what a batch
+costs beyond its own features is bounded by the chunk, not by ``fl.items``.
 """
 
 from __future__ import annotations
@@ -46,24 +51,34 @@ class FeatureBatch(Message):
 class FeatureExtractor:
     """Backend + privatiser for one verified model."""
 
-    def __init__(self, backend: Backend, release: ModelRelease, privatiser: Privatiser):
+    def __init__(self, backend: Backend, release: ModelRelease, privatiser: Privatiser, *, chunk_rows: int = 0):
         self.backend, self.release, self.privatiser = backend, release, privatiser
+        self.chunk_rows = chunk_rows  # 0: the whole batch at once
 
     @classmethod
     def open(cls, backend: str, model: bytes, release: ModelRelease, privatiser: Privatiser, *,
-             threads: int = 1) -> "FeatureExtractor":
+             threads: int = 1, chunk_rows: int = 0) -> "FeatureExtractor":
         kind = backend_class(backend)
         release.check(model)  # refuses a model whose hash does not match the published one
         if kind.format != release.format:
             raise ModelError(f"backend {backend} runs {kind.format} models, the release is {release.format}")
-        return cls(kind(model, threads=threads), release, privatiser)
+        return cls(kind(model, threads=threads), release, privatiser, chunk_rows=chunk_rows)
 
     def features(self, images: np.ndarray) -> np.ndarray:
-        return self.backend.run(images)
+        n, step = len(images), self.chunk_rows
+        if step <= 0 or n <= step:
+            return self.backend.run(images)
+        out = None
+        for start in range(0, n, step):
+            part = self.backend.run(images[start:start + step])
+            if out is None:
+                out = np.empty((n, *part.shape[1:]), part.dtype)
+            out[start:start + len(part)] = part
+        return out
 
     def batch(self, ids, images: np.ndarray, labels: np.ndarray, *, task: str, round: int) -> FeatureBatch:
         ids = np.asarray(ids, np.int64)
-        rel = self.privatiser.release(ids, self.features(images), task=task, round=round)
+        rel = self.privatiser.release(ids, self.features(images), task=task, round=round, chunk_rows=self.chunk_rows)
         keep = np.isin(ids, rel.ids)
         return FeatureBatch(task=task, round=round, model=self.release.hash, ids=rel.ids,
                             labels=np.asarray(labels)[keep].astype(np.uint8), features=rel.values, grid=rel.grid,

@@ -80,7 +80,6 @@ from pathlib import Path
 from typing import Annotated, Callable, ClassVar, Iterable, Protocol, Sequence
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from edgefl import codec, native
 from edgefl.codec import MaxLen, Message, Range, message
@@ -163,6 +162,8 @@ NORMALISERS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {"minmax": nor
 
 def chacha20_bytes(n: int) -> bytearray:
     """``n`` bytes of ChaCha20 keystream under a fresh key from the OS CSPRNG (see the module notes)."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms  # at first use: 8 MB a process may not need
+
     out = bytearray(n)  # zeros, encrypted in place: the keystream without a second n-byte buffer
     Cipher(algorithms.ChaCha20(os.urandom(32), bytes(16)), mode=None).encryptor().update_into(out, out)
     return out
@@ -292,6 +293,9 @@ class NoNoise:
     """No privacy (ε = ∞): the normalised values as they are. For baselines only."""
 
     name: ClassVar[str] = "none"
+
+    def __init__(self, randbytes: str | Callable[[int], bytes] | None = None):
+        pass  # draws nothing
 
     def perturb(self, values: np.ndarray, *, bound: float, coordinates: int, epsilon: float) -> Noised:
         return Noised(np.asarray(values, np.float32), 0.0, 0.0, coordinates * 2 * bound)
@@ -472,7 +476,12 @@ class Privatiser:
         """Features brought into [−B, B] as a release does, without noise (test and root data)."""
         return NORMALISERS[self.normaliser](features, self.batch_size)
 
-    def release(self, ids: Sequence[int], features: np.ndarray, *, task: str = "", round: int = 0) -> Release:
+    def release(self, ids: Sequence[int], features: np.ndarray, *, task: str = "", round: int = 0,
+                chunk_rows: int = 0) -> Release:
+        """``chunk_rows`` > 0 streams the rows through normalisation and noise that many at a time: the
+        float64 intermediates (about 40 bytes per value) then exist for one chunk, not for the whole release.
+        Rows are independent (each is normalised alone, each value gets its own draw), so the released
+        distribution is the same."""
         ids = np.asarray(ids, np.int64)
         if len(ids) != len(features):
             raise PrivacyError(f"{len(ids)} ids for {len(features)} feature rows")
@@ -480,10 +489,22 @@ class Privatiser:
         withheld = ids[~keep]
         if withheld.size:
             log.info("withholding %d item(s) whose ε budget is spent", withheld.size)
-        ids, features = ids[keep], np.asarray(features)[keep]
-        values = self.normalise(features)
-        noised = self.noise.perturb(values, bound=bound(self.batch_size), coordinates=coordinates(self.unit, values.shape[1]),
-                                    epsilon=self.epsilon)
+        ids, features = ids[keep], np.asarray(features)[keep] if not keep.all() else np.asarray(features)
+        if features.ndim != 2:
+            raise PrivacyError(f"features must be (n, d) with d ≥ 1, got shape {features.shape}")
+        # chunks of whole batches: the batch normaliser normalises each run of batch_size rows together
+        step = -(-chunk_rows // self.batch_size) * self.batch_size if chunk_rows > 0 else max(1, len(features))
+        b, dims = bound(self.batch_size), coordinates(self.unit, features.shape[1])
+        noised, out = None, None
+        for start in range(0, max(1, len(features)), step):  # once even for no rows: the grid and scale
+            part = self.noise.perturb(self.normalise(features[start:start + step]), bound=b,
+                                      coordinates=dims, epsilon=self.epsilon)
+            if out is None:
+                noised = part
+                out = part.values if step >= len(features) else np.empty(features.shape, part.values.dtype)
+            if out is not part.values:
+                out[start:start + step] = part.values
+        noised.values = out
         spend = None
         if self.accountant is not None and len(ids):
             spend = self.accountant.charge(ids, self.epsilon, task=task, round=round, mechanism=self.noise.name,

@@ -30,7 +30,7 @@ def register(sub) -> None:
 def run_cmd(args) -> int:
     from edgefl.nodes.node import run_node
 
-    reason = run(run_node(args.config, stop_after=args.stop_after))
+    reason = run(run_node(args.config, stop_after=args.stop_after), low_memory=args.config.board.low_memory)
     print(f"stopped: {reason}")
     return 1 if " cannot run: " in reason else 0
 

@@ -34,6 +34,7 @@ from edgefl.ml.export import ModelError
 from edgefl.ml.privacy import PrivacyAccountant, Privatiser, mechanism
 from edgefl.nodes.node import local_data, node_attack
 from edgefl.nodes.ondevice import LocalTraining
+from edgefl.runtime import memory
 from edgefl.runtime.config import Config, ConfigError
 from edgefl.runtime.metrics import METRICS
 from edgefl.runtime.state import StateFile
@@ -104,6 +105,18 @@ class DeviceNode:
                     self._refused = task.task
                     METRICS.inc("fl_task_refused", reason=exc.reason)
                     log.warning("%s: refusing task %s: %s", self.id, task.task, exc)
+                self._settle_memory()
+
+    def _settle_memory(self) -> None:
+        """After a round, before the wait for the next: hand back what the round freed (a few ms once per round;
+        the allocator keeps large freed buffers otherwise), and say so when the agent nears the ceiling its
+        service is killed at (``board.memory_max_mb``)."""
+        memory.release_freed()
+        rss, ceiling = memory.rss_mb(), memory.ceiling_mb(self.cfg.board)
+        if rss is not None and rss > 0.75 * ceiling:
+            METRICS.inc("memory_high")
+            log.warning("%s: %.0f MB resident, over 3/4 of its %d MB ceiling (ml.chunk_rows = %d)", self.id, rss,
+                        ceiling, self.cfg.ml.chunk_rows)
 
     # ------------------------------------------------------------------ one round
 
@@ -195,10 +208,11 @@ class DeviceNode:
             except (RemoteError, RequestTimeout, LedgerError) as exc:
                 log.info("%s: extractor not available from %s yet: %s", self.id, self.fog, exc)
                 await asyncio.sleep(RETRY_S[0])
-        privatiser = Privatiser(mechanism(task.noise), epsilon=task.epsilon, batch_size=task.batch_size,
-                                unit=task.unit, accountant=self._accountant())
+        privatiser = Privatiser(mechanism(task.noise, randbytes=ml.noise_source), epsilon=task.epsilon,
+                                batch_size=task.batch_size, unit=task.unit, accountant=self._accountant())
         try:
-            fx = FeatureExtractor.open(ml.backend, model, entry.release, privatiser, threads=ml.threads)
+            fx = FeatureExtractor.open(ml.backend, model, entry.release, privatiser, threads=ml.threads,
+                                       chunk_rows=ml.chunk_rows)
         except ModelError as exc:  # ModelHashMismatch: not the model the cloud released
             METRICS.inc("fl_model_refused")
             raise Refused("model_hash", str(exc)) from None

@@ -22,7 +22,8 @@ from edgefl.crypto.pki import Crl, PkiError, PkiRegistry
 from edgefl.fl import attacks
 from edgefl.fl.aggregate import AggregationError, parse_options
 from edgefl.ml.data import Dataset, load_dataset
-from edgefl.runtime import notify
+from edgefl.ml import blas
+from edgefl.runtime import metrics, notify
 from edgefl.runtime.config import Config, ConfigError
 from edgefl.runtime.lock import DataDirLock
 from edgefl.runtime.loop import Supervisor
@@ -169,6 +170,8 @@ async def running(cfg: Config, *, handle_signals: bool = True) -> AsyncIterator[
     """The node of ``cfg`` with its services running; yields (role node, supervisor). Leaving stops it."""
     cls = role_class(cfg.node.role)
     cls.check(cfg)  # settings only the role can judge: fail before connecting
+    if cfg.ml.blas_threads:  # the profile's thread count for numpy's BLAS (ml.threads is the extractor's)
+        blas.set_threads(cfg.ml.blas_threads)
     identity.check(cfg)  # its key, certificate and TLS files belong together and to it
     async with DataDirLock(cfg.path("{data_dir}")), Session.from_config(cfg) as session:  # one process per dir
         node = cls(cfg, session)
@@ -177,6 +180,8 @@ async def running(cfg: Config, *, handle_signals: bool = True) -> AsyncIterator[
             async with Supervisor(handle_signals=handle_signals, exit_deadline_s=cfg.mqtt.drain_timeout_s + 5) as sup:
                 sup.spawn("liveness", lambda: watch_liveness(session, watched_statuses(cfg)))
                 sup.spawn("metrics", report_metrics)
+                if cfg.metrics.port:  # Prometheus text format on a local port (off on devices)
+                    sup.spawn("metrics-http", lambda: metrics.serve(cfg.metrics.bind, cfg.metrics.port))
                 if isinstance(session.verifier.registry, PkiRegistry):
                     own = cfg.path(cfg.security.crl_dir) / f"{cfg.node.id}.crl" if cfg.node.role != "device" else None
                     sup.spawn("crl", lambda: crl_service(session, session.verifier.registry, own))

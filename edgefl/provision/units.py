@@ -18,6 +18,7 @@ carried, once, when the network is up after the first boot.
 
 from __future__ import annotations
 
+from edgefl.runtime import memory
 from edgefl.runtime.config import Config
 
 USER = "edgefl"
@@ -62,7 +63,15 @@ HARDENING = [
 
 
 def memory_max_mb(cfg: Config) -> int:
-    return cfg.board.memory_max_mb or cfg.board.ram_mb // 2
+    return memory.ceiling_mb(cfg.board)
+
+
+def _environment(cfg: Config) -> list[str]:
+    """The agent's environment: the BLAS's thread count set before numpy loads it (it starts its threads then)."""
+    env = ["PYTHONUNBUFFERED=1"]
+    if cfg.ml.blas_threads:
+        env += [f"OPENBLAS_NUM_THREADS={cfg.ml.blas_threads}", f"OMP_NUM_THREADS={cfg.ml.blas_threads}"]
+    return env
 
 
 def _render(sections: list[tuple[str, list[tuple[str, str]]]], comment: str) -> str:
@@ -93,7 +102,7 @@ def node_unit(cfg: Config, *, venv: str = VENV, profile: str = PROFILE) -> str:
         ("Type", "notify"),
         ("NotifyAccess", "main"),
         ("ExecStart", f"{venv}/bin/edgefl --profile {profile} run"),
-        ("Environment", "PYTHONUNBUFFERED=1"),
+        ("Environment", " ".join(_environment(cfg))),
         ("WatchdogSec", str(WATCHDOG_S)),
         ("TimeoutStartSec", "180"),  # a device loads its extractor before it is ready
         ("TimeoutStopSec", str(int(cfg.mqtt.drain_timeout_s) + 10)),  # it exits within drain + 5 s of SIGTERM

@@ -57,6 +57,9 @@ class BoardSection:
     cpu_cores: int = field(default=4, metadata=_range(1, 256))
     ram_mb: int = field(default=1024, metadata=_range(128))
     memory_max_mb: int = field(default=0, metadata=_range(0))  # the service's MemoryMax (systemd); 0: ram_mb / 2
+    # a board with little memory (Zero 2 W): glibc hands freed memory back at once instead of keeping large
+    # buffers for reuse (no large-buffer tuning, two malloc arenas; edgefl.runtime.memory)
+    low_memory: bool = False
 
 
 @dataclass
@@ -109,7 +112,10 @@ class MlSection:
     """Feature extraction and privacy on a device; dense training at a fog (edgefl.ml)."""
 
     backend: Literal["onnxruntime", "litert", "tflite_runtime"] = "onnxruntime"
-    threads: int = field(default=1, metadata=_range(1, 256))
+    threads: int = field(default=1, metadata=_range(1, 256))  # ONNX Runtime's intra-op threads, LiteRT's threads
+    blas_threads: int = field(default=0, metadata=_range(0, 256))  # numpy's BLAS; 0: as the BLAS chooses
+    # images through the extractor and the noise at a time: bounds a batch's scratch memory (0: all at once)
+    chunk_rows: int = field(default=64, metadata=_range(0, 4096))
     model_dir: str = "{data_dir}/models"
     batch_size: int = field(default=64, metadata=_range(2, 4096))  # N: features lie in [-sqrt(N-1), sqrt(N-1)]
     noise: Literal["discrete_laplace"] = "discrete_laplace"
@@ -200,6 +206,14 @@ class FlSection:
 
 
 @dataclass
+class MetricsSection:
+    """The counters (edgefl.runtime.metrics) in the Prometheus text format over HTTP: GET /metrics."""
+
+    port: int = field(default=0, metadata=_range(0, 65535))  # 0: off (devices); the fog and cloud profiles set one
+    bind: str = "127.0.0.1"
+
+
+@dataclass
 class LogSection:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json: bool = False
@@ -215,6 +229,7 @@ class Config:
     ledger: LedgerSection = field(default_factory=LedgerSection)
     fl: FlSection = field(default_factory=FlSection)
     log: LogSection = field(default_factory=LogSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
     profile: str = ""  # where the profile came from (set by the loader)
 
     def path(self, template: str) -> Path:

@@ -61,9 +61,15 @@ def tune_allocator(mmap_threshold: int = 64 << 20) -> bool:
         return False
 
 
-def run(main: Coroutine[Any, Any, Any]) -> Any:
-    """Run ``main`` to completion on the preferred event loop."""
-    tune_allocator()
+def run(main: Coroutine[Any, Any, Any], *, low_memory: bool = False) -> Any:
+    """Run ``main`` to completion on the preferred event loop; ``low_memory`` (``board.low_memory``): with
+    glibc set to hand freed memory back (``edgefl.runtime.memory``) instead of ``tune_allocator``'s trade."""
+    if low_memory:
+        from edgefl.runtime.memory import low_memory_allocator
+
+        low_memory_allocator()
+    else:
+        tune_allocator()
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(main)
 

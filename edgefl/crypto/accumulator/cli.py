@@ -8,8 +8,6 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
-from edgefl.crypto.accumulator import RSA2048
-from edgefl.crypto.accumulator import distributed as dist
 
 
 def register(sub) -> None:
@@ -37,6 +35,8 @@ def register(sub) -> None:
 
 
 def info(args) -> int:
+    from edgefl.crypto.accumulator import RSA2048  # here, not at the top: `edgefl run` needs no gmpy2
+
     print(json.dumps(RSA2048.to_params(), indent=2))
     return 0
 
@@ -48,6 +48,9 @@ def _peers(text: str) -> list[str]:
 
 
 def setup(args) -> int:
+    from edgefl.crypto.accumulator import RSA2048
+    from edgefl.crypto.accumulator import distributed as dist
+
     if not args.distributed:
         params = RSA2048.to_params()
         params["setup"] = "RSA-2048 challenge number: factors destroyed in 1991, never published"
@@ -75,6 +78,7 @@ def setup(args) -> int:
 
 
 async def _as_node(cfg, node_id: str, peers: list[str], options: dict):
+    from edgefl.crypto.accumulator import distributed as dist
     from edgefl.transport.session import Session
 
     if node_id != cfg.node.id:
@@ -86,6 +90,7 @@ async def _as_node(cfg, node_id: str, peers: list[str], options: dict):
 
 async def _all_over_mqtt(peers: list[str], port: int | None, options: dict):
     """Every peer with its own key, trust directory and MQTT session, through one Mosquitto."""
+    from edgefl.crypto.accumulator import distributed as dist
     from edgefl.crypto.keys import SigningKey, save_public
     from edgefl.runtime.config import load_config
     from edgefl.transport.mosquitto import LocalMosquitto
