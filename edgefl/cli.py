@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "edgefl.ml.cli",
     "edgefl.provision.cli",
     "edgefl.experiments.cli",
+    "edgefl.update.cli",
 ]
 
 

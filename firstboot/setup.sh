@@ -38,10 +38,13 @@ install -m 0755 "$HERE/install.sh" "$ROOT$OPT/install.sh"
 install -m 0644 "$HERE/install.env" "$ROOT$OPT/install.env"
 for wheel in "$HERE"/wheels/*.whl; do [ -e "$wheel" ] && install -m 0644 "$wheel" "$ROOT$OPT/wheels/"; done
 
+enable=()
 for unit in $UNITS; do
     install -m 0644 "$HERE/units/$unit" "$ROOT/etc/systemd/system/$unit"
+    # what another unit starts (edgefl-update.service, by edgefl-update.path) has no [Install] of its own
+    grep -q '^\[Install\]' "$HERE/units/$unit" && enable+=("$unit")
 done
-"${SYSTEMCTL[@]}" enable $UNITS
+"${SYSTEMCTL[@]}" enable "${enable[@]}"
 
 # nothing secret stays on the (world-readable, FAT) boot partition
 rm -rf "$HERE/data"

@@ -238,6 +238,11 @@ def test_install_builds_the_venv_from_the_carried_wheel(tmp_path, site, wheel):
     assert os.access(venv / "bin/edgefl", os.X_OK) and not (root / "opt/edgefl/venv.new").exists()
     installed = list(venv.glob("lib/python*/site-packages/edgefl/_data/firstboot/setup.sh"))
     assert installed, "edgefl was not installed into the venv from the wheel"
+    # the link the unit runs names the venv built where it stays: its scripts still find their interpreter
+    assert os.readlink(venv) == "venvs/0.1.0" and (root / "opt/edgefl/venvs/0.1.0/.complete").exists()
+    again = subprocess.run([str(venv / "bin/edgefl"), "--version"], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "PYTHONPATH": deps})
+    assert again.stdout.strip() == "edgefl 0.1.0", again.stderr
 
 
 # --------------------------------------------------------------------------- into an image

@@ -92,3 +92,27 @@ class Note(Message):
 
     topic: Annotated[str, MaxLen(64)]
     data: Annotated[bytes, MaxLen(64 << 10)]
+
+
+@message("ledger.software-release")
+class SoftwareRelease(Message):
+    """A version of the agent's code, released by its signer (the record's): the wheel every node installs.
+
+    Devices learn it through their fog and install exactly the bytes whose SHA-256 is ``wheel``
+    (``edgefl.update``); the main chain keeps who released what, and when.
+    """
+
+    package: Annotated[str, MaxLen(64)]
+    version: Annotated[str, MaxLen(64)]
+    wheel: Cid  # SHA-256 of the wheel file, its content id in the blob stores
+    size: Annotated[int, Range(1, 1 << 30)]
+    filename: Annotated[str, MaxLen(255)]  # as pip needs it: NAME-VERSION-PYTAG-ABITAG-PLATFORM.whl
+
+    def check(self) -> None:
+        """The file name is a wheel's of this package and version, and names nothing but one file."""
+        name = self.filename
+        parts = name[:-4].split("-") if name.endswith(".whl") else []
+        if ("/" in name or "\\" in name or name.startswith(".") or len(parts) not in (5, 6)
+                or parts[0].replace("_", "-").lower() != self.package.replace("_", "-").lower()
+                or parts[1] != self.version):
+            raise ValueError(f"software release: {name!r} is not a wheel file name of {self.package} {self.version}")

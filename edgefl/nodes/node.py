@@ -31,6 +31,7 @@ from edgefl.runtime.metrics import METRICS
 from edgefl.transport import topics
 from edgefl.transport.mqtt import LinkError
 from edgefl.transport.session import Session
+from edgefl.update import service as update
 
 log = logging.getLogger("edgefl.node")
 
@@ -186,6 +187,8 @@ async def running(cfg: Config, *, handle_signals: bool = True) -> AsyncIterator[
                     own = cfg.path(cfg.security.crl_dir) / f"{cfg.node.id}.crl" if cfg.node.role != "device" else None
                     sup.spawn("crl", lambda: crl_service(session, session.verifier.registry, own))
                 for name, service in node.services().items():
+                    sup.spawn(name, service)
+                for name, service in update.services(cfg, session, node).items():  # signed OTA releases
                     sup.spawn(name, service)
                 yield node, sup
         finally:

@@ -149,11 +149,37 @@ def install_unit(*, script: str = "/opt/edgefl/install.sh", venv: str = VENV) ->
                    "edgefl-install.service: the device agent's venv, built once")
 
 
+def update_units(cfg: Config, *, venv: str = VENV, profile: str = PROFILE) -> dict[str, str]:
+    """``edgefl-update.path`` and ``.service``: when the agent stages a release (``update/pending.json``),
+    root installs it beside the running venv, switches, and rolls back unless it is READY (edgefl.update)."""
+    data_dir, role = str(cfg.path("{data_dir}")), cfg.node.role
+    pending = f"{data_dir}/update/pending.json"
+    path = _render([("Unit", [("Description", f"edgefl: a release staged by the {role} agent")]),
+                    ("Path", [("PathChanged", pending), ("Unit", "edgefl-update.service")]),
+                    ("Install", [("WantedBy", "paths.target")])], "edgefl-update.path: a release was staged")
+    # root, so that the agent cannot write the code it runs; it may read the agent's staged files (and
+    # nothing else of it), write only /opt/edgefl, and restart the agent's unit
+    relaxed = {"PrivateUsers", "MemoryDenyWriteExecute", "UMask", "RestrictAddressFamilies", "CapabilityBoundingSet"}
+    service = [("Type", "oneshot"),
+               ("ExecStart", f"{venv}/bin/edgefl --profile {profile} update apply --unit edgefl-{role}.service"),
+               ("TimeoutStartSec", "3600"), ("ReadWritePaths", "/opt/edgefl"),
+               ("CapabilityBoundingSet", "CAP_DAC_READ_SEARCH"), ("UMask", "0022"),
+               ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX AF_NETLINK"),
+               *[(k, v) for k, v in HARDENING if k not in relaxed]]
+    unit = [("Description", f"edgefl: install a staged release of the {role} agent, or roll back"),
+            ("Wants", "network-online.target"), ("After", "network-online.target"),
+            ("ConditionPathExists", pending)]
+    return {"edgefl-update.path": path,
+            "edgefl-update.service": _render([("Unit", unit), ("Service", service)],
+                                             "edgefl-update.service: a staged release, installed or rolled back")}
+
+
 def units(cfg: Config) -> dict[str, str]:
     """File name -> text: every unit the node of ``cfg`` needs on its host."""
     out = {f"edgefl-{cfg.node.role}.service": node_unit(cfg)}
     if cfg.node.role == "device":
         out["edgefl-install.service"] = install_unit()
+        out.update(update_units(cfg))
     else:
         out["edgefl-broker.service"] = broker_unit(cfg)
     return out

@@ -8,6 +8,7 @@ status      -           retained liveness: "online" on connect, last will "offli
 crl         -           retained: the certificate revocation list a CA (fog, cloud) publishes
 task        -           retained: the cloud's current federated learning task
 model       -           retained: the cloud's latest global model of that task (which round is open)
+release     -           retained: the latest software release, from the cloud and relayed by each fog
 req         node id     a request addressed to ``target`` (correlation id inside)
 resp        node id     the response to ``target``, the node that asked
 msg         node id     a one-way message to ``target`` (e.g. device -> its fog)
@@ -29,8 +30,8 @@ from edgefl.names import ROLES, InvalidName, check_segment
 PREFIX = "edgefl/v1"
 # Retained kinds: a subscriber gets the last one however old, so receivers skip
 # the freshness and replay checks (a CRL carries its own number, status its
-# session, a task its id and a global model its round: receivers ignore older ones).
-RETAINED = frozenset({"status", "crl", "task", "model"})
+# session, a task its id, a global model its round and a release its version: receivers ignore older ones).
+RETAINED = frozenset({"status", "crl", "task", "model", "release"})
 TopicError = InvalidName  # a topic, or a part of one, that is not an edgefl name
 __all__ = ["PREFIX", "RETAINED", "ROLES", "Topic", "TopicError", "check_segment", "matches", "parse", "pattern", "topic"]
 
