@@ -101,7 +101,18 @@ class DirectoryKeyRegistry(StaticKeyRegistry):
     """Trust every ``<sender>.pub`` file in a directory (as written by ``edgefl keygen``)."""
 
     def __init__(self, directory: str | os.PathLike):
-        super().__init__({p.stem: load_public(p) for p in sorted(Path(directory).glob("*.pub"))})
+        self.directory = Path(directory)
+        super().__init__({p.stem: load_public(p) for p in sorted(self.directory.glob("*.pub"))})
+
+    def reload(self) -> list[str]:
+        """Learn the keys written to the directory since (a node's SIGHUP); the senders new or changed."""
+        learned = []
+        for path in sorted(self.directory.glob("*.pub")):
+            key = load_public(path)
+            if self._keys.get(path.stem) != key:
+                self._keys[path.stem] = key
+                learned.append(path.stem)
+        return learned
 
 
 # --------------------------------------------------------------------------- sequence numbers

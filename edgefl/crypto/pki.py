@@ -284,6 +284,7 @@ class PkiRegistry:
         self.metrics = metrics
         self.require_fresh_crl = require_fresh_crl
         self.crl_dir = Path(crl_dir) if crl_dir else None
+        self.cert_dir: Path | None = None  # where from_files read certificates: reload() reads it again
         self._certs: dict[str, list[Certificate]] = {anchor.subject: [anchor]}
         self._crls: dict[str, Crl] = {}
         self._revoked: dict[tuple[str, int], Revocation] = {}
@@ -306,11 +307,24 @@ class PkiRegistry:
         except codec.CodecError as exc:
             raise PkiError("malformed", f"{ca_cert}: not an edgefl certificate ({exc})") from None
         reg = cls(anchor, crl_dir=crl_dir, **kw)
-        for path in sorted(Path(cert_dir).glob("*.cert")) if cert_dir and Path(cert_dir).is_dir() else []:
-            reg._load(path, Certificate, reg.add)
-        for path in sorted(reg.crl_dir.glob("*.crl")) if reg.crl_dir and reg.crl_dir.is_dir() else []:
-            reg._load(path, Crl, lambda crl: reg.add_crl(crl, persist=False))
+        reg.cert_dir = Path(cert_dir) if cert_dir else None
+        reg.reload()
         return reg
+
+    def reload(self) -> list[str]:
+        """Learn the certificates and CRLs written to the folders since (at start, and on a node's SIGHUP:
+        a device certified by `edgefl site init` after its fog started); the subjects newly certified."""
+        learned: list[str] = []
+
+        def add(cert: Certificate) -> None:
+            if self.add(cert):
+                learned.append(cert.subject)
+
+        for path in sorted(self.cert_dir.glob("*.cert")) if self.cert_dir and self.cert_dir.is_dir() else []:
+            self._load(path, Certificate, add)
+        for path in sorted(self.crl_dir.glob("*.crl")) if self.crl_dir and self.crl_dir.is_dir() else []:
+            self._load(path, Crl, lambda crl: self.add_crl(crl, persist=False))
+        return learned
 
     @classmethod
     def from_config(cls, cfg, *, metrics: Metrics = METRICS) -> "PkiRegistry":

@@ -42,7 +42,10 @@ from edgefl.transport.session import RemoteError, RequestTimeout, Session
 
 log = logging.getLogger("edgefl.device")
 RETRY_S = (0.5, 10.0)  # backoff between attempts to deliver a batch
-TRANSIENT = ("unknown_task", "internal")  # the fog has not seen the task yet, or failed: try again
+# refusals that may pass, so the round is tried again with backoff while it is open: the fog has not seen the
+# task yet, failed or stopped; it does not know this device yet (its fl.devices, its certificate or key) and
+# may learn it at run time (SIGHUP), or lacks a current CRL of this device's CA
+TRANSIENT = ("unknown_task", "internal", "stopped", "unknown_device", "unknown_sender", "stale_crl")
 
 
 class Refused(EdgeflError):
@@ -156,7 +159,9 @@ class DeviceNode:
                     METRICS.inc("fl_batch_refused", reason=exc.reason)
                     log.warning("%s: round %d refused by %s: %s", self.id, round, self.fog, exc)
                     return
-                log.info("%s: %s is not ready for round %d (%s); retrying", self.id, self.fog, round, exc)
+                METRICS.inc("fl_batch_deferred", reason=exc.reason)
+                log.info("%s: %s is not ready for round %d (%s); retrying in %.1f s", self.id, self.fog, round, exc,
+                         delay)
             except (RequestTimeout, ConnectionError, TimeoutError, LedgerError) as exc:
                 log.info("%s: round %d: %s; retrying", self.id, round, exc)
             await asyncio.sleep(delay)

@@ -102,6 +102,15 @@ class FogNode:
     def close(self) -> None:
         self.ledger.close()
 
+    def reload(self, cfg: Config) -> list[str]:
+        """SIGHUP: the devices whose batches a round waits for, as the reloaded profile lists them."""
+        if cfg.fl.devices == self.cfg.fl.devices:
+            return []
+        log.info("%s: devices now %s (were %s)", self.id, ", ".join(cfg.fl.devices), ", ".join(self.cfg.fl.devices))
+        self.cfg.fl.devices = list(cfg.fl.devices)
+        self.wake.set()
+        return ["fl.devices"]
+
     async def run(self) -> None:
         self.wake.set()
         async with asyncio.TaskGroup() as tg:
@@ -243,10 +252,10 @@ class FogNode:
         for everyone); the devices missing when it goes on are its stragglers,
         recorded in the fog's update.
         """
-        expected = set(self.cfg.fl.devices)
-        quorum = max(1, math.ceil(self.cfg.fl.quorum * len(expected)))
         deadline = time.monotonic() + self.cfg.fl.round_timeout_s
         while self.view.is_open(task, round):
+            expected = set(self.cfg.fl.devices)  # each time: a reload may have changed it
+            quorum = max(1, math.ceil(self.cfg.fl.quorum * len(expected)))
             have = self._arrived(task, round)
             missing = expected - set(have)
             left = deadline - time.monotonic()

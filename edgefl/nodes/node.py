@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import signal
 import zlib
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable, Protocol
@@ -24,7 +25,7 @@ from edgefl.fl.aggregate import AggregationError, parse_options
 from edgefl.ml.data import Dataset, load_dataset
 from edgefl.ml import blas
 from edgefl.runtime import metrics, notify
-from edgefl.runtime.config import Config, ConfigError
+from edgefl.runtime.config import Config, ConfigError, reload_config
 from edgefl.runtime.lock import DataDirLock
 from edgefl.runtime.loop import Supervisor
 from edgefl.runtime.metrics import METRICS
@@ -143,6 +144,27 @@ def node_attack(cfg: Config) -> attacks.Attack:
     return attack
 
 
+def reload(cfg: Config, session: Session, node) -> None:
+    """SIGHUP: learn what changed on disk since the node started — the certificates (or trusted keys) of
+    nodes certified since, for its envelopes and its ledger, and whatever its role takes from a reloaded
+    profile (a fog its ``fl.devices``) — without a restart. Everything else needs one."""
+    try:
+        fresh = reload_config(cfg)
+    except ConfigError as exc:
+        METRICS.inc("reload_failed")
+        log.error("reload: the profile does not load, nothing changed: %s", exc)
+        return
+    registries = [session.verifier.registry]
+    ledger = getattr(node, "ledger", None)
+    if ledger is not None and ledger.chain.registry not in registries:
+        registries.append(ledger.chain.registry)
+    learned = sorted({name for r in registries if hasattr(r, "reload") for name in r.reload()})
+    changed = node.reload(fresh) if hasattr(node, "reload") else []
+    METRICS.inc("reload")
+    log.info("reload: learned %s; changed %s", ", ".join(learned) or "no new identities",
+             ", ".join(changed) or "no settings")
+
+
 class Role(Protocol):
     """What ``node.role`` names: built on the node's session, it hands its services to the supervisor."""
 
@@ -155,6 +177,8 @@ class Role(Protocol):
     def services(self) -> dict[str, Callable[[], Awaitable]]: ...
 
     def close(self) -> None: ...
+
+    # optional: ``reload(cfg) -> list[str]``, take what may change at run time from a reloaded profile
 
 
 ROLES = {"device": "edgefl.nodes.device:DeviceNode", "fog": "edgefl.nodes.fog:FogNode",
@@ -190,7 +214,14 @@ async def running(cfg: Config, *, handle_signals: bool = True) -> AsyncIterator[
                     sup.spawn(name, service)
                 for name, service in update.services(cfg, session, node).items():  # signed OTA releases
                     sup.spawn(name, service)
-                yield node, sup
+                if handle_signals:  # `systemctl reload`: new certificates and settings without a restart
+                    loop = asyncio.get_running_loop()
+                    loop.add_signal_handler(signal.SIGHUP, reload, cfg, session, node)
+                try:
+                    yield node, sup
+                finally:
+                    if handle_signals:
+                        loop.remove_signal_handler(signal.SIGHUP)
         finally:
             node.close()
 

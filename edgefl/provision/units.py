@@ -102,6 +102,7 @@ def node_unit(cfg: Config, *, venv: str = VENV, profile: str = PROFILE) -> str:
         ("Type", "notify"),
         ("NotifyAccess", "main"),
         ("ExecStart", f"{venv}/bin/edgefl --profile {profile} run"),
+        ("ExecReload", "/bin/kill -HUP $MAINPID"),  # new certificates, a fog's fl.devices: no restart
         ("Environment", " ".join(_environment(cfg))),
         ("WatchdogSec", str(WATCHDOG_S)),
         ("TimeoutStartSec", "180"),  # a device loads its extractor before it is ready

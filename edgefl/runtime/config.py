@@ -231,6 +231,9 @@ class Config:
     log: LogSection = field(default_factory=LogSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     profile: str = ""  # where the profile came from (set by the loader)
+    # what else it was loaded from, so that a node can load it again (SIGHUP: reload_config)
+    overrides: list[str] = field(default_factory=list, repr=False)
+    env: dict[str, str] | None = field(default=None, repr=False)
 
     def path(self, template: str) -> Path:
         """Expand ``{data_dir}``/``{id}`` placeholders and ``~`` in a configured path."""
@@ -249,9 +252,18 @@ def profile_path(name_or_path: str | os.PathLike) -> Path:
     return candidate
 
 
+_NOT_SECTIONS = ("profile", "overrides", "env")
+
+
+def reload_config(cfg: Config) -> Config:
+    """``cfg`` loaded again from the same profile, environment and ``--set`` overrides (what changed on disk)."""
+    return load_config(cfg.profile or None, env=cfg.env, overrides=cfg.overrides)
+
+
 def load_config(profile: str | os.PathLike | None = None, *, env: dict[str, str] | None = None,
                 overrides: typing.Iterable[str] = ()) -> Config:
-    cfg = Config()
+    overrides = list(overrides)
+    cfg = Config(overrides=overrides, env=None if env is None else dict(env))
     if profile:
         path = profile_path(profile)
         try:
@@ -296,7 +308,7 @@ def _suggest(name: str, options: typing.Iterable[str]) -> str:
 
 def _set(cfg: Config, dotted: str, value: Any, source: str) -> None:
     section_name, _, key = dotted.partition(".")
-    sections = [f.name for f in dataclasses.fields(cfg) if f.name != "profile"]
+    sections = [f.name for f in dataclasses.fields(cfg) if f.name not in _NOT_SECTIONS]
     if section_name not in sections or not key:
         raise ConfigError(dotted, "unknown section" + _suggest(section_name, sections), source)
     section = getattr(cfg, section_name)
