@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from edgefl.bench import published, suite
 from tests.conftest import need_mosquitto
 
@@ -15,6 +17,8 @@ ROWS = {f"device_{what}_{backend}" for what in ("rss_mb", "peak_rss_mb", "cpu_pe
         for backend in ("litert", "onnxruntime")} | {"device_start_s"}
 
 
+@pytest.mark.skipif(os.environ.get("EDGEFL_NO_EXTENSIONS") == "1",
+                    reason="the benchmark runs once, in the pass with the compiled extensions")
 def test_quick_run_under_a_board_profile_writes_every_row(tmp_path):
     need_mosquitto()
     out = tmp_path / "device.json"
