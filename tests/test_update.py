@@ -8,6 +8,7 @@ does); the venvs, pip, the link switch and the notify socket are the real ones.
 import asyncio
 import base64
 import hashlib
+import json
 import os
 import time
 import zipfile
@@ -81,7 +82,7 @@ def publish(site: LocalSite, wheel: Path) -> None:
     assert main([*args, "update", "publish", str(wheel)]) == 0
 
 
-async def test_a_release_reaches_the_device_and_is_installed_or_rolled_back(tmp_path):
+async def test_a_release_reaches_the_device_and_is_installed_or_rolled_back(tmp_path, capsys):
     need_mosquitto()
     from edgefl.transport.mosquitto import LocalMosquitto
 
@@ -113,6 +114,10 @@ async def test_a_release_reaches_the_device_and_is_installed_or_rolled_back(tmp_
                 recorded = await cloud.ledger.call(cloud.ledger.chain.records, SoftwareRelease.TYPE)
                 assert [r.unwrap().version for _, r in recorded] == ["0.2.0"] and recorded[0][1].signer == "cloud-1"
                 assert site.nodes["fog-1"].blobs.has(recorded[0][1].model)  # the fog mirrored the wheel
+                capsys.readouterr()
+                assert main([*[a for s in site.overrides[site.cloud] for a in ("--set", s)], "update", "status"]) == 0
+                shown = json.loads(capsys.readouterr().out)
+                assert [(r["version"], r["signer"]) for r in shown["releases"]] == [("0.2.0", "cloud-1")]
 
                 status = await asyncio.to_thread(apply, device_cfg, installer, service, window=15)
                 assert status["installed"] == "0.2.0" and status["previous"] == "0.1.0"
