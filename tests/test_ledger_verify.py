@@ -132,3 +132,26 @@ def test_a_version_1_database_gains_the_indexes_when_opened(tmp_path):
         assert rw.verify() == 4
         _grow(rw, 1, start=1000)
         assert rw.verify() == 5
+
+
+def test_verify_reads_one_snapshot_while_the_node_appends(tmp_path):
+    """`edgefl ledger verify` on a running node's chain: a block committed while it reads is not half seen
+    (its cursors once read different snapshots and reported 'store tip N but blocks end at M')."""
+    writer = new_chain(tmp_path, sub_spec())
+    _grow(writer, 3)
+
+    class AppendingRegistry(type(registry())):
+        appended = 0
+
+        def key_for(self, *args, **kw):
+            if not self.appended:  # the node commits a block while verify is reading
+                self.appended = 1
+                _grow(writer, 1, start=1000)
+            return super().key_for(*args, **kw)
+
+    reg = AppendingRegistry({n: k.public_key for n, k in KEYS.items()})
+    with Chain.open(tmp_path / "fog-a.db", readonly=True, registry=reg) as reader:
+        assert reader.verify() == 4  # genesis and the 3 blocks there when it began
+        assert reg.appended
+        assert reader.verify() == 5
+    writer.close()

@@ -316,7 +316,8 @@ class Chain:
 
     def verify(self) -> int:
         """Re-validate every stored block from genesis, and every derived column; returns blocks checked."""
-        return verify_blocks(self.store.blocks(), registry=self.registry, store=self.store)
+        with self.store.snapshot():  # a node appending meanwhile (`ledger verify` on a live chain) is not half seen
+            return verify_blocks(self.store.blocks(), registry=self.registry, store=self.store)
 
     # ------------------------------------------------------------------ proofs and anchors
 

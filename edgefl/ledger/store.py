@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from pathlib import Path
@@ -168,6 +169,19 @@ class Store:
             raise StoreError(f"{self.path}: cannot append block {h.height}: {exc}") from None
 
     # ------------------------------------------------------------------ reads
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Every read inside sees one state of the file, whatever a writer commits meanwhile (one read
+        transaction: without it each statement, and each cursor, sees the file as it was when it began)."""
+        if self.db.in_transaction:
+            yield
+            return
+        self.db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self.db.execute("COMMIT")
 
     def _one(self, types: str, sql: str, *args):
         try:
