@@ -21,7 +21,7 @@ import numpy as np
 from edgefl.codec import Array, MaxLen, Message, Range, message
 from edgefl.ml.backends import Backend, backend_class
 from edgefl.ml.export import ModelError, ModelRelease
-from edgefl.ml.privacy import Privatiser
+from edgefl.ml.privacy import PrivacySpend, Privatiser
 
 MAX_ROWS = 1024
 
@@ -77,8 +77,22 @@ class FeatureExtractor:
         return out
 
     def batch(self, ids, images: np.ndarray, labels: np.ndarray, *, task: str, round: int) -> FeatureBatch:
+        """Released and charged at once (the accountant's recorder keeps the spend first)."""
+        rel = self.privatiser.release(np.asarray(ids, np.int64), self.features(images), task=task, round=round,
+                                      chunk_rows=self.chunk_rows)
+        return self._batch(ids, labels, rel, task, round)
+
+    def draw(self, ids, images: np.ndarray, labels: np.ndarray, *, task: str,
+             round: int) -> tuple[FeatureBatch, PrivacySpend | None]:
+        """The batch and its quoted spend, nothing charged: the caller keeps both, records the spend and
+        settles it (``PrivacyAccountant.settle``) before the batch leaves, so that a crash in between
+        finishes this release on restart instead of drawing (and spending ε on) another."""
+        rel = self.privatiser.release(np.asarray(ids, np.int64), self.features(images), task=task, round=round,
+                                      charge=False, chunk_rows=self.chunk_rows)
+        return self._batch(ids, labels, rel, task, round), rel.spend
+
+    def _batch(self, ids, labels: np.ndarray, rel, task: str, round: int) -> FeatureBatch:
         ids = np.asarray(ids, np.int64)
-        rel = self.privatiser.release(ids, self.features(images), task=task, round=round, chunk_rows=self.chunk_rows)
         keep = np.isin(ids, rel.ids)
         return FeatureBatch(task=task, round=round, model=self.release.hash, ids=rel.ids,
                             labels=np.asarray(labels)[keep].astype(np.uint8), features=rel.values, grid=rel.grid,

@@ -72,6 +72,7 @@ record to a recorder — the ledger — before the data leaves the device.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -350,6 +351,11 @@ class PrivacySpend(Message):
     budget: float
 
 
+def spend_id(spend: PrivacySpend) -> bytes:
+    """What tells one release's spend from another: the digest of its canonical encoding."""
+    return hashlib.sha256(codec.encode_message(spend)).digest()
+
+
 class PrivacyRecorder(Protocol):
     """Where spending goes before data leaves the device (the ledger implements it).
 
@@ -368,6 +374,7 @@ class PrivacyAccountant:
     """ε spent per data item of one device, under one budget, optionally persisted to ``path``."""
 
     TOLERANCE = 1e-9  # float sums of ε (0.1 + 0.2 …) must not refuse an exact fit
+    SETTLED_KEPT = 1024  # a device settles one spend a round; only the one in flight can come again
 
     def __init__(self, budget: float, *, device: str, unit: str = "feature", path: str | os.PathLike | None = None,
                  recorder: PrivacyRecorder | None = None):
@@ -379,7 +386,8 @@ class PrivacyAccountant:
         self.path = Path(path) if path is not None else None
         self.recorder = recorder
         self._spent: dict[int, float] = {}
-        self._lock = threading.Lock()
+        self._settled: dict[bytes, None] = {}  # spend_id of the last SETTLED_KEPT spends charged, oldest first
+        self._lock = threading.RLock()
         if self.path is not None and self.path.exists():
             self._load()
 
@@ -397,6 +405,14 @@ class PrivacyAccountant:
     def charge(self, items: Sequence[int], epsilon: float, *, task: str, round: int, mechanism: str,
                sensitivity: float, scale: float, grid: float) -> PrivacySpend:
         """Charge ``epsilon`` to every item (all or nothing), record it, persist it; return the record."""
+        with self._lock:
+            return self.settle(self.quote(items, epsilon, task=task, round=round, mechanism=mechanism,
+                                          sensitivity=sensitivity, scale=scale, grid=grid), items)
+
+    def quote(self, items: Sequence[int], epsilon: float, *, task: str, round: int, mechanism: str,
+              sensitivity: float, scale: float, grid: float) -> PrivacySpend:
+        """The record charging ``epsilon`` to every item would make (BudgetExceeded if one cannot take it);
+        nothing is charged.  ``settle`` charges it, once."""
         check_epsilon(epsilon)
         ids = [int(i) for i in items]
         if len(set(ids)) != len(ids):
@@ -405,15 +421,28 @@ class PrivacyAccountant:
             over = [i for i, ok in zip(ids, self.admissible(ids, epsilon)) if not ok]
             if over:
                 raise BudgetExceeded(over, self.budget)
-            after = {i: self._spent.get(i, 0.0) + epsilon for i in ids}
-            spend = PrivacySpend(
+            return PrivacySpend(
                 device=self.device, task=task, round=round, unit=self.unit, mechanism=mechanism,
                 epsilon=float(epsilon), sensitivity=float(sensitivity), scale=float(scale), grid=float(grid),
-                items=len(ids), items_root=items_root(ids), max_spent=max(after.values(), default=0.0),
-                budget=self.budget)
+                items=len(ids), items_root=items_root(ids),
+                max_spent=max((self._spent.get(i, 0.0) + epsilon for i in ids), default=0.0), budget=self.budget)
+
+    def settle(self, spend: PrivacySpend, items: Sequence[int]) -> PrivacySpend:
+        """Charge the quoted ``spend`` to ``items``: record it (with a recorder), then persist; a spend settled
+        before is not charged again, so a device that crashed after settling can settle its kept release again."""
+        ids = [int(i) for i in items]
+        if len(ids) != spend.items or items_root(ids) != spend.items_root:
+            raise PrivacyError("the items are not the ones the spend was quoted for")
+        digest = spend_id(spend)
+        with self._lock:
+            if digest in self._settled:
+                return spend
             if self.recorder is not None:
                 self.recorder(spend)  # raises → nothing charged, nothing released
-            self._spent.update(after)
+            self._spent.update({i: self._spent.get(i, 0.0) + spend.epsilon for i in ids})
+            self._settled[digest] = None
+            while len(self._settled) > self.SETTLED_KEPT:
+                del self._settled[next(iter(self._settled))]
             if self.path is not None:
                 self._save()
         return spend
@@ -421,8 +450,8 @@ class PrivacyAccountant:
     def _save(self) -> None:
         ids = np.array(sorted(self._spent), np.int64)
         eps = np.array([self._spent[int(i)] for i in ids], np.float64)
-        write_atomic(self.path, codec.encode({"device": self.device, "unit": self.unit, "ids": ids, "spent": eps}),
-                     mode=0o600)
+        write_atomic(self.path, codec.encode({"device": self.device, "unit": self.unit, "ids": ids, "spent": eps,
+                                              "settled": list(self._settled)}), mode=0o600)
 
     def _load(self) -> None:
         try:
@@ -433,10 +462,13 @@ class PrivacyAccountant:
             ids, eps = state["ids"], state["spent"]
             if len(ids) != len(eps):
                 raise PrivacyError(f"{self.path}: ids and amounts differ in length")
+            if not all(isinstance(d, bytes) for d in state.get("settled", [])):
+                raise PrivacyError(f"{self.path}: settled spends are not digests")
         except (OSError, codec.CodecError, KeyError, TypeError) as exc:
             # refusing to start is the safe side: forgetting spent ε would release data past its budget
             raise PrivacyError(f"cannot read the privacy ledger {self.path}: {exc}") from None
         self._spent = {int(i): float(e) for i, e in zip(ids, eps)}
+        self._settled = dict.fromkeys(bytes(d) for d in state.get("settled", []))
 
 
 # --------------------------------------------------------------------------- the device's release
@@ -477,11 +509,12 @@ class Privatiser:
         return NORMALISERS[self.normaliser](features, self.batch_size)
 
     def release(self, ids: Sequence[int], features: np.ndarray, *, task: str = "", round: int = 0,
-                chunk_rows: int = 0) -> Release:
+                chunk_rows: int = 0, charge: bool = True) -> Release:
         """``chunk_rows`` > 0 streams the rows through normalisation and noise that many at a time: the
         float64 intermediates (about 40 bytes per value) then exist for one chunk, not for the whole release.
         Rows are independent (each is normalised alone, each value gets its own draw), so the released
-        distribution is the same."""
+        distribution is the same.  ``charge=False``: the release's ``spend`` is only quoted; the caller records
+        it and settles it with the accountant before the values leave (``PrivacyAccountant.settle``)."""
         ids = np.asarray(ids, np.int64)
         if len(ids) != len(features):
             raise PrivacyError(f"{len(ids)} ids for {len(features)} feature rows")
@@ -507,6 +540,7 @@ class Privatiser:
         noised.values = out
         spend = None
         if self.accountant is not None and len(ids):
-            spend = self.accountant.charge(ids, self.epsilon, task=task, round=round, mechanism=self.noise.name,
-                                           sensitivity=noised.sensitivity, scale=noised.scale, grid=noised.grid)
+            terms = dict(task=task, round=round, mechanism=self.noise.name, sensitivity=noised.sensitivity,
+                         scale=noised.scale, grid=noised.grid)
+            spend = (self.accountant.charge if charge else self.accountant.quote)(ids, self.epsilon, **terms)
         return Release(ids, noised.values, noised.grid, spend, withheld)

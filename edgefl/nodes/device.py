@@ -2,10 +2,13 @@
 
 Per task: fetch the extractor for the profile's backend from the fog, refuse
 it unless it hashes to the released value, open the backend.  Per round:
-extract, normalise and noise the features; the persisted accountant records
-the ``PrivacySpend`` on the fog's chain (and charges ε) before anything is
-sent; keep the batch, then send it to the fog until it is acknowledged.  A
-restart resends the kept batch of the open round instead of releasing again.
+extract, normalise and noise the features and quote their ``PrivacySpend``;
+keep the batch and the signed spend record (written ahead), record the spend
+on the fog's chain and charge ε to the persisted accountant, record the
+batch's ``DataCollected`` (kept first too), then send the batch to the fog
+until it is acknowledged.  A restart at any point finishes the kept release
+of the open round: the same records resubmitted (the chain answers them as
+the first time), ε charged once, the same batch resent; never a second release.
 When the task trains on-device, the device then trains the round's model on
 its release and offers its signed update (``edgefl.nodes.ondevice``); it
 serves its blob store so its fog can fetch the update and an auditor its
@@ -25,9 +28,9 @@ from edgefl.fl.protocol import BatchAck, Task, TaskView, decode_batch
 from edgefl.ledger import blobs as blobstore
 from edgefl.ledger.blobs import BlobStore, fetch
 from edgefl.ledger.errors import LedgerError
-from edgefl.ledger.recorder import Recorder, via_session
+from edgefl.ledger.recorder import via_session
 from edgefl.ledger.records import DataCollected
-from edgefl.ledger.tx import record_tx
+from edgefl.ledger.tx import decode_tx, record_tx
 from edgefl.ml.backends import BackendUnavailable, backend_class, backend_problem
 from edgefl.ml.device import FeatureExtractor
 from edgefl.ml.export import ModelError
@@ -133,16 +136,27 @@ class DeviceNode:
                 if "batch" not in entry:
                     ids = np.arange(len(self.data))
                     images, labels = self.attack.data(self.data.images, self.data.labels, seed=round)
-                    # the accountant blocks until the fog's chain holds the spend: a worker thread
-                    batch = await asyncio.to_thread(fx.batch, ids, images, labels, task=task.task, round=round)
+                    batch, spend = await asyncio.to_thread(fx.draw, ids, images, labels, task=task.task, round=round)
+                    # Written ahead: the release and its signed spend record are kept before either leaves, so
+                    # a restart finishes this release rather than drawing another (and spending ε twice).
                     entry["batch"] = await asyncio.to_thread(self.blobs.put, codec.encode_message(batch))
+                    if spend is not None:
+                        entry["spend"] = self.blobs.put(record_tx(spend, self.id, self.session.signer.key,
+                                                                  device=self.id))
+                    self.state.save(self.sent)
+                else:
+                    batch = decode_batch(self.blobs.get(entry["batch"]))
+                if "spend" in entry and not entry.get("spent"):  # on the fog's chain before anything is sent
+                    await asyncio.to_thread(self._spend, fx, entry["spend"], batch.ids, self._submitter())
+                    entry["spent"] = True
                     self.state.save(self.sent)
                     log.info("%s: released %d items for %s round %d at ε=%g (spend recorded on %s)", self.id,
                              len(batch.ids), task.task, round, task.epsilon, self.fog)
-                else:
-                    batch = decode_batch(self.blobs.get(entry["batch"]))
                 if not entry.get("collected"):  # provenance: the fog keeps only what this device attested
-                    await asyncio.to_thread(self._attest, entry["batch"], self._submitter())
+                    if "attest" not in entry:  # kept first, too: resent after a restart, recorded once
+                        entry["attest"] = self.blobs.put(self._attest(entry["batch"]))
+                        self.state.save(self.sent)
+                    await asyncio.to_thread(self._submitter(), self.blobs.get(entry["attest"]))
                     entry["collected"] = True
                     self.state.save(self.sent)
                 ack = (await self.session.request(self.fog, batch)).message
@@ -150,6 +164,9 @@ class DeviceNode:
                     raise RemoteError("unexpected", f"{type(ack).__name__} in answer to a batch")
                 entry["acked"] = True
                 self.state.save(self.sent)
+                for kept in ("spend", "attest"):  # on the fog's chain: never sent again
+                    if kept in entry:
+                        self.blobs.path(entry[kept]).unlink(missing_ok=True)
                 if task.train_at == "fog":  # the fog has it: never sent again (on-device, trained on here)
                     self.blobs.path(entry["batch"]).unlink(missing_ok=True)
                 METRICS.inc("fl_batch_delivered")
@@ -169,11 +186,18 @@ class DeviceNode:
         if entry.get("acked") and task.train_at == "device":
             await self.training.take_part(task, round, entry)
 
-    def _attest(self, cid: bytes, submit) -> None:
-        """Record a ``DataCollected`` of the batch's exact bytes on the fog's chain (worker thread: it blocks)."""
+    def _attest(self, cid: bytes) -> bytes:
+        """A ``DataCollected`` record of the batch's exact bytes, for the fog's chain."""
         data, key = self.blobs.get(cid), self.session.signer.key
         attest = DataCollected.of(self.id, cid, len(data), len(decode_batch(data).ids), key)
-        submit(record_tx(attest, self.id, key, refs=[cid], device=self.id, model=cid))
+        return record_tx(attest, self.id, key, refs=[cid], device=self.id, model=cid)
+
+    def _spend(self, fx: FeatureExtractor, record: bytes, ids, submit) -> None:
+        """Record the kept spend on the fog's chain (a resubmission is answered as the first time), then
+        charge it to this device's accountant, once (worker thread: both block)."""
+        raw = self.blobs.get(record)
+        submit(raw)
+        fx.privatiser.accountant.settle(decode_tx(raw).body.unwrap(), ids)
 
     def _submitter(self):
         """Submit to the fog's chain from a worker thread (call this on the event loop)."""
@@ -230,7 +254,7 @@ class DeviceNode:
         return fx
 
     def _accountant(self) -> PrivacyAccountant:
+        """The persisted accountant; ``take_part`` records each spend itself, from the kept record."""
         ml = self.cfg.ml
-        recorder = Recorder(self._submitter(), self.id, self.session.signer.key)
         return PrivacyAccountant(ml.epsilon_budget, device=self.id, unit=ml.privacy_unit,
-                                 path=self.cfg.path(ml.privacy_file), recorder=recorder)
+                                 path=self.cfg.path(ml.privacy_file))
