@@ -22,8 +22,8 @@ from edgefl.crypto import identity
 from edgefl.crypto.pki import Crl, PkiError, PkiRegistry
 from edgefl.fl import attacks
 from edgefl.fl.aggregate import AggregationError, parse_options
-from edgefl.ml.data import Dataset, load_dataset
 from edgefl.ml import blas
+from edgefl.ml.data import Dataset, load_dataset
 from edgefl.runtime import metrics, notify
 from edgefl.runtime.config import Config, ConfigError, reload_config
 from edgefl.runtime.lock import DataDirLock

@@ -38,7 +38,10 @@ def register(sub) -> None:
                                   "--keyfile, who can read it; else mosquitto)")
     p.add_argument("--max-packet-size", type=int, default=1 << 20)
     p.add_argument("--cloud-host", default="", help="fog only: bridge to this cloud broker")
-    p.add_argument("--cloud-port", type=int, default=8883)
+    p.add_argument("--cloud-port", type=int, default=0, help="the cloud listener's port (default: 8883 with --tls, "
+                                                              "1883 without, as the cloud's is rendered)")
+    p.add_argument("--cloud-password-file", help="fog only, without --tls: the first line is this fog's password at "
+                                                  "the cloud's broker")
     p.add_argument("--fog-id", default="", help="fog only: this fog's node id (bridge identity)")
     p.add_argument("--site", default="", help="the broker's site: its devices and readers publish only beneath it "
                                              "(default: the profile's node.site)")
@@ -93,6 +96,7 @@ def broker_config(args) -> int:
         bridge_cafile=getattr(args, "bridge_cafile", ""),
         cloud_host=args.cloud_host if args.role == "fog" else "",
         cloud_port=args.cloud_port, fog_id=args.fog_id, site=args.site or args.config.node.site,
+        remote_password=_first_line(args),
         acl_file=str(Path(args.out) / "acl") if args.out else str(args.config.path("{data_dir}/broker/acl")),
     )
     files = render(settings)
@@ -107,6 +111,13 @@ def broker_config(args) -> int:
         for name, text in files.items():
             sys.stdout.write(f"# ---- {name}\n{text}")
     return 0
+
+
+def _first_line(args) -> str:
+    if not args.cloud_password_file:
+        return ""
+    with open(args.cloud_password_file) as f:
+        return f.readline().strip()
 
 
 def _owner(path: str) -> str | None:

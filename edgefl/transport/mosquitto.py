@@ -49,9 +49,10 @@ class BrokerSettings:
     certfile: str = ""
     keyfile: str = ""
     crlfile: str = ""  # X.509 CRLs of the site's CAs (`edgefl pki` writes tls/crl.pem): the revoked cannot connect
-    # bridge (a fog broker forwarding to the cloud broker)
+    # bridge (a fog broker forwarding to the cloud broker), TLS exactly when this broker's identities are
+    # certificates: the cloud's listener is rendered the same way (mTLS on 8883, else plain on 1883)
     cloud_host: str = ""
-    cloud_port: int = 8883
+    cloud_port: int = 0  # 0: the cloud listener's default, 8883 with TLS, 1883 without
     fog_id: str = ""
     site: str = ""  # the broker's site: its devices (a fog's) and readers publish only beneath it
     remote_password: str = ""
@@ -75,13 +76,12 @@ def render(s: BrokerSettings) -> dict[str, str]:
     if s.cloud_host:
         if not (s.fog_id and s.site):
             raise BrokerError("a bridge to the cloud needs fog_id and site")
-        bridge_tls = ""
-        if s.cafile and s.certfile:
-            bridge_tls = (f"bridge_cafile {s.bridge_cafile or s.cafile}\nbridge_certfile {s.certfile}\n"
-                          f"bridge_keyfile {s.keyfile}")
         bridge = _template("bridge.conf.tmpl").substitute(
-            vars(s), remote_password=f"remote_password {s.remote_password}" if s.remote_password else "",
-            bridge_tls=bridge_tls)
+            vars(s), cloud_port=bridge_port(s),
+            remote_password=f"remote_password {s.remote_password}" if s.remote_password else "",
+            bridge_tls=(f"bridge_cafile {s.bridge_cafile or s.cafile}\nbridge_certfile {s.certfile}\n"
+                        f"bridge_keyfile {s.keyfile}\n"
+                        "bridge_tls_version tlsv1.2") if s.auth == "tls" else "")
     conf = _template("mosquitto.conf.tmpl").substitute(vars(s), tls=tls, auth=auth, bridge=bridge)
     files = {"mosquitto.conf": _tidy(conf)}
     if s.auth != "none":
@@ -102,6 +102,23 @@ def acl(s: BrokerSettings) -> str:
     return _template("acl.tmpl").substitute(role=s.role, site=site, client_subtree=clients,
                                             clients="devices" if s.role == "fog" else "fog bridges",
                                             readers=readers)
+
+
+TLS_PORT, PLAIN_PORT = 8883, 1883
+
+
+def bridge_port(s: BrokerSettings) -> int:
+    """The cloud listener's port for this fog's bridge: the one that speaks what the bridge speaks.
+
+    The bridge uses TLS (with this broker's certificate) exactly when this broker's identities are
+    certificates, as the cloud's rendered listener does; plain MQTT to the TLS port would never connect.
+    """
+    tls = s.auth == "tls"
+    port = s.cloud_port or (TLS_PORT if tls else PLAIN_PORT)
+    if port == TLS_PORT and not tls:
+        raise BrokerError(f"port {TLS_PORT} is the cloud's TLS listener; a broker without TLS identities "
+                          f"bridges to its plain port ({PLAIN_PORT}), or render this one with TLS")
+    return port
 
 
 def _tidy(text: str) -> str:

@@ -9,7 +9,6 @@ from contextlib import ExitStack
 from pathlib import Path
 
 
-
 def register(sub) -> None:
     parser = sub.add_parser("accumulator", help="RSA accumulator parameters and distributed modulus generation")
     cmds = parser.add_subparsers(dest="accumulator_cmd", metavar="ACTION")
