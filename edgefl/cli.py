@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "edgefl.provision.cli",
     "edgefl.experiments.cli",
     "edgefl.update.cli",
+    "edgefl.chaos.cli",
 ]
 
 

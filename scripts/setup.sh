@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 VENV=${EDGEFL_VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 APT_PACKAGES=(mosquitto mosquitto-clients libgmp-dev libssl-dev python3-venv python3-dev build-essential
-              dosfstools mtools fdisk cloud-init systemd)  # the second line: provisioning and its tests
+              dosfstools mtools fdisk cloud-init systemd  # the second line: provisioning and its tests
+              iproute2)  # ip netns, ss: the chaos scenarios' hosts
 
 log() { printf '[setup] %s\n' "$*"; }
 
