@@ -197,16 +197,47 @@ def test_replay_window_matches_reference_model(seqs, size):
 
 def test_sequence_counter_survives_restart_and_crash(tmp_path):
     path = tmp_path / "seq"
-    c = SequenceCounter(path, reserve=10)
+    c = SequenceCounter(path)
     first = [c.next() for _ in range(25)]
     assert first == sorted(set(first))
-    # restart (or crash: nothing else is written between claims) never reuses a number
-    c2 = SequenceCounter(path, reserve=10)
-    assert c2.next() > first[-1]
+    # restart (or crash: the lane is claimed before its first number is used) never reuses a number
+    c2 = SequenceCounter(path)
+    assert c2.next() > first[-1] and c2.lane == c.lane + 1
     path.write_text("garbage")
     with pytest.raises(ValueError, match="corrupt"):
         SequenceCounter(path)
-    assert SequenceCounter().next() > 1_600_000_000_000_000  # no file: wall-clock microseconds
+    assert SequenceCounter().next() > 1 << 62  # no file: a random lane of its own
+
+
+def test_two_processes_signing_as_one_node_are_both_accepted(tmp_path):
+    """A command run under a running node's name (`ledger verify-tx` on a fog's host) took the next block
+    of numbers from the node's counter file; every peer's window then jumped past the node's own numbers
+    and refused all its messages as replays (found by the chaos hosts scenario).  Each counter now has a
+    lane, and receivers a window per lane."""
+    node = Signer("alice", ALICE, SequenceCounter(tmp_path / "seq"))
+    command = Signer("alice", ALICE, SequenceCounter(tmp_path / "seq"))
+    s, v, m = setup()
+    early = [node.seal(Ping(nonce=bytes([i]))) for i in range(3)]
+    for wire in [*early[:2], command.seal(Ping(nonce=b"c")), command.seal(Ping(nonce=b"d")), early[2],
+                 node.seal(Ping(nonce=b"n"))]:
+        v.open(wire)
+    rejected(v, early[0], "replay")  # a replay in either lane is still one
+    assert m.get("envelope_rejected", reason="replay") == 1
+
+
+def test_lanes_are_bounded_and_quiet_ones_forgotten():
+    from edgefl.crypto.envelope import LANE_BITS, MAX_LANES
+
+    now = [1_700_000_000.0]
+    s, v, m = setup(now=now[0], max_skew_s=60)
+    v.clock = lambda: now[0]
+    for lane in range(1, MAX_LANES + 1):
+        v.open(s.seal(Ping(nonce=b"n"), seq=lane << LANE_BITS | 1, ts_ms=int(now[0] * 1000)))
+    too_many = s.seal(Ping(nonce=b"n"), seq=(MAX_LANES + 1) << LANE_BITS | 1, ts_ms=int(now[0] * 1000))
+    assert "lanes" in str(rejected(v, too_many, "replay"))
+    now[0] += 121  # every lane quiet for twice the skew: all their messages are stale, they are forgotten
+    v.open(s.seal(Ping(nonce=b"n"), seq=(MAX_LANES + 1) << LANE_BITS | 1, ts_ms=int(now[0] * 1000)))
+    assert len(v._windows["alice"]) == 1
 
 
 def test_key_files(tmp_path):

@@ -12,12 +12,13 @@ unauthenticated input only ever meets the decoder of a three-item array.  The
 signed map repeats the sender, which must match.  (Not wrapping ``signed`` in
 a byte string also saves copying large messages once more.)  Receivers reject, log and count (``envelope_rejected{reason}``):
 malformed or oversize input, unknown or unacceptable senders (the key registry
-decides; the PKI plugs in there), bad signatures, replays outside a per-sender
-sequence window and timestamps outside the allowed clock skew.
+decides; the PKI plugs in there), bad signatures, replays outside a sequence window
+(one per sender and lane, ``SequenceCounter``) and timestamps outside the allowed clock skew.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import threading
@@ -118,42 +119,50 @@ class DirectoryKeyRegistry(StaticKeyRegistry):
 # --------------------------------------------------------------------------- sequence numbers
 
 
-class SequenceCounter:
-    """Monotonically increasing sequence numbers that survive restarts.
+LANE_BITS = 32  # seq = lane << LANE_BITS | n
+LANE_MASK = (1 << LANE_BITS) - 1
+MAX_LANES = 16  # signers of one identity a receiver follows at once (restarts, commands run under a node's name)
 
-    With a state file, blocks of ``reserve`` numbers are claimed durably before
-    use, so a restarted node never reuses a number (it may skip some).  Without
-    one, numbering starts from the wall clock in microseconds.
+
+class SequenceCounter:
+    """Sequence numbers no other signer of this identity uses: ``lane << 32 | n``, n = 1, 2, …
+
+    A counter claims a lane of its own when it starts: with a state file the one after the last
+    claimed there (under a lock), so neither a restarted node nor a command run under a running node's
+    name (`edgefl ledger verify-tx`, `ping`) ever reuses a number; without a file a random lane.
+    Receivers keep a replay window per lane (``Verifier``): two processes signing as one node at once
+    no longer push each other's numbers out of the window, which made every peer refuse the node's
+    own messages as replays once a command had run beside it.
     """
 
-    def __init__(self, path: str | os.PathLike | None = None, reserve: int = 4096):
+    def __init__(self, path: str | os.PathLike | None = None):
         self.path = Path(path) if path else None
-        self.reserve = reserve
         self._lock = threading.Lock()
-        if self.path is None:
-            self._next = self._limit = time.time_ns() // 1000
-            self._limit += 1 << 62
-        else:
-            try:
-                self._next = int(self.path.read_text().strip() or 0)
-            except FileNotFoundError:
-                self._next = 0
-            except ValueError as exc:
-                raise ValueError(f"{self.path}: corrupt sequence state ({exc})") from None
-            self._limit = self._next
-        self._next = max(self._next, 1)
+        self._claim()
 
     def _claim(self) -> None:
-        self._limit = self._next + self.reserve
-        write_atomic(self.path, str(self._limit).encode())
+        if self.path is None:
+            self.lane = 1 << 30 | int.from_bytes(os.urandom(4), "big") >> 2
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # two processes starting at once get two lanes
+                try:
+                    last = int(self.path.read_text().strip() or 0)
+                except FileNotFoundError:
+                    last = 0
+                except ValueError as exc:
+                    raise ValueError(f"{self.path}: corrupt sequence state ({exc})") from None
+                self.lane = last + 1
+                write_atomic(self.path, str(self.lane).encode())
+        self._n = 0
 
     def next(self) -> int:
         with self._lock:
-            if self._next >= self._limit:
+            if self._n >= LANE_MASK:
                 self._claim()
-            value = self._next
-            self._next += 1
-            return value
+            self._n += 1
+            return self.lane << LANE_BITS | self._n
 
 
 class ReplayWindow:
@@ -254,8 +263,23 @@ class Verifier:
         self.metrics = metrics
         self.clock = clock
         self.name = name
-        self._windows: dict[str, ReplayWindow] = {}
+        self._windows: dict[str, dict[int, list]] = {}  # sender -> lane -> [window, last accepted at]
         self._log = RateLimited(log)
+
+    def _window(self, sender: str, lane: int, now: float) -> ReplayWindow:
+        """The replay window of one of ``sender``'s lanes.  A lane quiet for twice the allowed skew is
+        forgotten: every message of it is stale by then, so none can come again; beyond ``MAX_LANES``
+        lanes in use at once a new one is refused."""
+        lanes = self._windows.setdefault(sender, {})
+        entry = lanes.get(lane)
+        if entry is None:
+            quiet = now - 2 * self.max_skew_ms / 1000
+            for old in [k for k, (_, used) in lanes.items() if used < quiet]:
+                del lanes[old]
+            if len(lanes) >= MAX_LANES:
+                raise Rejected("replay", f"{MAX_LANES} sequence lanes of {sender} in use at once", sender)
+            entry = lanes[lane] = [ReplayWindow(self.window), now]
+        return entry[0]
 
     def open(self, wire: bytes, *, check_fresh: bool = True, expect_sender: str | None = None,
              expect_to: str | None = None, expect_role: str | None = None,
@@ -329,13 +353,12 @@ class Verifier:
                 raise Rejected("stale", f"timestamp {-skew} ms old", sender)
             if skew > self.max_skew_ms:
                 raise Rejected("future", f"timestamp {skew} ms ahead", sender)
-            win = self._windows.get(sender)
-            if win is None:
-                win = self._windows[sender] = ReplayWindow(self.window)
-            problem = win.check(env.seq)
+            win = self._window(sender, env.seq >> LANE_BITS, now)
+            problem = win.check(env.seq & LANE_MASK)
             if problem:
                 raise Rejected("replay", f"sequence {env.seq} {problem.replace('_', ' ')}", sender)
-            win.commit(env.seq)
+            win.commit(env.seq & LANE_MASK)
+            self._windows[sender][env.seq >> LANE_BITS][1] = now
         self.metrics.inc("envelope_accepted")
         return env
 
