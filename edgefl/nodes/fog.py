@@ -128,6 +128,9 @@ class FogNode:
                     await self._fetch(model.model)  # the devices train from it: they fetch it here
                 tx = await self._recorded_update(task, model.round)
                 if tx is None:
+                    # the round's model first (training starts from it): a fog cut off from the cloud later in
+                    # the round still takes its devices' batches, trains and aggregates; only its update waits
+                    await self._fetch(model.model)
                     batches = await self._collect(task, model.round)
                     if batches is None:
                         continue  # the cloud moved on
