@@ -23,6 +23,7 @@ SCENARIOS = {  # name -> the Scenario class (edgefl.chaos.scenario) that plays i
     "broker-restart": "edgefl.chaos.broker_restart:BrokerRestart",
     "fog-kill": "edgefl.chaos.fog_kill:FogKill",
     "device-kill": "edgefl.chaos.device_kill:DeviceKill",
+    "hosts": "edgefl.chaos.hosts:Hosts",
 }
 
 
