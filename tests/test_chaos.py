@@ -110,3 +110,25 @@ def test_scenario_short_form_passes(name, tmp_path):
     assert result.passed, "\n".join(lines)
     assert result.faults > 0 and result.tally.lost == 0 and result.tally.duplicates == 0
     assert netns.sweep_stale() == []  # nothing left behind
+
+
+# --------------------------------------------------------------------------- found by hosts
+
+
+async def test_a_fog_holds_the_rounds_model_before_its_devices_send(broker, tmp_path):
+    """hosts found it: a fog fetched the round's global model from the cloud only once every batch was in,
+    so a link lost mid-round stalled its training until the link came back.  It fetches it as the round
+    opens now: with no device running at all, the model is already there."""
+    site = LocalSite(tmp_path, broker.port, {"fog-a": ["dev-1"]}, settings=SETTINGS,
+                     per_node={"cloud-1": ["fl.items=128", "fl.rounds=1"]})
+    for node in ("cloud-1", "fog-a"):
+        await site.start(node)
+    try:
+        fog = site.nodes["fog-a"]
+        async with asyncio.timeout(60):
+            while fog.view.open_round() is None or not fog.blobs.has(fog.view.model.model):
+                await asyncio.sleep(0.05)
+        assert not fog.doc["batches"].get("0")  # no batch came: the model was fetched for the round itself
+    finally:
+        for node in list(site.nodes):
+            await site.stop(node)
