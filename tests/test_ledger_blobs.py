@@ -81,3 +81,19 @@ async def test_fetch_over_mqtt_checks_the_digest(broker, tmp_path):
         with pytest.raises(BlobCorrupt):
             await blobstore.fetch(fetcher, "liar", cid_of(b"anything"), local)
         assert not local.has(cid_of(b"anything"))
+
+
+def test_opening_a_store_keeps_the_temporary_files_of_live_writers(tmp_path):
+    """Opening a store sweeps what crashed writers left in tmp/; it also deleted the file a running node
+    was writing when a command opened the node's store beside it (`ledger audit`, `ledger gc`), and the
+    node's rename then failed."""
+    import subprocess
+
+    BlobStore(tmp_path)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    live, dead = (tmp_path / "tmp" / f".{'ab' * 32}.{pid}.1.tmp" for pid in (os.getppid(), gone.pid))
+    live.write_bytes(b"half")
+    dead.write_bytes(b"half")
+    BlobStore(tmp_path)
+    assert live.exists() and not dead.exists()

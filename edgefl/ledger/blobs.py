@@ -45,6 +45,22 @@ def parse_cid(text: str) -> bytes:
     return cid
 
 
+def _writer_alive(name: str) -> bool:
+    """Whether the process that is writing temporary file ``name`` (``write_atomic``: .NAME.PID.NS.tmp) runs."""
+    parts = name.split(".")
+    try:
+        pid = int(parts[-3])
+    except (IndexError, ValueError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class BlobStore:
     def __init__(self, root: str | os.PathLike, *, max_blob: int = DEFAULT_MAX_BLOB):
         self.root = Path(root)
@@ -52,7 +68,8 @@ class BlobStore:
         self.tmp = self.root / "tmp"
         self.tmp.mkdir(parents=True, exist_ok=True)
         for stale in self.tmp.iterdir():  # left by a crash mid-write: never visible under a content id
-            stale.unlink(missing_ok=True)
+            if not _writer_alive(stale.name):  # not another process's write in progress (a command beside the node)
+                stale.unlink(missing_ok=True)
 
     def path(self, cid: bytes) -> Path:
         if len(cid) != CID_BYTES:
