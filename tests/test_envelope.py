@@ -225,19 +225,30 @@ def test_two_processes_signing_as_one_node_are_both_accepted(tmp_path):
     assert m.get("envelope_rejected", reason="replay") == 1
 
 
-def test_lanes_are_bounded_and_quiet_ones_forgotten():
+def test_lanes_are_bounded_retired_and_forgotten():
+    """A crash-looping node claims a lane per start: past MAX_LANES the least recently used is retired, its
+    messages refused until they are all stale, then forgotten; a lane quiet that long is forgotten too."""
     from edgefl.crypto.envelope import LANE_BITS, MAX_LANES
 
     now = [1_700_000_000.0]
     s, v, m = setup(now=now[0], max_skew_s=60)
     v.clock = lambda: now[0]
-    for lane in range(1, MAX_LANES + 1):
-        v.open(s.seal(Ping(nonce=b"n"), seq=lane << LANE_BITS | 1, ts_ms=int(now[0] * 1000)))
-    too_many = s.seal(Ping(nonce=b"n"), seq=(MAX_LANES + 1) << LANE_BITS | 1, ts_ms=int(now[0] * 1000))
-    assert "lanes" in str(rejected(v, too_many, "replay"))
-    now[0] += 121  # every lane quiet for twice the skew: all their messages are stale, they are forgotten
-    v.open(s.seal(Ping(nonce=b"n"), seq=(MAX_LANES + 1) << LANE_BITS | 1, ts_ms=int(now[0] * 1000)))
-    assert len(v._windows["alice"]) == 1
+
+    def seal(lane, n=1):
+        return s.seal(Ping(nonce=b"n"), seq=lane << LANE_BITS | n, ts_ms=int(now[0] * 1000))
+
+    first = seal(1)
+    v.open(first)
+    for lane in range(2, MAX_LANES + 3):  # two more lanes than are followed: lanes 1 and 2 are retired
+        now[0] += 1
+        v.open(seal(lane))
+    assert "retired" in str(rejected(v, first, "replay"))
+    assert "retired" in str(rejected(v, seal(2, 5), "replay"))  # even news from a retired lane, until stale
+    v.open(seal(MAX_LANES + 2, 2))  # the followed ones go on
+    now[0] += 121  # everything quiet for twice the skew: all of it stale, all of it forgotten
+    v.open(seal(1, 7))
+    lanes = v._windows["alice"]
+    assert list(lanes.windows) == [1] and not lanes.retired
 
 
 def test_key_files(tmp_path):

@@ -122,6 +122,7 @@ class DirectoryKeyRegistry(StaticKeyRegistry):
 LANE_BITS = 32  # seq = lane << LANE_BITS | n
 LANE_MASK = (1 << LANE_BITS) - 1
 MAX_LANES = 16  # signers of one identity a receiver follows at once (restarts, commands run under a node's name)
+MAX_RETIRED = 4096  # lanes a receiver set aside per sender until their messages are stale (a crash loop)
 
 
 class SequenceCounter:
@@ -163,6 +164,35 @@ class SequenceCounter:
                 self._claim()
             self._n += 1
             return self.lane << LANE_BITS | self._n
+
+
+class _Lanes:
+    """One sender's replay windows, one per lane.  The ``MAX_LANES`` most recently used are followed; an
+    older one is retired: all its messages are refused until every message it carried is stale (its last
+    use plus twice the allowed skew), after which it is forgotten, as is a lane quiet that long."""
+
+    __slots__ = ("windows", "retired")
+
+    def __init__(self):
+        self.windows: dict[int, list] = {}  # lane -> [ReplayWindow, last accepted at]
+        self.retired: dict[int, float] = {}  # lane -> refused until
+
+    def window(self, lane: int, now: float, stale_after: float, size: int, sender: str) -> list:
+        until = self.retired.get(lane)
+        if until is not None and until >= now:
+            raise Rejected("replay", f"sequence lane {lane} of {sender} retired", sender)
+        entry = self.windows.get(lane)
+        if entry is None:  # rare (a signer's first message): tidy up here
+            self.retired = {k: t for k, t in self.retired.items() if t >= now}
+            for k in [k for k, (_, used) in self.windows.items() if used < now - stale_after]:
+                del self.windows[k]
+            if len(self.windows) >= MAX_LANES:
+                if len(self.retired) >= MAX_RETIRED:
+                    raise Rejected("replay", f"{MAX_RETIRED} sequence lanes of {sender} retired", sender)
+                old = min(self.windows, key=lambda k: self.windows[k][1])
+                self.retired[old] = self.windows.pop(old)[1] + stale_after
+            entry = self.windows[lane] = [ReplayWindow(size), now]
+        return entry
 
 
 class ReplayWindow:
@@ -263,23 +293,8 @@ class Verifier:
         self.metrics = metrics
         self.clock = clock
         self.name = name
-        self._windows: dict[str, dict[int, list]] = {}  # sender -> lane -> [window, last accepted at]
+        self._windows: dict[str, _Lanes] = {}
         self._log = RateLimited(log)
-
-    def _window(self, sender: str, lane: int, now: float) -> ReplayWindow:
-        """The replay window of one of ``sender``'s lanes.  A lane quiet for twice the allowed skew is
-        forgotten: every message of it is stale by then, so none can come again; beyond ``MAX_LANES``
-        lanes in use at once a new one is refused."""
-        lanes = self._windows.setdefault(sender, {})
-        entry = lanes.get(lane)
-        if entry is None:
-            quiet = now - 2 * self.max_skew_ms / 1000
-            for old in [k for k, (_, used) in lanes.items() if used < quiet]:
-                del lanes[old]
-            if len(lanes) >= MAX_LANES:
-                raise Rejected("replay", f"{MAX_LANES} sequence lanes of {sender} in use at once", sender)
-            entry = lanes[lane] = [ReplayWindow(self.window), now]
-        return entry[0]
 
     def open(self, wire: bytes, *, check_fresh: bool = True, expect_sender: str | None = None,
              expect_to: str | None = None, expect_role: str | None = None,
@@ -353,12 +368,13 @@ class Verifier:
                 raise Rejected("stale", f"timestamp {-skew} ms old", sender)
             if skew > self.max_skew_ms:
                 raise Rejected("future", f"timestamp {skew} ms ahead", sender)
-            win = self._window(sender, env.seq >> LANE_BITS, now)
-            problem = win.check(env.seq & LANE_MASK)
+            lanes = self._windows.get(sender) or self._windows.setdefault(sender, _Lanes())
+            entry = lanes.window(env.seq >> LANE_BITS, now, 2 * self.max_skew_ms / 1000, self.window, sender)
+            problem = entry[0].check(env.seq & LANE_MASK)
             if problem:
                 raise Rejected("replay", f"sequence {env.seq} {problem.replace('_', ' ')}", sender)
-            win.commit(env.seq & LANE_MASK)
-            self._windows[sender][env.seq >> LANE_BITS][1] = now
+            entry[0].commit(env.seq & LANE_MASK)
+            entry[1] = now
         self.metrics.inc("envelope_accepted")
         return env
 
