@@ -238,17 +238,27 @@ class CloudNode:
                      len(coins))
 
     async def _collect(self, task: Task, round: int, base: T.DenseModel) -> list[Contribution]:
-        """The fogs' models for ``round``: every registered fog's, or at the deadline a quorum's."""
+        """The fogs' models for ``round``: every registered fog's, or at the deadline a quorum's.
+
+        A model that cannot be fetched yet (the fog or the link to it is away) is asked for again until the
+        deadline; only one that arrived and is unusable, or one still missing then, is left out.
+        """
         deadline = time.monotonic() + self.cfg.fl.round_timeout_s
         quorum = max(1, math.ceil(self.cfg.fl.quorum * len(self.fogs)))
+        got: dict[str, Contribution | None] = {}  # fog -> its model (None: refused)
         while True:
             updates = await self.ledger.call(self._updates, task, round)
-            if updates and (set(self.fogs) <= set(updates) or (time.monotonic() >= deadline
-                                                               and len(updates) >= quorum)):
-                if set(self.fogs) - set(updates):
+            for fog in sorted(set(updates) - set(got)):
+                try:
+                    got[fog] = await self._model(fog, updates[fog], base)
+                except (RequestTimeout, ConnectionError) as exc:
+                    log.info("%s: %s's model for round %d not fetched yet: %s", self.id, fog, round, exc)
+            late = time.monotonic() >= deadline
+            if got and (set(self.fogs) <= set(got) or (late and len(got) >= quorum)):
+                if set(self.fogs) - set(got):
                     log.warning("%s: round %d goes on without %s", self.id, round,
-                                ", ".join(sorted(set(self.fogs) - set(updates))))
-                contributions = [c for fog in sorted(updates) if (c := await self._model(fog, updates[fog], base))]
+                                ", ".join(sorted(set(self.fogs) - set(got))))
+                contributions = [c for fog in sorted(got) if (c := got[fog])]
                 if contributions:
                     return contributions
             await asyncio.sleep(self.ledger.block_interval_s)
@@ -269,7 +279,7 @@ class CloudNode:
                 raise T.TrainError(f"layers {model.layers}, the task's are {base.layers}")
             if not all(np.isfinite(p).all() for p in model.params):
                 raise T.TrainError("parameters contain NaN or infinity")
-        except (RemoteError, RequestTimeout, LedgerError, ValueError) as exc:  # codec and trainer errors too
+        except (RemoteError, LedgerError, ValueError) as exc:  # codec and trainer errors too
             METRICS.inc("fl_update_rejected", reason=type(exc).__name__)
             log.warning("%s: cannot use %s's update for round %d: %s", self.id, fog, update.round, exc)
             return None
