@@ -7,6 +7,7 @@ EDGEFL_REQUIRE_BROKER=1 (CI runs as root) and is skipped otherwise.
 """
 
 import asyncio
+import shutil
 
 import pytest
 
@@ -109,7 +110,8 @@ def test_scenario_short_form_passes(name, tmp_path):
     result = run_scenario(name, seed=1, short=True, workdir=tmp_path / name, say=lines.append)
     assert result.passed, "\n".join(lines)
     assert result.faults > 0 and result.tally.lost == 0 and result.tally.duplicates == 0
-    assert netns.sweep_stale() == []  # nothing left behind
+    if shutil.which("ip"):
+        assert netns.ours() == []  # nothing left behind
 
 
 # --------------------------------------------------------------------------- found by hosts
@@ -132,3 +134,37 @@ async def test_a_fog_holds_the_rounds_model_before_its_devices_send(broker, tmp_
     finally:
         for node in list(site.nodes):
             await site.stop(node)
+
+
+# --------------------------------------------------------------------------- found by broker-restart
+
+
+async def test_the_cloud_asks_again_for_a_model_it_could_not_fetch(broker, tmp_path, monkeypatch):
+    """broker-restart found it: with the cloud's broker restarted while it fetched fog-1's model, the
+    request timed out and the cloud aggregated the round without fog-1's recorded update (lost).  A model
+    that cannot be fetched yet is asked for again until the round's deadline now."""
+    from edgefl.fl.protocol import Aggregation
+    from edgefl.nodes import cloud as cloud_module
+    from edgefl.transport.session import RequestTimeout
+
+    real, failed = cloud_module.fetch, []
+
+    async def fetch(session, node, cid, store, **kw):
+        if node == "fog-a" and not failed:
+            failed.append(cid)
+            raise RequestTimeout("no response from fog-a to ledger.blob-get")
+        return await real(session, node, cid, store, **kw)
+
+    monkeypatch.setattr(cloud_module, "fetch", fetch)
+    site = LocalSite(tmp_path, broker.port, {"fog-a": ["dev-1"], "fog-b": ["dev-2"]}, settings=SETTINGS,
+                     per_node={"cloud-1": ["fl.items=128", "fl.rounds=1"]})
+    async with site:
+        cfg = site.cfgs["cloud-1"]
+        async with asyncio.timeout(120):
+            while True:
+                with Chain.open(db_path(cfg), readonly=True, registry=registry_for(cfg)) as main:
+                    aggs = [r.unwrap() for _, r in main.records(Aggregation.TYPE) if r.signer == "cloud-1"]
+                if aggs:
+                    break
+                await asyncio.sleep(0.1)
+    assert failed and aggs[0].senders == ["fog-a", "fog-b"]

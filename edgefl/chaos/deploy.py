@@ -10,6 +10,7 @@ namespace's address, and a device runs on its fog's host.  ``close()`` kills eve
 
 from __future__ import annotations
 
+import ctypes
 import getpass
 import os
 import shutil
@@ -36,6 +37,12 @@ SMALL_TASK = ["fl.hidden=[20]", "fl.items=64", "ml.batch_size=32", "ml.local_epo
               "ml.lr=0.01", "ml.epsilon=10", "ml.epsilon_budget=1000", "log.json=false"]
 
 
+def die_with_parent() -> None:
+    """In a child before exec: SIGKILL when the scenario's process dies, however it dies (Linux prctl), so a
+    run killed outright leaves no node, broker or probe behind in its own session."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 class NodeDied(RuntimeError):
     """A node or broker of the deployment exited on its own."""
 
@@ -47,7 +54,7 @@ class Proc:
         self.name, self.argv, self.log = name, argv, log
         with open(log, "ab") as out:
             self.popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          env=env, start_new_session=True)
+                                          env=env, start_new_session=True, preexec_fn=die_with_parent)
 
     @property
     def alive(self) -> bool:
@@ -215,7 +222,7 @@ class Deployment:
     def cli(self, node: str, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
         """An `edgefl` command on ``node``'s host with its profile (e.g. ``ledger verify-tx``)."""
         return subprocess.run(self.command(node, *args), capture_output=True, text=True, timeout=timeout,
-                              env=self.env, stdin=subprocess.DEVNULL)
+                              env=self.env, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
 
     def close(self) -> None:
         for store in self._stores.values():

@@ -29,7 +29,7 @@ class DeviceKill(Scenario):
                "budget spent twice")
 
     def run(self) -> None:
-        rounds, per_round = (2, 2) if self.short else (4, 3)
+        rounds, per_round = (2, 1) if self.short else (4, 3)
         victim = "dev-1"
         fogs = {"fog-1": ["dev-1", "dev-2"]}
         kills = []

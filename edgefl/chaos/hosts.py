@@ -26,7 +26,7 @@ import time
 
 from edgefl import codec
 from edgefl.chaos import checks
-from edgefl.chaos.deploy import Deployment
+from edgefl.chaos.deploy import Deployment, die_with_parent
 from edgefl.chaos.netns import Network
 from edgefl.chaos.scenario import Scenario
 from edgefl.chaos.task import TASK, closed, settle, small_task, start_all
@@ -156,7 +156,7 @@ class _ModelWatch:
             [*dep.prefix(fog), "mosquitto_sub", "-h", "127.0.0.1", "-p", str(dep.ports[fog]), "-q", "1",
              "--cafile", str(tls / "ca.pem"), "--cert", str(tls / f"{fog}.pem"), "--key", str(tls / f"{fog}.key"),
              "-i", f"{fog}-probe", "-t", topics.pattern(node=dep.cloud, kind="model"), "-F", "%x"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
 
     def until(self, round: int, timeout: float) -> bytes:
         """The content id of the global model of ``round`` once it reached the fog's broker."""

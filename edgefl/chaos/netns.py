@@ -73,6 +73,13 @@ def _kill_inside(name: str) -> int:
     return len(pids)
 
 
+def ours() -> list[str]:
+    """The namespaces this process made that still exist."""
+    mine = f"{PREFIX}{os.getpid()}-"
+    return [line.split()[0] for line in _ip("netns", "list", check=False).stdout.splitlines()
+            if line.split() and line.split()[0].startswith(mine)]
+
+
 def sweep_stale() -> list[str]:
     """Delete namespaces an earlier run of this module left behind (named ``edgefl-PID-…`` by a PID that is
     gone: a run killed before it could clean up).  Namespaces of live runs are left alone."""
