@@ -115,7 +115,7 @@ class Network:
 
     def _create(self) -> None:
         sweep_stale()
-        for host, name in self.names.items():
+        for name in self.names.values():
             _ip("netns", "add", name)
             self._made.append(name)
             _ip("-n", name, "link", "set", "lo", "up")

@@ -28,7 +28,7 @@ def _libc():
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt, libc.malloc_trim  # glibc only
+        _ = libc.mallopt, libc.malloc_trim  # glibc only: AttributeError elsewhere
         return libc
     except (OSError, AttributeError):
         return None
