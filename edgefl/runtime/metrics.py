@@ -115,8 +115,8 @@ def prometheus_text(metrics: Metrics = METRICS) -> str:
             last = metric
         inner = ",".join(f'{_metric_name(k)}="{_escape(v)}"' for k, v in labels)
         lines.append(f"{metric}{{{inner}}} {value}" if inner else f"{metric} {value}")
-    for metric, kind, text, value in _process():
-        number = str(int(value)) if float(value).is_integer() else repr(float(value))
+    for metric, kind, text, reading in _process():
+        number = str(int(reading)) if float(reading).is_integer() else repr(float(reading))
         lines += [f"# HELP {metric} {text}", f"# TYPE {metric} {kind}", f"{metric} {number}"]
     return "\n".join(lines) + "\n"
 
