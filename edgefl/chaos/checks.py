@@ -123,7 +123,7 @@ def interlock(dep, tally: Tally | None = None) -> Tally:
     tally = tally or Tally()
     main = dep.store(dep.cloud)
     for fog in dep.fogs:
-        rows = main._all("SELECT height, acc FROM anchors WHERE chain = ? ORDER BY height", fog)
+        rows = main._all("ib", "SELECT height, acc FROM anchors WHERE chain = ? ORDER BY height", fog)
         sub = dep.store(fog)
         bad = [h for h, acc in rows if (row := sub.block_row(h)) is None or row[3] != acc]
         top = rows[-1][0] if rows else -1

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import edgefl
 from edgefl.chaos.netns import Network
+from edgefl.errors import EdgeflError
 from edgefl.ledger.chain import Chain
 from edgefl.ledger.service import db_path, registry_for
 from edgefl.ledger.store import Store
@@ -43,8 +44,10 @@ def die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-class NodeDied(RuntimeError):
+class NodeDied(EdgeflError, RuntimeError):
     """A node or broker of the deployment exited on its own."""
+
+    reason = "node_died"
 
 
 class Proc:
