@@ -16,6 +16,7 @@ import re
 import threading
 import time
 from collections import Counter
+from typing import Iterator
 
 log = logging.getLogger("edgefl.metrics")
 
@@ -41,14 +42,14 @@ class Metrics:
                 self._labels[key] = (name, tuple(sorted((k, str(v)) for k, v in labels.items())))
 
     @contextlib.contextmanager
-    def timed(self, name: str, **labels: str):
+    def timed(self, name: str, **labels: str) -> Iterator[None]:
         """Add the block's wall time to ``{name}_us`` (microseconds) and count it in ``{name}_n``."""
         t0 = time.perf_counter()
         try:
             yield
         finally:
             self.inc(f"{name}_us", int((time.perf_counter() - t0) * 1e6), **labels)
-            self.inc(f"{name}_n", **labels)
+            self.inc(f"{name}_n", 1, **labels)
 
     def get(self, name: str, **labels: str) -> int:
         return self._counts.get(_key(name, labels), 0)
