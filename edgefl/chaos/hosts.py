@@ -93,12 +93,14 @@ class Hosts(Scenario):
         steps = {s.step: txid for txid, rec in dep.records("fog-1", TrainingStep.TYPE, device="dev-1")
                  if (s := rec.unwrap()).task == rid}
         txid = steps[max(steps)].hex()
-        deadline, out = time.monotonic() + 90, None
+        deadline, out, tries = time.monotonic() + 90, None, 0
         while time.monotonic() < deadline:  # PENDING until fog-1's anchor of that block is final on main
             out = dep.cli("fog-2", "ledger", "verify-tx", "--chain", "fog-1", "--tx", txid, "--timeout", "20")
+            tries += 1
             if out.returncode != 2:
                 break
             time.sleep(1.0)
+        self.result.figures["Protocol 1 runs"] = tries
         verdict = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr.strip()[-300:]
         tally.check("fog-2 verifies dev-1's step on fog-1 across the bridges (Protocol 1)", out.returncode == 0,
                     verdict)
