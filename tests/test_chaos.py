@@ -99,6 +99,7 @@ async def test_a_device_dying_after_its_spend_is_recorded_releases_once(broker, 
 
 
 @pytest.mark.broker
+@pytest.mark.timeout(600)  # a whole deployment per scenario: minutes on a loaded machine, ~30 s idle
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_scenario_short_form_passes(name, tmp_path):
     need_mosquitto()
