@@ -30,6 +30,7 @@ from edgefl.ledger.audit import LocalSource, RemoteSource, Tracker, audit
 from edgefl.ledger.blobs import BlobStore
 from edgefl.ledger.chain import Chain
 from edgefl.ledger.crosschain import CrossChain
+from edgefl.ledger.errors import LedgerError
 from edgefl.ledger.records import TrainingStep
 from edgefl.ledger.service import db_path, registry_for, server_of
 from edgefl.ledger.tx import decode_tx
@@ -346,6 +347,35 @@ async def test_training_resumes_after_the_last_recorded_step(tmp_path):
     assert state == full and n == 10
     assert sorted(recorded()) == list(range(1, 11))  # steps 4..10 added, none twice
     assert (await audit(LocalSource(chain, blobs), "dev-1", task="t/round-0")).ok
+
+
+async def test_training_stopped_mid_round_ends_with_its_cancellation_not_the_stopping_ledgers_refusals(tmp_path):
+    """A fog stopped while it trains: the submits pending at the ledger fail as the ledger stops. That error
+    replaced the cancellation, so the node's supervisor saw a crash instead of a stop."""
+    config = T.TrainConfig(layers=[20, 8, 10], optimizer="adam", lr=0.01, batch_size=8, seed=4)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((40, 20)).astype(np.float32), rng.integers(0, 10, 40)
+    origin = T.init_model(config.layers, seed=1).to_bytes()
+    tracker = Tracker(BlobStore(tmp_path / "blobs"), task="t/round-0", device="dev-1", trainer_name="dense",
+                      config=config.to_bytes(), signer="fog-a", key=KEYS["fog-a"])
+    stopping, submitted = asyncio.Event(), []
+
+    async def submit(tx):  # as LedgerNode.submit when the node stops before the block is made
+        submitted.append(tx)
+        await stopping.wait()
+        raise LedgerError("tx: the ledger node stopped before the block was made")
+
+    task = asyncio.create_task(train_device(tracker, origin, x, y, config, 50, {}, submit))
+    while len(submitted) < 2:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    stopping.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # finished normally, a refused step is still the error it is
+    with pytest.raises(LedgerError):
+        stopping.set()
+        await train_device(tracker, origin, x, y, config, 1, {}, submit)
 
 
 def test_a_recorded_warm_start_is_recomputed_from_its_blobs(tmp_path):

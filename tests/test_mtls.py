@@ -129,6 +129,13 @@ async def test_a_revoked_certificate_cannot_connect_after_a_reload(site):
     assert "certificate verify failed" in broker.log_tail(50)
 
 
+async def settle(predicate, timeout: float = 30.0) -> None:
+    """Wait until ``predicate()`` holds; the caller's assertion then says what did not."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+
+
 async def test_revocation_travels_as_a_retained_crl(site):
     ca, broker = site
     fog_m, a_m = Metrics(), Metrics()
@@ -146,18 +153,13 @@ async def test_revocation_travels_as_a_retained_crl(site):
             await b.publish("msg", Ping(nonce=b"before"), to="fog-1")
             assert (await inbox.get(timeout=5)).message.nonce == b"before"
             ca.revoke("dev-b", reason="stolen")  # what `edgefl pki revoke` does on the fog host
-            for _ in range(200):  # the fog republishes its CRL; dev-a learns it from the retained topic
-                if a.verifier.registry.crl("fog-1").number == 2:
-                    break
-                await asyncio.sleep(0.05)
+            # the fog republishes its CRL; dev-a learns it from the retained topic
+            await settle(lambda: a.verifier.registry.crl("fog-1").number == 2)
             with pytest.raises(IdentityRejected, match="revoked"):
                 a.verifier.registry.key_for("dev-b", ca.registry().crl("fog-1").this_update + 1)
             await b.publish("msg", Ping(nonce=b"after"), to="fog-1")
             await b.publish("msg", Ping(nonce=b"after"), to="fog-1")
-            for _ in range(100):
-                if fog_m.get("envelope_rejected", reason="revoked") >= 2:
-                    break
-                await asyncio.sleep(0.05)
+            await settle(lambda: fog_m.get("envelope_rejected", reason="revoked") >= 2)
             assert fog_m.get("envelope_rejected", reason="revoked") == 2
             assert inbox.queue.empty()
         finally:
@@ -175,10 +177,7 @@ async def test_revocation_travels_as_a_retained_crl(site):
     async with late:
         await connected(late)
         task = asyncio.create_task(crl_service(late, late.verifier.registry))
-        for _ in range(100):
-            if late.verifier.registry.crl("fog-1") is not None:
-                break
-            await asyncio.sleep(0.05)
+        await settle(lambda: late.verifier.registry.crl("fog-1") is not None)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

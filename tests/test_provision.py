@@ -229,9 +229,9 @@ def test_install_builds_the_venv_from_the_carried_wheel(tmp_path, site, wheel):
                         .replace("PIP_ARGS=''", "PIP_ARGS='--no-deps --no-index'")
                         .replace("PYTHON=python3", f"PYTHON={sys.executable}"))
     deps = next(p for p in sys.path if p.endswith("site-packages"))
+    pure = {k: v for k, v in os.environ.items() if k != "EDGEFL_REQUIRE_EXTENSIONS"}  # the wheel is pure
     run = subprocess.run(["bash", str(root / "opt/edgefl/install.sh")], capture_output=True, text=True,
-                         env={**{k: v for k, v in os.environ.items() if k != "EDGEFL_REQUIRE_EXTENSIONS"},
-                              "EDGEFL_ROOT": str(root), "PYTHONPATH": deps}, timeout=300)  # the wheel is pure
+                         env={**pure, "EDGEFL_ROOT": str(root), "PYTHONPATH": deps}, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "edgefl 0.1.0" in run.stdout
     venv = root / "opt/edgefl/venv"
@@ -241,7 +241,7 @@ def test_install_builds_the_venv_from_the_carried_wheel(tmp_path, site, wheel):
     # the link the unit runs names the venv built where it stays: its scripts still find their interpreter
     assert os.readlink(venv) == "venvs/0.1.0" and (root / "opt/edgefl/venvs/0.1.0/.complete").exists()
     again = subprocess.run([str(venv / "bin/edgefl"), "--version"], capture_output=True, text=True, timeout=120,
-                           env={**os.environ, "PYTHONPATH": deps})
+                           env={**pure, "PYTHONPATH": deps})
     assert again.stdout.strip() == "edgefl 0.1.0", again.stderr
 
 

@@ -75,8 +75,11 @@ async def train_device(tracker: Tracker, origin: bytes, x: np.ndarray, y: np.nda
             # T runs in a worker thread (numpy releases the GIL): the node keeps serving meanwhile
             state, tx = await asyncio.to_thread(tracker.step, i + 1, state, origin, batch_bytes(x[rows], y[rows]))
             receipts.append(asyncio.ensure_future(submit(tx)))
-    finally:
-        await asyncio.gather(*receipts)
+    except BaseException:
+        # settle what was submitted, but a stopping ledger's refusals must not mask why training stopped
+        await asyncio.gather(*receipts, return_exceptions=True)
+        raise
+    await asyncio.gather(*receipts)
     return state, total
 
 
