@@ -33,6 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, ClassVar
 
+from edgefl import codec
+from edgefl.consensus import committees, endorse
 from edgefl.consensus.finality import Caller as FfgCaller
 from edgefl.consensus.finality import ChainFinality, FfgCall, HonestVoter
 from edgefl.consensus.finality import enabled as finality_enabled
@@ -58,7 +60,7 @@ from edgefl.ledger.protocol import (
     Submit,
 )
 from edgefl.ledger.sealer import Sealer, make_sealer
-from edgefl.ledger.tx import beacon_tx, decode_tx, make_tx, record_tx
+from edgefl.ledger.tx import Tx, beacon_tx, decode_tx, make_tx, record_tx
 from edgefl.runtime.config import Config
 from edgefl.runtime.files import write_atomic
 from edgefl.runtime.metrics import METRICS, Metrics
@@ -167,8 +169,11 @@ class LedgerNode:
     def __init__(self, chain: Chain, session: Session, blobs: BlobStore, sealer: Sealer, *,
                  keys: dict[str, SigningKey], main_node: str, block_interval_s: float = 1.0,
                  interlock_interval_s: float = 10.0, metrics: Metrics = METRICS,
-                 producer: Callable[["LedgerNode"], Producer] | None = None):
+                 producer: Callable[["LedgerNode"], Producer] | None = None, server: bool = True):
+        """``server``: this node serves the chain (queries, submissions) and interlocks it with the other layer;
+        otherwise it is one more replica of a committee (a device keeping its fog's sub-chain)."""
         self.chain = chain
+        self.server = server
         self.session = session
         self.blobs = blobs
         self.sealer = sealer
@@ -188,15 +193,27 @@ class LedgerNode:
                          else SingleProducer(self, sealer, block_interval_s))
 
     @classmethod
-    def from_config(cls, cfg: Config, session: Session, *, metrics: Metrics = METRICS) -> "LedgerNode":
+    def from_config(cls, cfg: Config, session: Session, *, chain: str | None = None, blobs: BlobStore | None = None,
+                    metrics: Metrics = METRICS) -> "LedgerNode":
+        """The node's own chain, or (``chain``) the chain of a committee it is a member of."""
+        name = chain or chain_id(cfg)
         key = SigningKey.load(cfg.path(cfg.security.key_file))
-        chain = Chain.open(db_path(cfg), registry=registry_for(cfg, session.verifier.registry), metrics=metrics)
+        ledger = Chain.open(db_path(cfg, name), registry=registry_for(cfg, session.verifier.registry),
+                            metrics=metrics)
         keys = {cfg.node.id: key}
-        blobs = BlobStore(cfg.path(cfg.ledger.blob_dir), max_blob=cfg.ledger.max_blob_bytes)
-        sealer = make_sealer(chain.spec.sealer, cfg.node.id, keys)
-        interval = cfg.ledger.beacon_interval_s if chain.spec.role == "main" else cfg.ledger.anchor_interval_s
-        return cls(chain, session, blobs, sealer, keys=keys, main_node=cfg.ledger.main_node,
-                   block_interval_s=cfg.ledger.block_interval_s, interlock_interval_s=interval, metrics=metrics)
+        if blobs is None:
+            blobs = BlobStore(cfg.path(cfg.ledger.blob_dir), max_blob=cfg.ledger.max_blob_bytes)
+        sealer = make_sealer(ledger.spec.sealer, cfg.node.id, keys)
+        interval = cfg.ledger.beacon_interval_s if ledger.spec.role == "main" else cfg.ledger.anchor_interval_s
+        producer = None
+        if committees.is_pbft(ledger.spec) and cfg.node.id in ledger.spec.committee.ids:
+            from edgefl.consensus.shell import PbftProducer
+
+            votes = cfg.path(cfg.ledger.votelog.replace("{chain}", name))
+            producer = lambda n: PbftProducer(n, key, votelog=votes, view_timeout=cfg.ledger.view_timeout_s)  # noqa: E731
+        return cls(ledger, session, blobs, sealer, keys=keys, main_node=cfg.ledger.main_node,
+                   block_interval_s=cfg.ledger.block_interval_s, interlock_interval_s=interval, metrics=metrics,
+                   producer=producer, server=server_of(cfg, name) == cfg.node.id)
 
     async def call(self, fn, *args):
         """Run ``fn`` on the chain's worker thread."""
@@ -210,11 +227,16 @@ class LedgerNode:
 
     async def run(self) -> None:
         self._stopped = False
-        self._serve()
+        if self.server:
+            self._serve()
+        elif len(self.chain.spec.committee.members) > 1:
+            endorse.serve(self)  # the fog's Type-II anchors need a quorum of the committee
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.producer.run(), name="ledger-blocks")
-                if self.role == "main":
+                if not self.server:
+                    pass  # a replica: it votes, stores and answers its peers' state transfer (the producer)
+                elif self.role == "main":
                     tg.create_task(self._broadcast_beacons(), name="ledger-beacons")
                     if self.finality is not None:
                         tg.create_task(self._ffg_calls(), name="ledger-ffg")
@@ -450,6 +472,9 @@ class LedgerNode:
                 self.metrics.inc("ledger_anchor_refused", reason=exc.reason)
             except (RequestTimeout, ConnectionError) as exc:
                 log.info("%s: main chain not reachable: %s", self.chain.id, exc)
+            except LedgerError as exc:  # e.g. too few committee members endorsed it yet: next interval
+                log.info("%s: no Type-II this time: %s", self.chain.id, exc)
+                self.metrics.inc("ledger_anchor_failed", reason=exc.reason)
             await asyncio.sleep(self.interlock_interval_s)
 
     async def anchor_once(self) -> Receipt | None:
@@ -460,7 +485,11 @@ class LedgerNode:
         body = await self.call(self.chain.anchor_body, head.anchored)
         if body is None:
             return None
-        tx = make_tx("anchor", body, self.keys.items())
+        if len(self.chain.spec.committee.members) > 1:  # a committee's anchor carries a quorum of its members
+            sigs = await endorse.collect(self, body, timeout=max(2.0, self.interlock_interval_s))
+            tx = codec.encode_message(Tx("anchor", codec.encode_message(body), sigs))
+        else:
+            tx = make_tx("anchor", body, self.keys.items())
         receipt = (await self.session.request(self.main_node, Submit(tx))).message
         self.anchored = body.prev_height + len(body.digests)
         self.metrics.inc("ledger_anchored")

@@ -10,11 +10,12 @@ def register(sub) -> None:
     p.add_argument("--for", dest="stop_after", type=float, help="stop after this many seconds")
     p.set_defaults(func=run_cmd)
 
-    p = sub.add_parser("demo", help="a federated task over a local Mosquitto: a cloud, two fogs, four devices, "
+    p = sub.add_parser("demo", help="a federated task over a local Mosquitto: a cloud, two fogs, six devices, "
                                     "two rounds, cross-chain verification and audit")
     p.add_argument("--port", type=int, help="use the Mosquitto already on 127.0.0.1:PORT")
     p.add_argument("--fogs", type=int, default=2, help="fogs (at least 2; default 2)")
-    p.add_argument("--devices", type=int, default=4, help="devices, dealt out over the fogs (default 4)")
+    p.add_argument("--devices", type=int, default=6, help="devices, dealt out over the fogs (default 6: each "
+                   "sub-chain a committee of its fog and 3 devices)")
     p.add_argument("--rounds", type=int, default=2, help="rounds (default 2)")
     p.add_argument("--epsilon", type=float, default=10.0, help="ε per feature per round (default 10)")
     p.add_argument("--aggregator", default="fedavg", help="the fogs' aggregator (edgefl.fl.aggregate; default fedavg)")

@@ -1,7 +1,8 @@
-"""`edgefl demo`: a federated task over MQTT — a cloud, two fogs and four devices, two rounds on generated digits.
+"""`edgefl demo`: a federated task over MQTT — a cloud, two fogs and six devices, two rounds on generated digits.
 
 1. start Mosquitto on a free loopback port (or use --port);
-2. give every node its key, data directory and chain (edgefl.nodes.site) and run what `edgefl run` runs;
+2. give every node its key, data directory and chain (edgefl.nodes.site) and run what `edgefl run` runs:
+   each sub-chain is kept by a PBFT committee of its fog and three devices (edgefl.consensus.committees);
 3. per round: the devices' privacy spends, the training steps recorded, each chain's height and the
    accumulator interlock, which fog was drawn to aggregate the fogs' models (``fl.leader = "drawn"``),
    the global model's test accuracy;
@@ -13,7 +14,7 @@
 
 The size, the privacy, the aggregator, an attack and where training happens are options (``edgefl demo
 --devices --fogs --rounds --epsilon --aggregator --attack --malicious --train-at``); the defaults are two
-fogs, four devices, two rounds, trained at the fogs.  With ``--train-at device`` every device trains its
+fogs, six devices, two rounds, trained at the fogs.  With ``--train-at device`` every device trains its
 own update (``edgefl.fl.ondevice``), and the fogs' audits of those updates are shown as well.
 """
 
@@ -129,7 +130,7 @@ class _Chains:
         return " · ".join(parts) or "not interlocked yet"
 
 
-async def demo(*, port: int | None = None, out=print, fogs: int = 2, devices: int = 4, rounds: int = 2,
+async def demo(*, port: int | None = None, out=print, fogs: int = 2, devices: int = 6, rounds: int = 2,
                epsilon: float = EPSILON, aggregator: str = "fedavg", attack: str = "none", malicious: float = 0.0,
                seed: int = 0, report: str | Path | None = None, train_at: str = "fog") -> dict:
     if fogs < 2 or devices < fogs:
@@ -159,6 +160,13 @@ async def demo(*, port: int | None = None, out=print, fogs: int = 2, devices: in
             + ", ".join(f"{f} (sub-chain; devices {', '.join(d)})" for f, d in layout.items())
             + f": each with its own key, MQTT session, SQLite file and data directory under {workdir}; "
               "dev-a2 runs the TFLite export on LiteRT, the others ONNX Runtime")
+        for f in layout:
+            spec = site.spec(f)
+            out(f"    {f}'s sub-chain: " + (f"a PBFT committee of {', '.join(spec.committee.ids)} (quorum "
+                                            f"{spec.committee.threshold} of {len(spec.committee.ids)}, tolerates "
+                                            f"{spec.committee.faults} byzantine)"
+                                            if len(spec.committee.ids) > 1 else f"sealed by {f} alone (fewer than "
+                                            "3 devices: no committee can tolerate a fault)"))
         if attackers:
             out(f"    malicious ({attack}, {100 * malicious:g} % drawn with seed {seed}): {', '.join(attackers)}; "
                 f"the fogs aggregate with {aggregator}, from the global model as it is (no warm start, no FedProx)")

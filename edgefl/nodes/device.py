@@ -74,6 +74,7 @@ class DeviceNode:
         self.view = TaskView(self.changed.set)  # the cloud's task and global model
         self._extractor: tuple[Task, FeatureExtractor] | None = None
         self._refused: str | None = None  # the task this device refused
+        self.ledger = self._replica(cfg, session)
 
     @staticmethod
     def check(cfg: Config) -> None:
@@ -83,12 +84,28 @@ class DeviceNode:
         if problem:
             raise ConfigError("ml.backend", f"a device extracts its features with it: {problem}")
 
-    def services(self) -> dict:
-        return {"fl-device": self.run}
+    def _replica(self, cfg: Config, session: Session):
+        """A member of its fog's sub-chain committee keeps a replica of it (its genesis came with the device's
+        provisioning); other devices keep no chain."""
+        from edgefl.ledger.service import db_path
 
-    def close(self) -> None:
+        if not db_path(cfg, self.fog).exists():
+            return None
+        from edgefl.ledger.service import LedgerNode
+
+        return LedgerNode.from_config(cfg, session, chain=self.fog, blobs=self.blobs)
+
+    def services(self) -> dict:
+        return {"fl-device": self.run, **({"ledger": self.ledger.run} if self.ledger else {})}
+
+    def _close_extractor(self) -> None:
         if self._extractor:
             self._extractor[1].backend.close()
+
+    def close(self) -> None:
+        self._close_extractor()
+        if self.ledger:
+            self.ledger.close()
 
     async def run(self) -> None:
         self.changed.set()  # after a restart of this service: look at what is already known
@@ -247,7 +264,7 @@ class DeviceNode:
             raise Refused("model_hash", str(exc)) from None
         except BackendUnavailable as exc:
             raise Refused("backend", str(exc)) from None
-        self.close()
+        self._close_extractor()
         self._extractor = (task, fx)
         log.info("%s: task %s: %s model %s… verified, %s opened", self.id, task.task, entry.release.format,
                  entry.release.hash.hex()[:16], ml.backend)

@@ -10,13 +10,14 @@ loop is shared.  Nodes can be stopped and started again (restarts in tests).
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from pathlib import Path
 
+from edgefl.consensus import committees
 from edgefl.crypto.keys import SigningKey, save_public
 from edgefl.ledger.chain import Chain
 from edgefl.ledger.committee import Committee
-from edgefl.ledger.sealer import make_sealer
 from edgefl.ledger.service import db_path
 from edgefl.ledger.tx import ChainSpec
 from edgefl.nodes.node import running
@@ -56,32 +57,50 @@ class LocalSite:
             if not key_file.exists():
                 SigningKey().save(key_file)
                 save_public(SigningKey.load(key_file).public_key, trust / f"{node}.pub")
-        self._create_chains(list(fogs))
+        self._create_chains(fogs)
         self.nodes: dict[str, object] = {}
         self._running: dict[str, contextlib.AsyncExitStack] = {}
 
     def key(self, node: str) -> SigningKey:
         return SigningKey.load(self.cfgs[node].path(self.cfgs[node].security.key_file))
 
-    def _create_chains(self, fogs: list[str]) -> None:
-        """What `edgefl ledger init` does on each machine: the main chain registers every fog's sub-chain."""
-        def committee(node: str) -> Committee:
-            return Committee.of([(node, self.key(node).public_key)])
+    def _create_chains(self, fogs: dict[str, list[str]]) -> None:
+        """What `edgefl ledger init` does: the main chain registers every fog's sub-chain and its committee (the
+        fog and some of its devices, ``ledger.committee_size``); each member gets the sub-chain's genesis."""
+        def keys(nodes: list[str]) -> list:
+            return [(n, self.key(n).public_key) for n in nodes]
 
         ts = time.time_ns() // 1_000_000
         main = self.cfgs[self.cloud]
-        specs = {self.cloud: ChainSpec(chain=main.ledger.main, role="main", sealer="single",
-                                       committee=committee(self.cloud), max_block=main.ledger.max_block_bytes, ts=ts,
-                                       subchains={f: committee(f) for f in fogs})}
-        for f in fogs:
-            specs[f] = ChainSpec(chain=f, role="sub", sealer="single", committee=committee(f),
-                                 max_block=self.cfgs[f].ledger.max_block_bytes, ts=ts, parent=main.ledger.main,
-                                 parent_committee=committee(self.cloud))
-        for node, spec in specs.items():
-            path = db_path(self.cfgs[node])
-            if not path.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                Chain.create(path, spec, make_sealer("single", node, {node: self.key(node)})).close()
+        members = {f: committees.members(f, ds, self.cfgs[f].ledger.committee_size) for f, ds in fogs.items()}
+        genesis = {self.cloud: ChainSpec(chain=main.ledger.main, role="main", sealer="single",
+                                         committee=Committee.of(keys([self.cloud])),
+                                         max_block=main.ledger.max_block_bytes, ts=ts,
+                                         subchains={f: committees.registered(keys(m)) for f, m in members.items()})}
+        for f, m in members.items():
+            genesis[f] = ChainSpec(chain=f, role="sub", **committees.spec_fields(keys(m)),
+                                   max_block=self.cfgs[f].ledger.max_block_bytes, ts=ts, parent=main.ledger.main,
+                                   parent_committee=Committee.of(keys([self.cloud])))
+        for chain, spec in genesis.items():
+            holders = [chain] if chain == self.cloud else members[chain]
+            paths = [db_path(self.cfgs[n], spec.chain) for n in holders]
+            if all(p.exists() for p in paths):
+                continue
+            first = paths[0].parent / f".{spec.chain}.genesis"
+            sealer = committees.genesis_sealer(spec.committee, {n: self.key(n) for n in spec.committee.ids})
+            first.parent.mkdir(parents=True, exist_ok=True)
+            first.unlink(missing_ok=True)
+            Chain.create(first, spec, sealer).close()
+            for p in paths:  # every member starts from the same block 0
+                p.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(first, p)
+            first.unlink()
+
+    def spec(self, chain: str):
+        """The genesis spec of ``chain`` (a fog's id, or the cloud's for the main chain), read from its holder."""
+        cfg = self.cfgs[chain]
+        with contextlib.closing(Chain.open(db_path(cfg))) as c:
+            return c.spec
 
     def session(self, node: str) -> Session:
         """An MQTT session under ``node``'s identity (for a client such as an auditor; not for a running node)."""

@@ -154,6 +154,11 @@ class LedgerSection:
     beacon_interval_s: float = field(default=10.0, metadata=_range(0.01))  # cloud: Type-III out to sub-chains
     max_blob_bytes: int = field(default=16 << 20, metadata=_range(1024, 1 << 30))
     gc_grace_s: float = field(default=3600.0, metadata=_range(0))
+    # fog, at genesis: its sub-chain's PBFT committee is itself and up to this many minus one of its devices
+    # (edgefl.consensus.committees; fewer than 4 members in all: the fog seals alone)
+    committee_size: int = field(default=7, metadata=_range(1, 64))
+    view_timeout_s: float = field(default=2.0, metadata=_range(0.05))  # a committee replica: its leader's deadline
+    votelog: str = "{data_dir}/ledger/{chain}.votes"  # a committee replica: what it signed, kept before it is sent
 
 
 @dataclass

@@ -1,0 +1,124 @@
+"""Sub-chains kept by committees in a deployment: the fog and its devices as PBFT replicas over a real Mosquitto,
+each holding the chain; Type-II anchors carry the committee's quorum; the leader crashed, then back."""
+
+import asyncio
+import contextlib
+
+import pytest
+
+from edgefl.consensus import committees, endorse
+from edgefl.crypto.keys import SigningKey
+from edgefl.ledger.chain import Chain
+from edgefl.ledger.crosschain import CrossChain
+from edgefl.ledger.errors import LedgerError
+from edgefl.ledger.records import Note
+from edgefl.ledger.service import db_path, registry_for, server_of
+from edgefl.ledger.tx import Anchor, record_tx
+from edgefl.nodes.site import LocalSite
+from tests.conftest import need_mosquitto
+
+DEVICES = ["dev-1", "dev-2", "dev-3"]
+SETTINGS = ["fl.rounds=1", "ledger.view_timeout_s=1.0", "ledger.anchor_interval_s=0.3"]
+
+
+def test_a_committee_is_the_fog_and_its_first_devices_or_the_fog_alone():
+    assert committees.members("fog-a", ["d3", "d1", "d2", "d4"], 4) == ["fog-a", "d1", "d2", "d3"]
+    assert committees.members("fog-a", ["d1", "d2"], 7) == ["fog-a"]  # 3 members tolerate no fault
+    assert committees.members("fog-a", ["d1", "d2", "d3"], 1) == ["fog-a"]
+    keys = [(i, SigningKey().public_key) for i in ("a", "b", "c", "d", "e")]
+    fields = committees.spec_fields(keys)
+    assert fields["sealer"] == "quorum" and fields["committee"].threshold == 4 and fields["committee"].faults == 1
+    assert committees.spec_fields(keys[:1])["sealer"] == "single"
+
+
+def heights(site: LocalSite, chain: str, holders: list[str]) -> dict[str, list[bytes]]:
+    """Every holder's block hashes of ``chain``, read from its own SQLite file."""
+    out = {}
+    for n in holders:
+        with contextlib.closing(Chain.open(db_path(site.cfgs[n], chain))) as c:
+            out[n] = [c.store.block_row(h)[0] for h in range(c.tip.height + 1)]
+    return out
+
+
+def assert_safe(site: LocalSite, chain: str, holders: list[str]) -> None:
+    """No two replicas hold different blocks at one height; every replica's chain verifies (quorum seals)."""
+    seen = heights(site, chain, holders)
+    for h in range(max(len(v) for v in seen.values())):
+        assert len({v[h] for v in seen.values() if len(v) > h}) == 1, f"replicas differ at height {h}"
+    for n in holders:
+        with contextlib.closing(Chain.open(db_path(site.cfgs[n], chain), registry=registry_for(site.cfgs[n]))) as c:
+            assert c.verify() == c.tip.height + 1
+
+
+async def until(predicate, timeout: float = 60.0):
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.1)
+
+
+@pytest.mark.broker
+async def test_the_fog_and_its_devices_keep_the_sub_chain_through_a_crashed_leader(broker, tmp_path):
+    need_mosquitto()
+    site = LocalSite(tmp_path, broker.port, {"fog-a": DEVICES, "fog-b": ["dev-b"]}, settings=SETTINGS)
+    spec = site.spec("fog-a")
+    assert spec.sealer == "quorum" and spec.committee.ids == [*DEVICES, "fog-a"] and spec.committee.threshold == 3
+    assert site.spec("fog-b").sealer == "single"  # one device: the fog seals alone
+    async with site:
+        fog = site.nodes["fog-a"]
+        assert all(site.nodes[d].ledger is not None for d in DEVICES) and site.nodes["dev-b"].ledger is None
+        key = site.key("fog-a")
+
+        async def note(text: str):
+            return await asyncio.wait_for(fog.ledger.submit(record_tx(Note("t", text.encode()), "fog-a", key)), 30)
+
+        first = await note("all four replicas up")
+        await until(lambda: all(site.nodes[d].ledger.chain.tip.height >= first.height for d in DEVICES))
+
+        # the anchor on the main chain carries the committee's quorum: Protocol 1 from fog-b says so
+        cfg = site.cfgs["fog-b"]
+        verdict = None
+        async with site.session("fog-b") as s, asyncio.timeout(60):
+            while verdict is None or not verdict.ok:  # PENDING until fog-a's anchor and its beacon reach fog-b
+                await asyncio.sleep(0.3)
+                with contextlib.closing(Chain.open(db_path(cfg), registry=registry_for(cfg))) as local:
+                    cc = CrossChain(s, local, main_node="cloud-1", server_of=lambda c: server_of(cfg, c),
+                                    registry=registry_for(cfg), timeout=10)
+                    verdict = await cc.verify_tx("fog-a", first.txid)
+        assert any("signed by 3 of 4 members of fog-a's committee" in line or
+                   "signed by 4 of 4 members of fog-a's committee" in line for line in verdict.steps), verdict.steps
+
+        # the leader of view 0 (dev-1, the first id) crashes: a view change, and the other three go on
+        leader = spec.committee.ids[0]
+        await site.stop(leader)
+        second = await note("the leader is down")
+        assert second.height > first.height
+        live = [d for d in DEVICES if d != leader]
+        await until(lambda: all(site.nodes[d].ledger.chain.tip.height >= second.height for d in live))
+        assert max(site.nodes[d].ledger.producer.replica.view for d in live) >= 1
+
+        # it comes back and catches up by state transfer from its peers
+        await site.start(leader)
+        third = await note("everyone again")
+        await until(lambda: site.nodes[leader].ledger.chain.tip.height >= third.height)
+    assert_safe(site, "fog-a", ["fog-a", *DEVICES])
+
+
+async def test_a_member_endorses_only_the_anchor_its_own_replica_builds(tmp_path):
+    """The fog cannot get an anchor endorsed for a history the members do not hold, nor before they hold it."""
+    from tests.ledger_helpers import KEYS, new_chain, sealer_for, sub_spec
+
+    chain = new_chain(tmp_path, sub_spec("fog-a"))
+    for i in range(3):
+        chain.submit(record_tx(Note("t", b"%d" % i), "fog-a", KEYS["fog-a"]))
+        chain.mine(sealer_for("fog-a"))
+    body = chain.anchor_body(-1)
+    assert endorse.own_body(chain, body) == body
+    forged = Anchor(body.chain, body.prev_height, [*body.digests[:-1], b"\1" * 32], body.header)
+    with pytest.raises(LedgerError) as mismatch:
+        endorse.own_body(chain, forged)
+    assert mismatch.value.reason == "mismatch"
+    ahead = Anchor(body.chain, body.prev_height, [*body.digests, b"\2" * 32], body.header)
+    with pytest.raises(LedgerError) as behind:
+        endorse.own_body(chain, ahead)
+    assert behind.value.reason == "behind"
+    chain.close()
