@@ -141,16 +141,19 @@ def test_demo_runs_end_to_end():
     assert out.returncode == 0, out.stderr
     text = out.stdout
     assert "[3] task 'digits' on the main chain: 2 rounds at ε=10 per feature per round" in text
-    for devices in (("dev-a1", "dev-a2"), ("dev-b1", "dev-b2")):  # fog-a's and fog-b's
-        assert text.count(f"20 training steps recorded ({devices[0]} 10, {devices[1]} 10)") == 2
+    for fog, devices in (("a", ("dev-a1", "dev-a2", "dev-a3")), ("b", ("dev-b1", "dev-b2", "dev-b3"))):
+        assert text.count(f"30 training steps recorded ({', '.join(d + ' 10' for d in devices)})") == 2
+        assert (f"fog-{fog}'s sub-chain: a PBFT committee of {', '.join(devices)}, fog-{fog} (quorum 3 of 4, "
+                "tolerates 1 byzantine)") in text
+    assert "signed by 3 of 4 members of fog-a's committee" in text or "signed by 4 of 4" in text
     assert text.count("≠") == 0 and text.count("= main's") == 4  # every interlock shown holds
     final = re.search(r"\[5\] round 1 done .* test accuracy ([\d.]+) %", text)
     assert final and float(final.group(1)) > 80, text  # chance is 10 %; about 95 % with the warm start
     assert "verdict: ACCEPT" in text and "T replayed: ok" in text
     assert re.search(r"\[8\] fog-b recomputes fog-a's warm start \(record \w+… ACCEPT through Protocol 1; the "
-                     r"global model and 2 batches fetched over MQTT, digest-checked\): the same model", text), text
+                     r"global model and 3 batches fetched over MQTT, digest-checked\): the same model", text), text
     assert "fog-a rejected it (envelope_rejected{reason=bad_signature}: 1)" in text
-    assert "acknowledged as a duplicate, counted once (2 batches for round 1 at fog-a)" in text
+    assert "acknowledged as a duplicate, counted once (3 batches for round 1 at fog-a)" in text
 
 
 def test_bench_transport_quick_writes_table_and_json(tmp_path):
