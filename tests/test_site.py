@@ -142,3 +142,26 @@ async def test_the_site_brokers_carry_mtls_and_the_bridge(site_dir, tmp_path):
             assert (await dev.request("fog-1", Ping(nonce=b"d1"), timeout=10)).message.nonce == b"d1"
             assert (await fog.request("cloud-1", Ping(nonce=b"f1"), timeout=10)).message.nonce == b"f1"
             assert (await cloud.request("fog-1", Ping(nonce=b"c1"), timeout=10)).message.nonce == b"c1"
+
+
+def test_a_fog_with_three_devices_gets_a_committee_and_each_member_a_replica(tmp_path):
+    """The committee is fixed when the site begins: the fog and its first devices hold the same block 0, and the
+    main chain registers them as the sub-chain's committee (its Type-II anchors need their quorum)."""
+    sd = SiteDirectory(tmp_path / "site")
+    sd.init(fogs={"fog-1": "", "fog-2": ""}, devices=["fog-1=a1,a2,a3", "fog-2=b1"])
+    site = sd.load()
+    with Chain.open(db_path(sd.config(site, "fog-1")), readonly=True) as sub:
+        spec, block0 = sub.spec, sub.store.block_row(0)[0]
+    assert spec.sealer == "quorum" and spec.committee.ids == ["a1", "a2", "a3", "fog-1"] and spec.proposal.name == "pbft"
+    assert spec.committee.threshold == 3
+    for d in ("a1", "a2", "a3"):
+        with Chain.open(db_path(sd.config(site, d), "fog-1"), readonly=True) as replica:
+            assert replica.store.block_row(0)[0] == block0 and replica.tip.height == 0
+    assert not db_path(sd.config(site, "b1"), "fog-2").exists()  # fog-2 has one device: it seals alone
+    with Chain.open(db_path(sd.config(site, "fog-2")), readonly=True) as single:
+        assert single.spec.sealer == "single"
+    with Chain.open(db_path(sd.config(site, "cloud-1")), readonly=True) as main:
+        assert main.spec.subchains["fog-1"] == spec.committee and main.spec.subchains["fog-2"].ids == ["fog-2"]
+    # a device added later is not a member (the committee is in both geneses), and gets no replica
+    sd.init(fogs={}, devices=["fog-1=a4"])
+    assert not db_path(sd.config(sd.load(), "a4"), "fog-1").exists()

@@ -274,6 +274,7 @@ class SiteDirectory:
                 continue  # a device's folder never changes once written (its card may be out there)
             if self._write_node(site, node, new):
                 updated.append(node)
+        self._geneses(site, created)
         write_atomic(self.spec_path, site.to_toml().encode())
         return {"created": created, "updated": [n for n in updated if n not in created]}
 
@@ -298,33 +299,51 @@ class SiteDirectory:
             for name, text in self.broker_files(site, node).items():
                 changed |= _write_if_changed(data / "broker" / name, text.encode())
             (data / "broker" / "data").mkdir(exist_ok=True)
-            if new:
-                self._genesis(site, node)
         return changed
 
-    def _genesis(self, site: Site, node: str) -> None:
-        """What `edgefl ledger init` does on the node's host: the main chain registers every fog's sub-chain."""
+    def _geneses(self, site: Site, created: list[str]) -> None:
+        """What `edgefl ledger init` does for the chains of the nodes created now: the main chain registers every
+        fog's sub-chain and its committee — the fog and its first devices dealt so far (``ledger.committee_size``;
+        fixed here: devices added later are not members) — and every member holds the sub-chain's block 0."""
+        from edgefl.consensus import committees
         from edgefl.ledger.chain import Chain
         from edgefl.ledger.committee import Committee
-        from edgefl.ledger.sealer import make_sealer
         from edgefl.ledger.service import chain_id, db_path
         from edgefl.ledger.tx import ChainSpec
 
-        cfg = self.config(site, node)
-        key = SigningKey.load(cfg.path(cfg.security.key_file))
+        def keys(ids: list[str]) -> list:
+            return [(i, self.ca.certificate(i).key) for i in ids]
 
-        def committee(member: str) -> Committee:
-            return Committee.of([(member, self.ca.certificate(member).key)])
+        def private(node: str) -> SigningKey:
+            cfg = self.config(site, node)
+            return SigningKey.load(cfg.path(cfg.security.key_file))
 
-        spec = dict(chain=chain_id(cfg), sealer="single", committee=committee(node),
-                    max_block=cfg.ledger.max_block_bytes, ts=time.time_ns() // 1_000_000)
-        if site.role(node) == "cloud":
-            spec.update(role="main", subchains={f: committee(f) for f in site.fogs})
-        else:
-            spec.update(role="sub", parent=cfg.ledger.main, parent_committee=committee(site.cloud))
-        path = db_path(cfg)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Chain.create(path, ChainSpec(**spec), make_sealer("single", node, {node: key})).close()
+        ts = time.time_ns() // 1_000_000
+        members = {f: committees.members(f, site.fogs[f].devices, self.config(site, f).ledger.committee_size)
+                   for f in site.fogs}
+        cloud = self.config(site, site.cloud)
+        chains = {}
+        if site.cloud in created:
+            chains[site.cloud] = ChainSpec(chain=chain_id(cloud), role="main", sealer="single",
+                                           committee=Committee.of(keys([site.cloud])),
+                                           max_block=cloud.ledger.max_block_bytes, ts=ts,
+                                           subchains={f: committees.registered(keys(m)) for f, m in members.items()})
+        for f in site.fogs:
+            if f in created:
+                cfg = self.config(site, f)
+                chains[f] = ChainSpec(chain=chain_id(cfg), role="sub", **committees.spec_fields(keys(members[f])),
+                                      max_block=cfg.ledger.max_block_bytes, ts=ts, parent=cfg.ledger.main,
+                                      parent_committee=Committee.of(keys([site.cloud])))
+        for holder, spec in chains.items():
+            sealer = committees.genesis_sealer(spec.committee, {i: private(i) for i in spec.committee.ids})
+            first = db_path(self.config(site, holder))
+            first.parent.mkdir(parents=True, exist_ok=True)
+            Chain.create(first, spec, sealer).close()
+            for member in spec.committee.ids:  # the device members keep a replica from the same block 0
+                if member != holder:
+                    path = db_path(self.config(site, member), spec.chain)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(first, path)
 
 
 def _write_if_changed(path: Path, data: bytes) -> bool:
