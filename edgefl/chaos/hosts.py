@@ -158,7 +158,10 @@ class _ModelWatch:
             [*dep.prefix(fog), "mosquitto_sub", "-h", "127.0.0.1", "-p", str(dep.ports[fog]), "-q", "1",
              "--cafile", str(tls / "ca.pem"), "--cert", str(tls / f"{fog}.pem"), "--key", str(tls / f"{fog}.key"),
              "-i", f"{fog}-probe", "-t", topics.pattern(node=dep.cloud, kind="model"), "-F", "%x"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+            # unbuffered: select() sees only the pipe, so a line read ahead into a buffer would wait unseen
+            # (round 1's model behind round 0's) until the next message came
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent,
+            bufsize=0)
 
     def until(self, round: int, timeout: float) -> bytes:
         """The content id of the global model of ``round`` once it reached the fog's broker."""
