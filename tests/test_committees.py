@@ -87,6 +87,14 @@ async def test_the_fog_and_its_devices_keep_the_sub_chain_through_a_crashed_lead
         assert any("signed by 3 of 4 members of fog-a's committee" in line or
                    "signed by 4 of 4 members of fog-a's committee" in line for line in verdict.steps), verdict.steps
 
+        # the main chain's final committee is the cloud and both fogs: they finalize its blocks by FFG votes
+        cloud = site.nodes["cloud-1"].ledger
+        assert sorted(cloud.chain.spec.finality) == ["cloud-1", "fog-a", "fog-b"]
+        await until(lambda: cloud.finality.finalized_height >= 2)
+        with contextlib.closing(Chain.open(db_path(site.cfgs["cloud-1"]))) as main:
+            voters = {rec.signer for _, rec in main.records("consensus.ffg-vote", limit=500)}
+        assert {"fog-a", "fog-b", "cloud-1"} <= voters
+
         # the leader of view 0 (dev-1, the first id) crashes: a view change, and the other three go on
         leader = spec.committee.ids[0]
         await site.stop(leader)

@@ -35,18 +35,28 @@ def spec_fields(keys: Iterable[tuple[str, VerifyingKey]]) -> dict:
     return {"sealer": "quorum", "committee": Committee.bft(keys), "proposal": ProposalSpec("pbft")}
 
 
+def main_fields(cloud: str, keys: Iterable[tuple[str, VerifyingKey]]) -> dict:
+    """The main chain's final committee: the cloud and the fog aggregators. The cloud makes the blocks (it is
+    the one that serves the chain), and every member votes on its checkpoints (FFG, equal weights): a block
+    is final once members holding two thirds of the weight justified it and its child."""
+    keys = list(keys)
+    ids = [i for i, _ in keys]
+    return {"sealer": "single", "committee": Committee.of(keys),
+            "finality": {i: 1 for i in ids} if len(ids) > 1 else None}
+
+
 def registered(keys: Iterable[tuple[str, VerifyingKey]]) -> Committee:
     """What the main chain's genesis registers for the sub-chain: who must sign its Type-II anchors."""
     return spec_fields(keys)["committee"]
 
 
-def genesis_sealer(committee: Committee, keys: Mapping[str, SigningKey]) -> Sealer:
-    """Block 0 is checked against the spec it carries: a committee's needs every member's signature
-    (whoever creates the site holds their keys once, as it issues them)."""
-    if len(committee.members) == 1:
-        (only,) = committee.ids
-        return SingleSealer(only, keys[only])
-    return QuorumSealer(committee.ids[0], [(i, keys[i]) for i in committee.ids])
+def genesis_sealer(spec, holder: str, keys: Mapping[str, SigningKey]) -> Sealer:
+    """Block 0 is checked against the spec it carries: ``holder`` (who serves the chain) seals a single-sealer
+    chain's; a committee's needs every member's signature (whoever creates the site holds their keys once, as
+    it issues them)."""
+    if spec.sealer == "single":
+        return SingleSealer(holder, keys[holder])
+    return QuorumSealer(spec.committee.ids[0], [(i, keys[i]) for i in spec.committee.ids])
 
 
 def is_pbft(spec) -> bool:

@@ -65,6 +65,8 @@ def serve(node) -> None:
     member, key = node.session.signer.node_id, node.session.signer.key
 
     async def handle(env):
+        if node.stopped:  # the node's session outlives its ledger by a moment on the way down
+            return Error("stopped", f"{member}'s replica of {node.chain.id} has stopped")
         if env.sender not in node.chain.spec.committee.ids:
             return Error("forbidden", f"{env.sender} is not a member of {node.chain.id}'s committee")
         try:

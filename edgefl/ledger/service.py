@@ -250,6 +250,10 @@ class LedgerNode:
         finally:
             self._stop()
 
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
     def _stop(self) -> None:
         """No producer runs any more: fail every waiting submitter (and later ones) instead of leaving it hanging."""
         self._stopped = True

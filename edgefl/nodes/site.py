@@ -73,8 +73,8 @@ class LocalSite:
         ts = time.time_ns() // 1_000_000
         main = self.cfgs[self.cloud]
         members = {f: committees.members(f, ds, self.cfgs[f].ledger.committee_size) for f, ds in fogs.items()}
-        genesis = {self.cloud: ChainSpec(chain=main.ledger.main, role="main", sealer="single",
-                                         committee=Committee.of(keys([self.cloud])),
+        genesis = {self.cloud: ChainSpec(chain=main.ledger.main, role="main", **committees.main_fields(
+                                             self.cloud, keys([self.cloud, *fogs])),
                                          max_block=main.ledger.max_block_bytes, ts=ts,
                                          subchains={f: committees.registered(keys(m)) for f, m in members.items()})}
         for f, m in members.items():
@@ -87,7 +87,7 @@ class LocalSite:
             if all(p.exists() for p in paths):
                 continue
             first = paths[0].parent / f".{spec.chain}.genesis"
-            sealer = committees.genesis_sealer(spec.committee, {n: self.key(n) for n in spec.committee.ids})
+            sealer = committees.genesis_sealer(spec, chain, {n: self.key(n) for n in spec.committee.ids})
             first.parent.mkdir(parents=True, exist_ok=True)
             first.unlink(missing_ok=True)
             Chain.create(first, spec, sealer).close()

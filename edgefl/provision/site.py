@@ -324,8 +324,8 @@ class SiteDirectory:
         cloud = self.config(site, site.cloud)
         chains = {}
         if site.cloud in created:
-            chains[site.cloud] = ChainSpec(chain=chain_id(cloud), role="main", sealer="single",
-                                           committee=Committee.of(keys([site.cloud])),
+            chains[site.cloud] = ChainSpec(chain=chain_id(cloud), role="main",
+                                           **committees.main_fields(site.cloud, keys([site.cloud, *site.fogs])),
                                            max_block=cloud.ledger.max_block_bytes, ts=ts,
                                            subchains={f: committees.registered(keys(m)) for f, m in members.items()})
         for f in site.fogs:
@@ -335,7 +335,7 @@ class SiteDirectory:
                                       max_block=cfg.ledger.max_block_bytes, ts=ts, parent=cfg.ledger.main,
                                       parent_committee=Committee.of(keys([site.cloud])))
         for holder, spec in chains.items():
-            sealer = committees.genesis_sealer(spec.committee, {i: private(i) for i in spec.committee.ids})
+            sealer = committees.genesis_sealer(spec, holder, {i: private(i) for i in spec.committee.ids})
             first = db_path(self.config(site, holder))
             first.parent.mkdir(parents=True, exist_ok=True)
             Chain.create(first, spec, sealer).close()
