@@ -22,9 +22,9 @@ SETTINGS = ["fl.rounds=1", "ledger.view_timeout_s=1.0", "ledger.anchor_interval_
 
 
 def test_a_committee_is_the_fog_and_its_first_devices_or_the_fog_alone():
-    assert committees.members("fog-a", ["d3", "d1", "d2", "d4"], 4) == ["fog-a", "d1", "d2", "d3"]
-    assert committees.members("fog-a", ["d1", "d2"], 7) == ["fog-a"]  # 3 members tolerate no fault
-    assert committees.members("fog-a", ["d1", "d2", "d3"], 1) == ["fog-a"]
+    assert committees.members_of("fog-a", ["d3", "d1", "d2", "d4"], 4) == ["fog-a", "d1", "d2", "d3"]
+    assert committees.members_of("fog-a", ["d1", "d2"], 7) == ["fog-a"]  # 3 members tolerate no fault
+    assert committees.members_of("fog-a", ["d1", "d2", "d3"], 1) == ["fog-a"]
     keys = [(i, SigningKey().public_key) for i in ("a", "b", "c", "d", "e")]
     fields = committees.spec_fields(keys)
     assert fields["sealer"] == "quorum" and fields["committee"].threshold == 4 and fields["committee"].faults == 1

@@ -11,17 +11,20 @@ needs that quorum too (``edgefl.consensus.endorse``).
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+import shutil
+from typing import Callable, Iterable, Mapping, Sequence
 
 from edgefl.consensus.proposal import ProposalSpec
 from edgefl.crypto.keys import SigningKey, VerifyingKey
+from edgefl.ledger.chain import Chain
 from edgefl.ledger.committee import Committee
 from edgefl.ledger.sealer import QuorumSealer, Sealer, SingleSealer
+from edgefl.ledger.tx import ChainSpec
 
 MIN_BFT = 4  # the smallest committee that survives one byzantine member
 
 
-def members(fog: str, devices: Sequence[str], size: int) -> list[str]:
+def members_of(fog: str, devices: Sequence[str], size: int) -> list[str]:
     """The sub-chain committee of ``fog``: itself and up to ``size - 1`` devices, or itself alone."""
     chosen = [fog, *sorted(devices)[:max(0, size - 1)]]
     return chosen if len(chosen) >= MIN_BFT else [fog]
@@ -57,6 +60,42 @@ def genesis_sealer(spec, holder: str, keys: Mapping[str, SigningKey]) -> Sealer:
     if spec.sealer == "single":
         return SingleSealer(holder, keys[holder])
     return QuorumSealer(spec.committee.ids[0], [(i, keys[i]) for i in spec.committee.ids])
+
+
+def site_geneses(cloud: str, fogs: Mapping[str, Sequence[str]], config: Callable, public: Callable[[str], VerifyingKey],
+                 ts: int) -> dict[str, ChainSpec]:
+    """What `edgefl ledger init` gives a site: holder -> ChainSpec for the cloud's main chain and each fog's
+    sub-chain. The main chain registers every sub-chain's committee (its anchors' signers); ``config(node)``
+    and ``public(node)`` are a node's configuration and public key."""
+    from edgefl.ledger.service import chain_id  # the service builds on this module
+
+    def keys(nodes: Iterable[str]) -> list:
+        return [(n, public(n)) for n in nodes]
+
+    members = {f: members_of(f, ds, config(f).ledger.committee_size) for f, ds in fogs.items()}
+    main = config(cloud)
+    specs = {cloud: ChainSpec(
+        chain=chain_id(main), role="main", **main_fields(cloud, keys([cloud, *fogs])),
+        max_block=main.ledger.max_block_bytes, ts=ts, subchains={f: registered(keys(m)) for f, m in members.items()})}
+    for f, m in members.items():
+        specs[f] = ChainSpec(chain=chain_id(config(f)), role="sub", **spec_fields(keys(m)),
+                             max_block=config(f).ledger.max_block_bytes, ts=ts, parent=main.ledger.main,
+                             parent_committee=Committee.of(keys([cloud])))
+    return specs
+
+
+def write_genesis(spec: ChainSpec, holder: str, config: Callable, private: Callable[[str], SigningKey]) -> None:
+    """Block 0 of ``spec`` in its holder's store, and the same file in every other member's (their replicas)."""
+    from edgefl.ledger.service import db_path
+
+    first = db_path(config(holder), spec.chain)
+    first.parent.mkdir(parents=True, exist_ok=True)
+    Chain.create(first, spec, genesis_sealer(spec, holder, {i: private(i) for i in spec.committee.ids})).close()
+    for member in spec.committee.ids:
+        if member != holder:
+            path = db_path(config(member), spec.chain)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(first, path)
 
 
 def is_pbft(spec) -> bool:

@@ -10,16 +10,13 @@ loop is shared.  Nodes can be stopped and started again (restarts in tests).
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
 from pathlib import Path
 
 from edgefl.consensus import committees
 from edgefl.crypto.keys import SigningKey, save_public
 from edgefl.ledger.chain import Chain
-from edgefl.ledger.committee import Committee
 from edgefl.ledger.service import db_path
-from edgefl.ledger.tx import ChainSpec
 from edgefl.nodes.node import running
 from edgefl.runtime.config import Config, load_config
 from edgefl.transport.session import Session
@@ -65,36 +62,12 @@ class LocalSite:
         return SigningKey.load(self.cfgs[node].path(self.cfgs[node].security.key_file))
 
     def _create_chains(self, fogs: dict[str, list[str]]) -> None:
-        """What `edgefl ledger init` does: the main chain registers every fog's sub-chain and its committee (the
-        fog and some of its devices, ``ledger.committee_size``); each member gets the sub-chain's genesis."""
-        def keys(nodes: list[str]) -> list:
-            return [(n, self.key(n).public_key) for n in nodes]
-
-        ts = time.time_ns() // 1_000_000
-        main = self.cfgs[self.cloud]
-        members = {f: committees.members(f, ds, self.cfgs[f].ledger.committee_size) for f, ds in fogs.items()}
-        genesis = {self.cloud: ChainSpec(chain=main.ledger.main, role="main", **committees.main_fields(
-                                             self.cloud, keys([self.cloud, *fogs])),
-                                         max_block=main.ledger.max_block_bytes, ts=ts,
-                                         subchains={f: committees.registered(keys(m)) for f, m in members.items()})}
-        for f, m in members.items():
-            genesis[f] = ChainSpec(chain=f, role="sub", **committees.spec_fields(keys(m)),
-                                   max_block=self.cfgs[f].ledger.max_block_bytes, ts=ts, parent=main.ledger.main,
-                                   parent_committee=Committee.of(keys([self.cloud])))
-        for chain, spec in genesis.items():
-            holders = [chain] if chain == self.cloud else members[chain]
-            paths = [db_path(self.cfgs[n], spec.chain) for n in holders]
-            if all(p.exists() for p in paths):
-                continue
-            first = paths[0].parent / f".{spec.chain}.genesis"
-            sealer = committees.genesis_sealer(spec, chain, {n: self.key(n) for n in spec.committee.ids})
-            first.parent.mkdir(parents=True, exist_ok=True)
-            first.unlink(missing_ok=True)
-            Chain.create(first, spec, sealer).close()
-            for p in paths:  # every member starts from the same block 0
-                p.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(first, p)
-            first.unlink()
+        """What `edgefl ledger init` does on each machine (edgefl.consensus.committees.site_geneses), once."""
+        specs = committees.site_geneses(self.cloud, fogs, self.cfgs.__getitem__, lambda n: self.key(n).public_key,
+                                        time.time_ns() // 1_000_000)
+        for holder, spec in specs.items():
+            if not db_path(self.cfgs[holder]).exists():
+                committees.write_genesis(spec, holder, self.cfgs.__getitem__, self.key)
 
     def spec(self, chain: str):
         """The genesis spec of ``chain`` (a fog's id, or the cloud's for the main chain), read from its holder."""

@@ -302,48 +302,23 @@ class SiteDirectory:
         return changed
 
     def _geneses(self, site: Site, created: list[str]) -> None:
-        """What `edgefl ledger init` does for the chains of the nodes created now: the main chain registers every
-        fog's sub-chain and its committee — the fog and its first devices dealt so far (``ledger.committee_size``;
-        fixed here: devices added later are not members) — and every member holds the sub-chain's block 0."""
+        """`edgefl ledger init` for the chains of the nodes created now (edgefl.consensus.committees.site_geneses):
+        a fog's committee is the fog and its first devices dealt so far — fixed here: devices added later are
+        not members — and every member holds the sub-chain's block 0."""
         from edgefl.consensus import committees
-        from edgefl.ledger.chain import Chain
-        from edgefl.ledger.committee import Committee
-        from edgefl.ledger.service import chain_id, db_path
-        from edgefl.ledger.tx import ChainSpec
 
-        def keys(ids: list[str]) -> list:
-            return [(i, self.ca.certificate(i).key) for i in ids]
+        def config(node: str):
+            return self.config(site, node)
 
         def private(node: str) -> SigningKey:
-            cfg = self.config(site, node)
+            cfg = config(node)
             return SigningKey.load(cfg.path(cfg.security.key_file))
 
-        ts = time.time_ns() // 1_000_000
-        members = {f: committees.members(f, site.fogs[f].devices, self.config(site, f).ledger.committee_size)
-                   for f in site.fogs}
-        cloud = self.config(site, site.cloud)
-        chains = {}
-        if site.cloud in created:
-            chains[site.cloud] = ChainSpec(chain=chain_id(cloud), role="main",
-                                           **committees.main_fields(site.cloud, keys([site.cloud, *site.fogs])),
-                                           max_block=cloud.ledger.max_block_bytes, ts=ts,
-                                           subchains={f: committees.registered(keys(m)) for f, m in members.items()})
-        for f in site.fogs:
-            if f in created:
-                cfg = self.config(site, f)
-                chains[f] = ChainSpec(chain=chain_id(cfg), role="sub", **committees.spec_fields(keys(members[f])),
-                                      max_block=cfg.ledger.max_block_bytes, ts=ts, parent=cfg.ledger.main,
-                                      parent_committee=Committee.of(keys([site.cloud])))
-        for holder, spec in chains.items():
-            sealer = committees.genesis_sealer(spec, holder, {i: private(i) for i in spec.committee.ids})
-            first = db_path(self.config(site, holder))
-            first.parent.mkdir(parents=True, exist_ok=True)
-            Chain.create(first, spec, sealer).close()
-            for member in spec.committee.ids:  # the device members keep a replica from the same block 0
-                if member != holder:
-                    path = db_path(self.config(site, member), spec.chain)
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(first, path)
+        specs = committees.site_geneses(site.cloud, {f: fog.devices for f, fog in site.fogs.items()}, config,
+                                        lambda n: self.ca.certificate(n).key, time.time_ns() // 1_000_000)
+        for holder, spec in specs.items():
+            if holder in created:
+                committees.write_genesis(spec, holder, config, private)
 
 
 def _write_if_changed(path: Path, data: bytes) -> bool:
