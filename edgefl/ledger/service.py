@@ -233,14 +233,13 @@ class LedgerNode:
             endorse.serve(self)  # the fog's Type-II anchors need a quorum of the committee
         try:
             async with asyncio.TaskGroup() as tg:
+                # a replica that does not serve the chain only votes, stores and answers state transfer (its producer)
                 tg.create_task(self.producer.run(), name="ledger-blocks")
-                if not self.server:
-                    pass  # a replica: it votes, stores and answers its peers' state transfer (the producer)
-                elif self.role == "main":
+                if self.server and self.role == "main":
                     tg.create_task(self._broadcast_beacons(), name="ledger-beacons")
                     if self.finality is not None:
                         tg.create_task(self._ffg_calls(), name="ledger-ffg")
-                else:
+                elif self.server:
                     tg.create_task(self._anchor_loop(), name="ledger-anchors")
                     tg.create_task(self._listen_beacons(), name="ledger-beacon-listener")
                     tg.create_task(self._ffg_votes(), name="ledger-ffg-votes")

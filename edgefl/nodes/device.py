@@ -87,12 +87,10 @@ class DeviceNode:
     def _replica(self, cfg: Config, session: Session):
         """A member of its fog's sub-chain committee keeps a replica of it (its genesis came with the device's
         provisioning); other devices keep no chain."""
-        from edgefl.ledger.service import db_path
+        from edgefl.ledger.service import LedgerNode, db_path
 
         if not db_path(cfg, self.fog).exists():
             return None
-        from edgefl.ledger.service import LedgerNode
-
         return LedgerNode.from_config(cfg, session, chain=self.fog, blobs=self.blobs)
 
     def services(self) -> dict:
