@@ -145,3 +145,29 @@ def verify_all(dep, tally: Tally | None = None, nodes: Iterable[str] | None = No
             tally.check(f"{node}: chain verifies", False, str(exc))
     return tally
 
+
+def replicas_agree(dep, fog: str, tally: Tally | None = None) -> Tally:
+    """The safety invariant of ``fog``'s committee: no two members hold different blocks at one height, and
+    every replica's chain verifies on its own (its quorum seals included)."""
+    from edgefl.ledger.chain import Chain
+    from edgefl.ledger.service import db_path, registry_for
+
+    tally = tally or Tally()
+    with dep.open_chain(fog) as chain:
+        members, own = chain.spec.committee.ids, [chain.store.block_row(h)[0] for h in range(chain.tip.height + 1)]
+    for m in members:
+        if m == fog:
+            continue
+        cfg = dep.config(m)
+        try:
+            with Chain.open(db_path(cfg, fog), readonly=True, registry=registry_for(cfg)) as replica:
+                n = replica.verify()
+                theirs = [replica.store.block_row(h)[0] for h in range(replica.tip.height + 1)]
+        except LedgerError as exc:
+            tally.check(f"{m}: its replica of {fog} verifies", False, str(exc))
+            continue
+        same = all(a == b for a, b in zip(own, theirs))
+        tally.check(f"{m}: its replica of {fog} verifies and agrees with {fog}'s at every height", same,
+                    f"{n} blocks, {fog} holds {len(own)}")
+    return tally
+

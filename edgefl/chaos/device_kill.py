@@ -25,13 +25,15 @@ PHASES = ("extracting", "spend recorded", "batch attested", "batch stored")
 
 class DeviceKill(Scenario):
     name = "device-kill"
-    summary = ("kill -9 of a device mid-upload at seeded points, restarted; no double upload, no privacy "
-               "budget spent twice")
+    summary = ("kill -9 of a device (a member of its fog's PBFT committee) mid-upload at seeded points, "
+               "restarted; no double upload, no privacy budget spent twice, the replicas agree")
 
     def run(self) -> None:
         rounds, per_round = (2, 1) if self.short else (4, 3)
         victim = "dev-1"
-        fogs = {"fog-1": ["dev-1", "dev-2"]}
+        # three devices: fog-1's sub-chain is a PBFT committee of four, and the victim (the first id) its view-0
+        # leader, killed mid-commit as often as mid-upload
+        fogs = {"fog-1": ["dev-1", "dev-2", "dev-3"]}
         kills = []
         with Deployment(self.workdir, fogs, settings=small_task(rounds),
                         per_node={"cloud-1": ["fl.items=128"]}) as dep:
@@ -56,6 +58,7 @@ class DeviceKill(Scenario):
             self._accountants(dep, fogs["fog-1"], rounds, tally)
             checks.interlock(dep, tally)
             checks.verify_all(dep, tally)
+            checks.replicas_agree(dep, "fog-1", tally)
             self.result.tally = tally
             self.result.figures["kills"] = ", ".join(kills)
 
