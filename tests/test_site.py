@@ -165,3 +165,28 @@ def test_a_fog_with_three_devices_gets_a_committee_and_each_member_a_replica(tmp
     # a device added later is not a member (the committee is in both geneses), and gets no replica
     sd.init(fogs={}, devices=["fog-1=a4"])
     assert not db_path(sd.config(sd.load(), "a4"), "fog-1").exists()
+
+
+def test_the_committee_size_is_the_sites_and_fixed_at_genesis(tmp_path):
+    """`site init --committee N`: each fog's committee is itself and its first N-1 devices; under 4 it seals
+    alone; the size is written into the fogs' profiles and cannot change once the chains exist."""
+    sd = SiteDirectory(tmp_path / "site")
+    sd.init(fogs={"fog-1": "", "fog-2": ""}, devices=["fog-1=a1,a2,a3,a4,a5", "fog-2=b1,b2,b3"], committee=5)
+    site = sd.load()
+    assert site.committee == 5 and sd.config(site, "fog-1").ledger.committee_size == 5
+    with Chain.open(db_path(sd.config(site, "fog-1")), readonly=True) as sub:
+        assert sub.spec.committee.ids == ["a1", "a2", "a3", "a4", "fog-1"] and sub.spec.committee.threshold == 4
+    assert not db_path(sd.config(site, "a5"), "fog-1").exists()  # not a member: no replica
+    with Chain.open(db_path(sd.config(site, "fog-2")), readonly=True) as sub:
+        assert sub.spec.committee.ids == ["b1", "b2", "b3", "fog-2"]  # fewer devices: all of them
+    sd.init(fogs={}, devices=["fog-1=a6"])  # re-run without --committee: the site's size stays
+    assert sd.load().committee == 5
+    with pytest.raises(SiteError, match="fixed at genesis"):
+        sd.init(fogs={}, devices=[], committee=7)
+
+    small = SiteDirectory(tmp_path / "small")
+    small.init(fogs={"fog-1": ""}, devices=["fog-1=a1,a2,a3"], committee=3)
+    with Chain.open(db_path(small.config(small.load(), "fog-1")), readonly=True) as sub:
+        assert sub.spec.sealer == "single" and sub.spec.committee.ids == ["fog-1"]
+    with pytest.raises(SiteError, match="1 to 64"):
+        SiteDirectory(tmp_path / "bad").init(fogs={"fog-1": ""}, devices=[], committee=0)

@@ -9,6 +9,8 @@ points drawn from ``--seed`` (the same seed, the same points), and then checks t
     broker-restart   a broker restarted mid-round (a fog's or the cloud's, SIGTERM and back)
     fog-kill         kill -9 of a fog during ledger writes, again and again
     device-kill      kill -9 of a device mid-upload, restarted
+    committee        byzantine members of a fog's PBFT committee (equivocating, silent, bad signatures,
+                     replays) at n = 4 and 16 during a task
     hosts            the cloud and two fogs as network namespaces over veth pairs, bridged; a fog's link cut
                      mid-round and healed
 
@@ -23,6 +25,7 @@ SCENARIOS = {  # name -> the Scenario class (edgefl.chaos.scenario) that plays i
     "broker-restart": "edgefl.chaos.broker_restart:BrokerRestart",
     "fog-kill": "edgefl.chaos.fog_kill:FogKill",
     "device-kill": "edgefl.chaos.device_kill:DeviceKill",
+    "committee": "edgefl.chaos.committee:CommitteeFaults",
     "hosts": "edgefl.chaos.hosts:Hosts",
 }
 

@@ -11,7 +11,7 @@ duplicate.  Type-II anchors must name the blocks the fogs hold, and every chain 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from edgefl.fl.protocol import Aggregation, FogUpdate, run_id
@@ -146,9 +146,9 @@ def verify_all(dep, tally: Tally | None = None, nodes: Iterable[str] | None = No
     return tally
 
 
-def replicas_agree(dep, fog: str, tally: Tally | None = None) -> Tally:
-    """The safety invariant of ``fog``'s committee: no two members hold different blocks at one height, and
-    every replica's chain verifies on its own (its quorum seals included)."""
+def replicas_agree(dep, fog: str, tally: Tally | None = None, honest: Callable[[str], bool] = lambda m: True) -> Tally:
+    """The safety invariant of ``fog``'s committee: no two (``honest``) members hold different blocks at one
+    height, and every such replica's chain verifies on its own (its quorum seals included)."""
     from edgefl.ledger.chain import Chain
     from edgefl.ledger.service import db_path, registry_for
 
@@ -156,7 +156,7 @@ def replicas_agree(dep, fog: str, tally: Tally | None = None) -> Tally:
     with dep.open_chain(fog) as chain:
         members, own = chain.spec.committee.ids, [chain.store.block_row(h)[0] for h in range(chain.tip.height + 1)]
     for m in members:
-        if m == fog:
+        if m == fog or not honest(m):
             continue
         cfg = dep.config(m)
         try:

@@ -96,8 +96,11 @@ def wait_for(predicate, timeout: float, what: str, every: float = 0.05):
 
 class Deployment:
     def __init__(self, workdir: str | os.PathLike, fogs: dict[str, list[str]], *, cloud: str = "cloud-1",
-                 network: Network | None = None, settings: list[str] = (), per_node: dict[str, list[str]] | None = None):
-        """``fogs``: each fog's devices; ``settings`` for every node, ``per_node`` for one (``--set`` values)."""
+                 network: Network | None = None, settings: list[str] = (), per_node: dict[str, list[str]] | None = None,
+                 committee: int | None = None, byzantine: dict[str, str] | None = None):
+        """``fogs``: each fog's devices; ``settings`` for every node, ``per_node`` for one (``--set`` values);
+        ``committee``: the sub-chain committees' size (`site init --committee`); ``byzantine``: node -> the
+        behaviour of its committee replicas (edgefl.chaos.byzantine_member)."""
         if mosquitto_binary() is None:
             raise BrokerError("mosquitto is not installed (Debian: apt-get install mosquitto)")
         self.workdir = Path(workdir)
@@ -106,7 +109,8 @@ class Deployment:
         self.sd = SiteDirectory(self.workdir / "site")
         hosts = network.addresses if network else {n: "127.0.0.1" for n in [cloud, *fogs]}
         self.sd.init(fogs={f: hosts[f] for f in fogs}, devices=[f"{f}={','.join(d)}" for f, d in fogs.items() if d],
-                     cloud=cloud, cloud_host=hosts[cloud])
+                     cloud=cloud, cloud_host=hosts[cloud], committee=committee)
+        self.byzantine = dict(byzantine or {})
         self.site = self.sd.load()
         self.cloud, self.fogs = cloud, {f: list(d) for f, d in fogs.items()}
         self.ports = {n: TLS_PORT if network else free_port() for n in [cloud, *fogs]}
@@ -150,7 +154,9 @@ class Deployment:
 
     def command(self, node: str, *args: str) -> list[str]:
         sets = [a for s in self.overrides(node) for a in ("--set", s)]
-        return [*self.prefix(node), sys.executable, "-m", "edgefl", "--profile",
+        entry = (["edgefl.chaos.byzantine_member", self.byzantine[node]] if node in self.byzantine
+                 else ["edgefl"])
+        return [*self.prefix(node), sys.executable, "-m", *entry, "--profile",
                 str(self.sd.node_dir(node) / "edgefl.toml"), *sets, *(args or ("run",))]
 
     # ------------------------------------------------------------------ processes

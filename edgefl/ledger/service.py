@@ -166,6 +166,10 @@ class SingleProducer(Producer):
 
 
 class LedgerNode:
+    # how a committee member makes blocks (consensus.shell.PbftProducer when None); a chaos scenario's
+    # byzantine member runs edgefl with a corrupted one (edgefl.chaos.byzantine_member)
+    committee_producer: Callable[..., Producer] | None = None
+
     def __init__(self, chain: Chain, session: Session, blobs: BlobStore, sealer: Sealer, *,
                  keys: dict[str, SigningKey], main_node: str, block_interval_s: float = 1.0,
                  interlock_interval_s: float = 10.0, metrics: Metrics = METRICS,
@@ -209,8 +213,9 @@ class LedgerNode:
         if committees.is_pbft(ledger.spec) and cfg.node.id in ledger.spec.committee.ids:
             from edgefl.consensus.shell import PbftProducer
 
+            make = cls.committee_producer or PbftProducer
             votes = cfg.path(cfg.ledger.votelog.replace("{chain}", name))
-            producer = lambda n: PbftProducer(n, key, votelog=votes, view_timeout=cfg.ledger.view_timeout_s)  # noqa: E731
+            producer = lambda n: make(n, key, votelog=votes, view_timeout=cfg.ledger.view_timeout_s)  # noqa: E731
         return cls(ledger, session, blobs, sealer, keys=keys, main_node=cfg.ledger.main_node,
                    block_interval_s=cfg.ledger.block_interval_s, interlock_interval_s=interval, metrics=metrics,
                    producer=producer, server=server_of(cfg, name) == cfg.node.id)

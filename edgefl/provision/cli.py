@@ -20,6 +20,8 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, help="the brokers' mTLS port (default 8883)")
     p.add_argument("--days", type=int, help="certificate lifetime (default 365)")
     p.add_argument("--board", help="the devices' default board profile (default pi4)")
+    p.add_argument("--committee", type=int, help="members of each fog's sub-chain committee, the fog and its "
+                   "first devices (default 7; under 4 the fog seals alone; fixed once the site exists)")
     p.set_defaults(func=site_init)
     site.set_defaults(func=lambda args: site.print_help() or 2)
 
@@ -55,7 +57,7 @@ def site_init(args) -> int:
     sd = SiteDirectory(args.dir)
     cloud, cloud_host = next(iter(parse_nodes(args.cloud).items())) if args.cloud else (None, None)
     done = sd.init(fogs=parse_nodes(args.fogs), devices=args.devices, cloud=cloud, cloud_host=cloud_host or None,
-                   port=args.port, days=args.days, board=args.board)
+                   port=args.port, days=args.days, board=args.board, committee=args.committee)
     site = sd.load()
     for node in site.nodes():
         what = "created" if node in done["created"] else "updated" if node in done["updated"] else "unchanged"

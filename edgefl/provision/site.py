@@ -61,6 +61,7 @@ class Site:
     port: int = TLS_PORT
     days: int = 365
     board: str = "pi4"  # the devices' default board profile
+    committee: int = 7  # members of each fog's sub-chain committee, the fog included (fixed at genesis)
     fogs: dict[str, Fog] = dataclasses.field(default_factory=dict)
 
     def role(self, node: str) -> str:
@@ -84,7 +85,7 @@ class Site:
     def to_toml(self) -> str:
         lines = ["# The site: edit with `edgefl site init` (which adds fogs and devices), not by hand.",
                  "[site]"]
-        for key in ("cloud", "cloud_host", "root", "port", "days", "board"):
+        for key in ("cloud", "cloud_host", "root", "port", "days", "board", "committee"):
             lines.append(f"{key} = {profile._value(getattr(self, key))}")
         for name, fog in self.fogs.items():
             lines += ["", f"[fogs.{profile._value(name)}]", f"host = {profile._value(fog.host)}",
@@ -183,6 +184,7 @@ class SiteDirectory:
             s["node"]["fog"] = fog
         if role == "fog":
             s["fl"] = {"devices": list(site.fogs[node].devices)}
+            s["ledger"]["committee_size"] = site.committee
         return s
 
     def render_profile(self, site: Site, node: str, board: str | None = None, *, data_dir: str = DATA_DIR) -> str:
@@ -224,12 +226,19 @@ class SiteDirectory:
 
     def init(self, *, fogs: dict[str, str], devices: list[str], cloud: str | None = None,
              cloud_host: str | None = None, port: int | None = None, days: int | None = None,
-             board: str | None = None, now: float | None = None) -> dict[str, list[str]]:
+             board: str | None = None, committee: int | None = None,
+             now: float | None = None) -> dict[str, list[str]]:
         """Create the site, or add to it; returns {"created": nodes, "updated": nodes}."""
         site = self.load() if self.spec_path.exists() else Site()
         fresh = not self.spec_path.exists()
         if cloud and cloud != site.cloud and not fresh:
             raise SiteError(f"this site's cloud is {site.cloud}; a site has one cloud")
+        if committee is not None and committee != site.committee:
+            if not fresh:
+                raise SiteError(f"this site's committees have {site.committee} members, fixed at genesis")
+            if not 1 <= committee <= 64:
+                raise SiteError(f"a committee has 1 to 64 members, not {committee}")
+            site.committee = committee
         site.cloud = check_segment(cloud or site.cloud, "node id")
         site.cloud_host = cloud_host or site.cloud_host or f"{site.cloud}.local"
         site.port = port or site.port
