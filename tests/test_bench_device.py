@@ -14,9 +14,10 @@ from tests.conftest import need_mosquitto
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = {f"device_{what}_{backend}" for what in ("rss_mb", "peak_rss_mb", "cpu_per_batch")
-        for backend in ("litert", "onnxruntime")} | {"device_start_s"}
+        for backend in ("litert", "onnxruntime")} | {"device_start_s", "device_rss_mb_litert_replica"}
 
 
+@pytest.mark.timeout(300)
 @pytest.mark.skipif(os.environ.get("EDGEFL_NO_EXTENSIONS") == "1",
                     reason="the benchmark runs once, in the pass with the compiled extensions")
 def test_quick_run_under_a_board_profile_writes_every_row(tmp_path):
@@ -24,7 +25,7 @@ def test_quick_run_under_a_board_profile_writes_every_row(tmp_path):
     out = tmp_path / "device.json"
     run = subprocess.run([sys.executable, "-m", "edgefl", "--log-level", "WARNING", "bench", "device", "--quick",
                           "--profile", "pizero2w", "--restarts", "0", "--json", str(out)],
-                         capture_output=True, text=True, timeout=150, cwd=REPO,
+                         capture_output=True, text=True, timeout=240, cwd=REPO,
                          env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert run.returncode == 0, run.stderr[-3000:]
     rows = {r["name"]: r for r in json.loads(out.read_text())}
@@ -40,6 +41,9 @@ def test_quick_run_under_a_board_profile_writes_every_row(tmp_path):
         assert "1 core" in steady["note"]  # the profile's caps were applied
         assert rows[f"device_cpu_per_batch_{backend}"]["unit"] == "ms"
     assert rows["device_start_s"]["unit"] == "s" and rows["device_start_s"]["goal"] == "<= 1.5 s"
+    replica = rows["device_rss_mb_litert_replica"]  # the same device as a committee member, beside it
+    assert replica["replica_height"] > 0 and "committee of 4" in replica["note"]
+    assert replica["ratio"] == pytest.approx(replica["median"] / rows["device_rss_mb_litert"]["median"])
     # the published table reads the device rows
     table = {e["row"]: e for e in published.table({"device": list(rows.values())}) if e["row"]}
     assert {"device.device_rss_mb_litert", "device.device_rss_mb_onnxruntime", "device.device_start_s"} <= set(table)

@@ -10,6 +10,12 @@ rounds of a task.  The device process is read from ``/proc`` every 20 ms:
   median and p99 of the samples.  Goals: 80 MB with LiteRT, 120 MB with
   ONNX Runtime.
 * ``device_peak_rss_mb_{backend}`` — the most it ever held (``VmHWM``).
+* ``device_rss_mb_{backend}_replica`` — the same device (the first backend)
+  as a member of its fog's sub-chain committee of four (the fog, it and two
+  more devices in this process): its replica of the sub-chain, vote log and
+  PBFT run inside the agent; the ratio is to the device without one, and
+  the note gives the replica's height and how far the resident memory moved
+  from the first sample to the last.
 * ``device_start_s`` — from ``exec`` to its first MQTT CONNECT (seen as its
   ``online`` status at the broker, a few ms after the CONNACK), over every
   start of both backends (each run starts the device, then restarts it).
@@ -51,6 +57,7 @@ RSS_GOAL_MB = {"litert": 80, "onnxruntime": 120, "tflite_runtime": 80}
 START_GOAL_S = 1.5
 SAMPLE_S = 0.02
 DEVICE, FOG, CLOUD = "dev-1", "fog-1", "cloud-1"
+PEERS = ["dev-2", "dev-3"]  # with them the fog's sub-chain is a committee of four
 # a small task: the fog's training is not what is measured, the device is
 SETTINGS = ["fl.hidden=[20]", "ml.local_epochs=1", "fl.warm_start=false", "ml.epsilon=1", "ml.epsilon_budget=1000",
             "fl.round_timeout_s=120", "fl.data=generated"]
@@ -116,6 +123,11 @@ async def run(*, quick: bool = False, board: str | None = None, backends: list[s
                                         threads)
                 starts += result["starts"]
                 _rows(report, backend, result, caps)
+            if backends:  # the first backend again, as a committee member keeping a replica of the sub-chain
+                plain = next((r for r in report.rows if r.name == f"device_rss_mb_{backends[0]}"), None)
+                result = await _measure(Path(tmp) / "replica", mq.port, backends[0], rounds, 0, board, caps,
+                                        threads, committee=True)
+                _replica_row(report, backends[0], result, plain)
         finally:
             os.sched_setaffinity(0, mine)
     if starts:
@@ -137,6 +149,18 @@ def _caps(board: str | None) -> dict | None:
     return {"profile": board, "cpus": {cpu}, "threads": cfg.ml.threads, "model": cfg.board.model}
 
 
+def _replica_row(report: Report, backend: str, r: dict, plain: Row | None) -> None:
+    rss = r["rss"]
+    med = statistics.median(rss)
+    base = plain.median if plain is not None else None
+    report.add(Row(f"device_rss_mb_{backend}_replica", "MB", med, percentile(rss, 99),
+                   ratio=med / base if base else None, goal=f"<= {RSS_GOAL_MB[backend]} MB",
+                   note=f"a member of its fog's committee of 4, keeping the sub-chain's replica ({r['height']} "
+                        f"blocks at the end): {med - base:+.1f} MB beside the device without one; "
+                        f"first to last sample {rss[-1] - rss[0]:+.1f} MB" if base else "",
+                   extra={"replica_height": r["height"], "peak": r["peak"]}))
+
+
 def _rows(report: Report, backend: str, r: dict, caps: dict | None) -> None:
     where = f"{caps['model']} caps: 1 core, {caps['threads']} threads" if caps else "no caps"
     rss = r["rss"]
@@ -153,7 +177,10 @@ def _rows(report: Report, backend: str, r: dict, caps: dict | None) -> None:
 
 
 async def _measure(work: Path, port: int, backend: str, rounds: int, restarts: int, board: str | None,
-                   caps: dict | None, threads: int | None) -> dict:
+                   caps: dict | None, threads: int | None, committee: bool = False) -> dict:
+    """``committee``: two more devices (in this process) make the fog's sub-chain a committee of four, the
+    measured device one of its members."""
+    from edgefl.ledger.service import db_path
     from edgefl.nodes.site import LocalSite
 
     device_sets = [f"ml.backend={backend}"]
@@ -161,7 +188,8 @@ async def _measure(work: Path, port: int, backend: str, rounds: int, restarts: i
         device_sets.append(f"ml.threads={caps['threads']}")
     elif threads:
         device_sets.append(f"ml.threads={threads}")
-    site = LocalSite(work, port, {FOG: [DEVICE]}, cloud=CLOUD, clients=("watcher",),
+    peers = PEERS if committee else []
+    site = LocalSite(work, port, {FOG: [DEVICE, *peers]}, cloud=CLOUD, clients=("watcher",),
                      settings=[*SETTINGS, f"fl.rounds={rounds}"], per_node={DEVICE: device_sets})
     items = site.cfgs[DEVICE].fl.items
     sets = [*site.overrides[DEVICE], "mqtt.host=127.0.0.1"]
@@ -179,6 +207,8 @@ async def _measure(work: Path, port: int, backend: str, rounds: int, restarts: i
     async with watcher, watcher.subscribe(topics.pattern(node=DEVICE, kind="status")) as status:
         await site.start(CLOUD)
         fog = await site.start(FOG)
+        for peer in peers:
+            await site.start(peer)
         try:
             proc, start, cpu = await _spawn(command, env, caps, log, status)
             out["starts"].append((start, cpu))
@@ -192,8 +222,16 @@ async def _measure(work: Path, port: int, backend: str, rounds: int, restarts: i
                 out["starts"].append((start, cpu))
                 _stop(proc)
         finally:
-            await site.stop(FOG)
-            await site.stop(CLOUD)
+            for node in (*peers, FOG, CLOUD):
+                await site.stop(node)
+    replica = db_path(site.cfgs[DEVICE], FOG)
+    if committee:
+        if not replica.exists():
+            raise RuntimeError(f"{DEVICE} is not a member of {FOG}'s committee: no replica at {replica}")
+        from edgefl.ledger.store import Store
+
+        with contextlib.closing(Store(replica, readonly=True)) as store:
+            out["height"] = store.tip().height
     return out
 
 
