@@ -10,6 +10,7 @@ loop is shared.  Nodes can be stopped and started again (restarts in tests).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from pathlib import Path
 
@@ -34,6 +35,7 @@ class LocalSite:
         self.workdir = Path(workdir)
         self.cloud = cloud
         self.clients = clients
+        self._session_ids = itertools.count(1)
         self.roles = {cloud: "cloud", **{f: "fog" for f in fogs}, **{d: "device" for ds in fogs.values() for d in ds},
                       **{c: "device" for c in clients}}
         self.cfgs: dict[str, Config] = {}
@@ -76,8 +78,13 @@ class LocalSite:
             return c.spec
 
     def session(self, node: str) -> Session:
-        """An MQTT session under ``node``'s identity (for a client such as an auditor; not for a running node)."""
-        return Session.from_config(self.cfgs[node])
+        """An MQTT session under ``node``'s identity, for a client such as an auditor or an injected peer.
+
+        Beside a running ``node`` it takes a client id of its own: the broker keeps one connection per client
+        id, so sharing the node's would have the two take the connection from each other in turn.
+        """
+        client_id = f"{node}-client-{next(self._session_ids)}" if node in self.nodes else None
+        return Session.from_config(self.cfgs[node], client_id=client_id)
 
     async def start(self, node: str):
         stack = contextlib.AsyncExitStack()
