@@ -154,3 +154,33 @@ async def test_sixteen_members_with_five_byzantine_never_fork_and_make_progress(
         seen = sum(c.nodes.metrics[i].get("pbft_equivocation") for i in honest)
         assert seen >= 1  # and its two signed proposals were caught
         assert sum(c.nodes.metrics[i].get("pbft_rejected", reason="bad_signature") for i in honest) >= 1
+
+
+async def test_a_request_its_peers_missed_is_passed_on_again_without_a_view_change(broker, tmp_path):
+    """A member admits a request while its peers are not yet subscribed (the broker drops the broadcast): it
+    passes the request on again after a view timeout, and the leader of view 0 commits it."""
+    c = Members(tmp_path, broker.port, view_timeout=2.0)  # ample: the peers subscribe long before it expires
+    member = c.committee.ids[1]  # not the leader: without a second copy only a view change would bring it in
+    try:
+        for node in c.ledgers.values():
+            await node.session.__aenter__()
+        await connected(*(n.session for n in c.ledgers.values()))
+        c.tasks[member] = asyncio.create_task(c.ledgers[member].producer.run())
+        await asyncio.sleep(0.2)
+        receipt = asyncio.create_task(c.ledgers[member].submit(note(1, nodes=c.nodes)))
+        await asyncio.sleep(0.1)  # its Requests went out to nobody
+        assert c.nodes.metrics[member].get("pbft_request_resent") == 0
+        for i in c.ids:
+            if i != member:
+                c.tasks[i] = asyncio.create_task(c.ledgers[i].producer.run())
+        async with asyncio.timeout(20):
+            r = await receipt
+        assert r.height == 1
+        assert c.nodes.metrics[member].get("pbft_request_resent") >= 1
+        assert all(c.ledgers[i].producer.replica.view == 0 for i in c.ids)  # the leader of view 0 proposed it
+        async with asyncio.timeout(10):
+            while min(c.ledgers[i].chain.tip.height for i in c.ids) < 1:
+                await asyncio.sleep(0.05)
+        c.check_safety()
+    finally:
+        await c.__aexit__(None, None, None)

@@ -14,7 +14,12 @@ transactions per block is what carries the throughput.
 Requests: a client hands a transaction to any member (``Submit``); members
 admit it to their own mempools, and whichever member leads proposes it, so a
 deposed leader does not strand what it held: submit to every member to be
-independent of who leads (as PBFT clients broadcast on a timeout).
+independent of who leads (as PBFT clients broadcast on a timeout).  A member
+passes on again what it admitted itself and still holds uncommitted after half
+a view timeout (before it would suspect the leader; then after 1, 2, 4, 8
+timeouts): a peer that subscribed late or was reconnecting missed the first
+copy, and a leader that never saw a request would otherwise keep committing
+others' blocks while it waits here for ever.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 from edgefl import codec
@@ -38,6 +44,7 @@ from edgefl.transport import topics
 
 log = logging.getLogger("edgefl.pbft")
 KIND = "pbft"
+MAX_UNCONFIRMED = 4096
 
 
 class ChainApp(App):
@@ -84,11 +91,19 @@ class PbftProducer(Producer):
         self._share: list[bytes] = []  # admitted here, to pass on to the peers at the next tick
         self._share_bytes = 0
         self._share_at = 0.0  # when the first of them was admitted
+        self.view_timeout = view_timeout
+        self._unconfirmed: OrderedDict[bytes, list] = OrderedDict()  # admitted here: txid -> [raw, resend at, tries]
 
     def wake(self) -> None:
         self._kick.set()
 
     def admitted(self, raw: bytes) -> None:
+        self._unconfirmed[txid(raw)] = [raw, time.monotonic() + self.view_timeout / 2, 1]
+        if len(self._unconfirmed) > MAX_UNCONFIRMED:
+            self._unconfirmed.popitem(last=False)  # the oldest stays in the mempool, it is only not passed on again
+        self._enqueue(raw)
+
+    def _enqueue(self, raw: bytes) -> None:
         if not self._share:
             self._share_at = time.monotonic()
         self._share.append(raw)
@@ -96,6 +111,21 @@ class PbftProducer(Producer):
         self._kick.set()  # the leader proposes now, not at the next tick (while a block is in flight, requests batch)
         if self._share_bytes > self.spec.max_block // 2 or len(self._share) >= 4096:
             self._send_requests()
+
+    def _reshare(self, now: float) -> None:
+        """Pass on again, with backoff, what was admitted here and is still in this member's mempool."""
+        chain = self.node.chain
+        while self._unconfirmed:
+            tid, entry = next(iter(self._unconfirmed.items()))
+            if entry[1] > now:
+                break
+            if not chain.pooled(tid):  # committed, or dropped from the mempool: nothing left to pass on
+                del self._unconfirmed[tid]
+                continue
+            entry[1], entry[2] = now + self.view_timeout / 2 * min(2 ** entry[2], 16), entry[2] + 1
+            self._unconfirmed.move_to_end(tid)
+            self.node.metrics.inc("pbft_request_resent")
+            self._enqueue(entry[0])
 
     def _send_requests(self, now: float | None = None) -> None:
         """Pass on what was admitted here, at most one tick after the first of it: one message per batch."""
@@ -145,7 +175,9 @@ class PbftProducer(Producer):
         """Until the replica's next timer (leader's resend, view timeout, state transfer), within [tick, idle]: an
         idle member does not wake a hundred times a second; a kick (a request, a commit) wakes it at once."""
         r, now = self.replica, time.monotonic()
-        timers = [t for t in (r.deadline, r.resend_at, r.fetch_until if r.fetch_until >= 0 else None) if t is not None]
+        again = next(iter(self._unconfirmed.values()))[1] if self._unconfirmed else None
+        timers = [t for t in (r.deadline, r.resend_at, r.fetch_until if r.fetch_until >= 0 else None, again)
+                  if t is not None]
         if self._share:
             return max(0.0, self._share_at + self.tick - now)  # requests to pass on
         return min(self.idle, max(self.tick, min(timers, default=now + self.idle) - now))
@@ -158,6 +190,7 @@ class PbftProducer(Producer):
             self._kick.clear()
             r, chain = self.replica, self.node.chain
             now = time.monotonic()
+            self._reshare(now)
             self._send_requests(now)
             r.timeout(now)
             if chain.pending:
@@ -235,4 +268,6 @@ class PbftProducer(Producer):
             block = await node.call(chain.commit_sealed, verified, Seal(self.spec.sealer, a.sigs), state)
         self._checked = {h: c for h, c in self._checked.items() if c[0].header.height > block.header.height}
         node.committed(block)
+        for t in block.txs:
+            self._unconfirmed.pop(t.id, None)
         self._kick.set()  # the leader may propose the next one

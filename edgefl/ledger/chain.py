@@ -160,6 +160,10 @@ class Chain:
         """Whether transaction ``txid`` is in the mempool or on the chain."""
         return txid in self._pool or self.store.has_tx(txid)
 
+    def pooled(self, txid: bytes) -> bool:
+        """Whether transaction ``txid`` waits in the mempool (memory only: safe on the event loop)."""
+        return txid in self._pool
+
     def _queue(self, info: TxInfo) -> None:
         self._pool[info.id] = info
         self._pool_bytes += len(info.raw)
