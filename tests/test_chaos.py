@@ -40,7 +40,8 @@ def test_the_bridge_carries_what_other_sites_address_to_this_fog():
     topics = [line for line in _bridge().splitlines() if line.startswith("topic ")]
     assert topics == ["topic edgefl/v1/fog-1/fog/fog-1/# out 1", "topic edgefl/v1/+/cloud/# in 1",
                       "topic edgefl/v1/+/fog/+/req/fog-1 in 1", "topic edgefl/v1/+/fog/+/resp/fog-1 in 1",
-                      "topic edgefl/v1/+/fog/+/msg/fog-1 in 1"]
+                      "topic edgefl/v1/+/fog/+/msg/fog-1 in 1", "topic edgefl/v1/+/fog/+/pbft-main in 1",
+                      "topic edgefl/v1/+/fog/+/pbft-main/fog-1 in 1"]
 
 
 def test_the_bridge_speaks_what_the_cloud_listener_speaks():

@@ -141,3 +141,72 @@ async def test_a_member_endorses_only_the_anchor_its_own_replica_builds(tmp_path
         endorse.own_body(chain, ahead)
     assert behind.value.reason == "behind"
     chain.close()
+
+
+def test_a_final_committee_of_four_makes_the_main_chains_blocks_by_pbft():
+    keys = [(i, SigningKey().public_key) for i in ("cloud-1", "fog-a", "fog-b", "fog-c")]
+    fields = committees.main_fields("cloud-1", keys)
+    assert fields["sealer"] == "quorum" and fields["committee"].threshold == 3 and fields["proposal"].name == "pbft"
+    assert fields["proposal"].credit == fields["finality"] == {i: 1 for i, _ in keys}
+    three = committees.main_fields("cloud-1", keys[:3])  # tolerates no fault: the cloud seals, all vote
+    assert three["sealer"] == "single" and "proposal" not in three and len(three["finality"]) == 3
+
+
+def test_credit_weighted_leaders_lead_in_proportion_to_credit():
+    from edgefl.consensus.proposal import PbftLeader, ProposalSpec
+    from edgefl.ledger.committee import Committee
+
+    committee = Committee.bft([(i, SigningKey().public_key) for i in ("a", "b", "c", "d")])
+    credit = {"a": 1, "b": 1, "c": 2, "d": 4}
+    rule = PbftLeader(ProposalSpec("pbft", credit=credit))
+    leaders = [rule.primary(committee, v, "main") for v in range(8000)]
+    for member, weight in credit.items():  # 1000 views per unit of credit, give or take sampling noise
+        assert abs(leaders.count(member) - 1000 * weight) < 200, (member, leaders.count(member))
+    assert leaders[:50] == [rule.primary(committee, v, "main") for v in range(50)]  # a pure function of the view
+    assert leaders[:50] != [rule.primary(committee, v, "other") for v in range(50)]  # and of the chain
+    plain = PbftLeader(ProposalSpec("pbft"))
+    assert [plain.primary(committee, v) for v in range(5)] == ["a", "b", "c", "d", "a"]  # round robin
+    with pytest.raises(LedgerError, match="every committee member"):
+        PbftLeader(ProposalSpec("pbft", credit={"a": 1})).validate(committee, "genesis.proposal")
+
+
+MAIN_FOGS = {"fog-a": ["dev-a"], "fog-b": ["dev-b"], "fog-c": ["dev-c"]}
+
+
+@pytest.mark.broker
+async def test_the_cloud_and_three_fogs_keep_the_main_chain_through_a_crashed_member(broker, tmp_path):
+    """Four members: every fog holds a replica of the main chain, PBFT commits the cloud's records and the fogs'
+    anchors; one fog down (the view-0 leader when a fog leads it), the other three go on; back, it catches up."""
+    from edgefl.consensus.proposal import primary_of
+
+    need_mosquitto()
+    site = LocalSite(tmp_path, broker.port, MAIN_FOGS, settings=SETTINGS)
+    spec = site.spec("cloud-1")
+    members = ["cloud-1", *MAIN_FOGS]
+    assert spec.sealer == "quorum" and spec.committee.ids == members and spec.proposal.credit
+    main = spec.chain
+    async with site:
+        cloud = site.nodes["cloud-1"].ledger
+        assert all(site.nodes[f].main is not None and site.nodes[f].main.chain.id == main for f in MAIN_FOGS)
+        key = site.key("cloud-1")
+
+        async def note(text: str):
+            return await asyncio.wait_for(cloud.submit(record_tx(Note("t", text.encode()), "cloud-1", key)), 30)
+
+        first = await note("four replicas of the main chain")
+        await until(lambda: all(site.nodes[f].main.chain.tip.height >= first.height for f in MAIN_FOGS))
+        await until(lambda: all(cloud.chain.store.latest_anchor(f) is not None for f in MAIN_FOGS))  # fogs' anchors
+
+        leader = primary_of(spec)(0)
+        victim = leader if leader != "cloud-1" else "fog-c"  # the cloud serves the chain: a fog goes down
+        await site.stop(victim)
+        second = await note(f"{victim} is down")
+        live = [f for f in MAIN_FOGS if f != victim]
+        await until(lambda: all(site.nodes[f].main.chain.tip.height >= second.height for f in live))
+        if victim == leader:
+            assert max(site.nodes[f].main.producer.replica.view for f in live) >= 1
+        await site.start(victim)
+        third = await note("all four again")
+        await until(lambda: site.nodes[victim].main.chain.tip.height >= third.height)
+        await until(lambda: cloud.finality.finalized_height >= 2)
+    assert_safe(site, main, members)

@@ -39,13 +39,18 @@ def spec_fields(keys: Iterable[tuple[str, VerifyingKey]]) -> dict:
 
 
 def main_fields(cloud: str, keys: Iterable[tuple[str, VerifyingKey]]) -> dict:
-    """The main chain's final committee: the cloud and the fog aggregators. The cloud makes the blocks (it is
-    the one that serves the chain), and every member votes on its checkpoints (FFG, equal weights): a block
-    is final once members holding two thirds of the weight justified it and its child."""
+    """The main chain's final committee: the cloud and the fog aggregators, every one voting on its
+    checkpoints (FFG, equal weights: a block is final once members holding two thirds of the weight justified
+    it and its child). With at least four members they also make the blocks: PBFT, each view's leader drawn
+    in proportion to its credit, every member a replica. Fewer tolerate no byzantine member, so the cloud
+    (the one that serves the chain) makes them alone."""
     keys = list(keys)
     ids = [i for i, _ in keys]
-    return {"sealer": "single", "committee": Committee.of(keys),
-            "finality": {i: 1 for i in ids} if len(ids) > 1 else None}
+    votes = {i: 1 for i in ids} if len(ids) > 1 else None
+    if len(ids) >= MIN_BFT:
+        return {"sealer": "quorum", "committee": Committee.bft(keys), "finality": votes,
+                "proposal": ProposalSpec("pbft", credit=dict(votes))}
+    return {"sealer": "single", "committee": Committee.of(keys), "finality": votes}
 
 
 def registered(keys: Iterable[tuple[str, VerifyingKey]]) -> Committee:

@@ -42,7 +42,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Callable
 
 from edgefl import codec
 from edgefl.codec import MaxLen, Message, Range, message
@@ -255,9 +255,11 @@ class Replica:
     def __init__(self, me: str, key: SigningKey, committee: Committee, chain: str, app: App, *,
                  height: int = 0, tip_hash: bytes = bytes(32), tip_sigs: list[Sig] | None = None, votelog: VoteLog | None = None,
                  window: int = 8, checkpoint_every: int = 16, view_timeout: float = 1.0,
-                 now: float = 0.0, metrics: Metrics = METRICS):
+                 now: float = 0.0, metrics: Metrics = METRICS, primary: Callable[[int], str] | None = None):
+        """``primary``: the leader of a view (the chain's proposal rule; default member ``view mod n``)."""
         self.me, self.key, self.committee, self.chain, self.app = me, key, committee, chain, app
         self.ids = committee.ids
+        self.primary = primary or (lambda view: self.ids[view % self.n])
         self.n, self.q = len(self.ids), committee.threshold
         self.f = committee.faults
         self.votelog = votelog or VoteLog()
@@ -294,7 +296,7 @@ class Replica:
     # ------------------------------------------------------------------ helpers
 
     def leader(self, view: int | None = None) -> str:
-        return self.ids[(self.view if view is None else view) % self.n]
+        return self.primary(self.view if view is None else view)
 
     @property
     def is_leader(self) -> bool:

@@ -6,7 +6,12 @@ the block.  Without a ``proposal`` entry a chain keeps its original rule
 (any committee member proposes; the sealer checks membership).
 
 * ``pbft``   — the primary of the header's ``view``: committee member
-  ``view mod n`` in id order (the default for sub-chains).
+  ``view mod n`` in id order (the default for sub-chains); with ``credit``
+  (the main chain's final committee), a draw weighted by credit from a hash
+  of the chain and the view, so each member leads a share of the views in
+  proportion to its credit.  PBFT's view change needs every replica to know
+  the next view's leader before anyone speaks, so this draw is public, not a
+  VRF claim as in ``credit`` below.
 * ``credit`` — proof of credit (the default for the main chain): a member is
   eligible in round ``view`` after the previous block when its VRF output on
   ``prev hash || "propose/" || view`` selects it in a sortition weighted by
@@ -29,7 +34,7 @@ the block.  Without a ``proposal`` entry a chain keeps its original rule
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, ClassVar
+from typing import Annotated, Callable, ClassVar
 
 from edgefl.codec import MaxLen, Message, Range, message
 from edgefl.consensus import sortition
@@ -38,6 +43,7 @@ from edgefl.ledger.block import Header, Tip
 from edgefl.ledger.errors import InvalidBlock, LedgerError
 
 POW_TAG = b"edgefl/ledger/pow/v1"
+PRIMARY_TAG = b"edgefl/ledger/pbft-primary/v1"
 MAX_DIFFICULTY = 64
 ROLE = "propose/"
 
@@ -84,20 +90,39 @@ def proposal(cls: type[Proposal]) -> type[Proposal]:
     return cls
 
 
+def _check_credit(spec: ProposalSpec, committee, field: str) -> None:
+    credit = spec.credit or {}
+    if set(credit) != {m.id for m in committee.members}:
+        raise LedgerError("credit lists every committee member and only them", field=f"{field}.credit")
+
+
 @proposal
 class PbftLeader(Proposal):
     name = "pbft"
     bft = True
 
-    @staticmethod
-    def primary(committee, view: int) -> str:
-        return committee.members[view % len(committee.members)].id
+    def validate(self, committee, field):
+        if self.spec.credit is not None:
+            _check_credit(self.spec, committee, field)
+
+    def primary(self, committee, view: int, chain: str = "") -> str:
+        ids = committee.ids
+        credit = self.spec.credit
+        if not credit:
+            return ids[view % len(ids)]
+        total = sum(credit[i] for i in ids)
+        point = int.from_bytes(tagged_hash(PRIMARY_TAG, chain.encode() + b"\0" + view.to_bytes(8, "big"))[:8], "big") % total
+        for i in ids:  # id order: the cumulative credit up to ``point``
+            point -= credit[i]
+            if point < 0:
+                return i
+        raise AssertionError("unreachable: point < total")
 
     def claim(self, header, tip, committee, *, member, secret=None, view=0):
         return dataclasses.replace(header, proposer=member, view=view or None)
 
     def check(self, header, tip, committee):
-        want = self.primary(committee, header.view or 0)
+        want = self.primary(committee, header.view or 0, header.chain)
         if header.proposer != want:
             _bad(f"{header.proposer!r} proposed in view {header.view or 0}, whose primary is {want!r}",
                  "header.proposer")
@@ -109,11 +134,8 @@ class ProofOfCredit(Proposal):
     bft = True
 
     def validate(self, committee, field):
-        credit = self.spec.credit or {}
-        ids = {m.id for m in committee.members}
-        if set(credit) != ids:
-            raise LedgerError("credit lists every committee member and only them", field=f"{field}.credit")
-        if sum(credit.values()) < (self.spec.tau or 1):
+        _check_credit(self.spec, committee, field)
+        if sum(self.spec.credit.values()) < (self.spec.tau or 1):
             raise LedgerError("total credit must be at least tau", field=f"{field}.tau")
 
     def _selection(self, header, tip, committee, proof: bytes) -> sortition.Selection | None:
@@ -195,3 +217,11 @@ def claimer(spec, tip: Tip, member: str, key=None, view: int = 0):
     rule = from_spec(spec.proposal)
     secret = key.secret if key is not None else None
     return lambda header: rule.claim(header, tip, spec.committee, member=member, secret=secret, view=view)
+
+
+def primary_of(spec) -> Callable[[int], str] | None:
+    """A PBFT chain's leader schedule, view -> member (None: the replica's default, ``view mod n``)."""
+    if spec.proposal is None or spec.proposal.name != "pbft" or not spec.proposal.credit:
+        return None
+    rule = PbftLeader(spec.proposal)
+    return lambda view: rule.primary(spec.committee, view, spec.chain)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from edgefl import codec
 from edgefl.consensus.pbft import App, Blocks, Commit, Evidence, Replica, Requests, Send, Serve, Validate
-from edgefl.consensus.proposal import claimer
+from edgefl.consensus.proposal import claimer, primary_of
 from edgefl.consensus.votelog import VoteLog
 from edgefl.crypto.keys import SigningKey
 from edgefl.ledger.block import Seal, block_hash, decode_block, decode_header
@@ -43,8 +43,13 @@ from edgefl.ledger.tx import record_tx, txid
 from edgefl.transport import topics
 
 log = logging.getLogger("edgefl.pbft")
-KIND = "pbft"
+KIND = "pbft"  # a sub-chain committee's topic kind; the main chain's has its own (a fog is in both committees)
+MAIN_KIND = "pbft-main"
 MAX_UNCONFIRMED = 4096
+
+
+def kind_of(spec) -> str:
+    return MAIN_KIND if spec.role == "main" else KIND
 
 
 class ChainApp(App):
@@ -76,13 +81,14 @@ class PbftProducer(Producer):
         self.me = node.session.signer.node_id
         self.key = key
         self.spec = chain.spec
+        self.kind = kind_of(self.spec)
         seal = chain.store.block_row(chain.tip.height)[2]
         sigs = Seal.from_wire(codec.decode(seal)).sigs if seal else []  # the tip's certificate: our stable point
         self.replica = Replica(self.me, key, self.spec.committee, chain.id, ChainApp(self.spec.max_block),
                                height=chain.tip.height, tip_hash=chain.tip.hash, tip_sigs=sigs,
                                votelog=VoteLog(votelog) if votelog else None, window=1,
                                checkpoint_every=checkpoint_every, view_timeout=view_timeout, now=time.monotonic(),
-                               metrics=node.metrics)
+                               metrics=node.metrics, primary=primary_of(self.spec))
         self.tick, self.idle = tick, idle
         self._checked: dict[bytes, tuple] = {}  # proposals validated here: hash -> (Verified, State)
         self._actions: asyncio.Queue = asyncio.Queue()
@@ -136,9 +142,10 @@ class PbftProducer(Producer):
     async def run(self) -> None:
         s = self.node.session
         async with contextlib.AsyncExitStack() as stack:
-            # each peer's broadcasts (not our own, which the broker would echo back) and what is sent to us
-            patterns = [topics.pattern(site=s.site, node=peer, kind=KIND) for peer in self.replica.ids
-                        if peer != self.me] + [topics.pattern(site=s.site, kind=KIND, target=self.me)]
+            # each peer's broadcasts (not our own, which the broker would echo back) and what is sent to us, from
+            # any site: the main chain's members are the cloud and the fogs, each its own site
+            patterns = [topics.pattern(node=peer, kind=self.kind) for peer in self.replica.ids
+                        if peer != self.me] + [topics.pattern(kind=self.kind, target=self.me)]
             subs = [await stack.enter_async_context(s.subscribe(p)) for p in patterns]
             async with asyncio.TaskGroup() as tg:
                 for sub in subs:
@@ -234,7 +241,7 @@ class PbftProducer(Producer):
                     raws = await node.call(lambda: list(chain.store.blocks(a.height, min(chain.tip.height,
                                                                                          a.height + 15))))
                     seals = [decode_block(r, self.spec.max_block).seal.sigs for r in raws]
-                    await s.publish(KIND, Blocks(a.height, raws, seals), to=a.to)
+                    await s.publish(self.kind, Blocks(a.height, raws, seals), to=a.to)
                 elif isinstance(a, Evidence):
                     node.metrics.inc("pbft_evidence", kind=a.record.kind)
                     log.warning("%s: %s %s at view %d height %d", chain.id, a.record.member, a.record.kind,
@@ -249,7 +256,7 @@ class PbftProducer(Producer):
         self.replica.propose(block.raw, block.hash)
 
     async def _publish(self, a: Send) -> None:
-        await self.node.session.publish(KIND, a.msg, to=a.to)
+        await self.node.session.publish(self.kind, a.msg, to=a.to)
 
     async def _record(self, tx: bytes) -> None:
         with contextlib.suppress(LedgerError):

@@ -234,7 +234,7 @@ class LedgerNode:
         self._stopped = False
         if self.server:
             self._serve()
-        elif len(self.chain.spec.committee.members) > 1:
+        elif self.role == "sub" and len(self.chain.spec.committee.members) > 1:
             endorse.serve(self)  # the fog's Type-II anchors need a quorum of the committee
         try:
             async with asyncio.TaskGroup() as tg:

@@ -24,6 +24,7 @@ import math
 import time
 
 from edgefl import codec
+from edgefl.consensus import committees
 from edgefl.fl.aggregate import AggregationError
 from edgefl.fl.attacks import poison_aggregate
 from edgefl.fl.leader import prove
@@ -55,7 +56,7 @@ from edgefl.ledger.blobs import cid_of, fetch
 from edgefl.ledger.errors import LedgerError
 from edgefl.ledger.protocol import Submit
 from edgefl.ledger.records import DataCollected, TrainingStep
-from edgefl.ledger.service import LedgerNode
+from edgefl.ledger.service import LedgerNode, db_path
 from edgefl.ledger.tx import decode_tx, record_tx
 from edgefl.ml.device import FeatureBatch
 from edgefl.ml.privacy import PrivacySpend, items_root
@@ -79,6 +80,7 @@ class FogNode:
         self.id, self.cloud = cfg.node.id, cfg.ledger.main_node
         self.ledger = LedgerNode.from_config(cfg, session)
         self.blobs = self.ledger.blobs
+        self.main = self._main_replica(cfg, session)
         self.state = StateFile(cfg.path(cfg.fl.state_file))
         self.doc = self.state.load({"task": "", "batches": {}})  # round -> {device: batch cid}
         self.wake = asyncio.Event()  # the task, the global model or a batch arrived
@@ -96,11 +98,26 @@ class FogNode:
     def check(cfg: Config) -> None:
         pass
 
+    def _main_replica(self, cfg: Config, session: Session) -> LedgerNode | None:
+        """A final committee of four or more (the cloud and the fogs) makes the main chain's blocks by PBFT:
+        then every fog keeps a replica of it (its block 0 came with the site), as a member that votes, stores
+        and answers state transfer; the cloud serves it."""
+        if not db_path(cfg, cfg.ledger.main).exists():
+            return None
+        main = LedgerNode.from_config(cfg, session, chain=cfg.ledger.main, blobs=self.blobs)
+        if committees.is_pbft(main.chain.spec) and self.id in main.chain.spec.committee.ids:
+            return main
+        main.close()  # a main chain the cloud seals alone: the fogs only vote on its checkpoints
+        return None
+
     def services(self) -> dict:
-        return {"ledger": self.ledger.run, "fl-fog": self.run}
+        return {"ledger": self.ledger.run, **({"ledger-main": self.main.run} if self.main else {}),
+                "fl-fog": self.run}
 
     def close(self) -> None:
         self.ledger.close()
+        if self.main:
+            self.main.close()
 
     def reload(self, cfg: Config) -> list[str]:
         """SIGHUP: the devices whose batches a round waits for, as the reloaded profile lists them."""
