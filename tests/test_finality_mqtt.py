@@ -39,7 +39,8 @@ async def test_fogs_vote_a_byzantine_double_vote_is_recorded_and_finality_stays_
     async with LocalCluster(tmp_path, broker.port, keys=KEYS, subchains=FOGS, finality=WEIGHTS) as c:
         main = c.ledgers["cloud-1"]
         h = await note_final(c, 1)
-        voters = {v.signer for v in records(main.chain, Vote) if v.target_epoch == h}
+        # h is final once a checkpoint at or above it is: on a busy machine the tip moved on before the votes
+        voters = {v.signer for v in records(main.chain, Vote) if v.target_epoch >= h}
         assert len(voters) >= 3 and voters <= set(WEIGHTS)
         # fog-c also signs a second, conflicting vote for a target it voted for: genesis -> that block
         await until(lambda: any(v.signer == "fog-c" and v.target_epoch >= 2 for v in records(main.chain, Vote)))
