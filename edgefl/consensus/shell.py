@@ -97,14 +97,13 @@ class PbftProducer(Producer):
         self._share: list[bytes] = []  # admitted here, to pass on to the peers at the next tick
         self._share_bytes = 0
         self._share_at = 0.0  # when the first of them was admitted
-        self.view_timeout = view_timeout
         self._unconfirmed: OrderedDict[bytes, list] = OrderedDict()  # admitted here: txid -> [raw, resend at, tries]
 
     def wake(self) -> None:
         self._kick.set()
 
     def admitted(self, raw: bytes) -> None:
-        self._unconfirmed[txid(raw)] = [raw, time.monotonic() + self.view_timeout / 2, 1]
+        self._unconfirmed[txid(raw)] = [raw, time.monotonic() + self.replica.view_timeout / 2, 1]
         if len(self._unconfirmed) > MAX_UNCONFIRMED:
             self._unconfirmed.popitem(last=False)  # the oldest stays in the mempool, it is only not passed on again
         self._enqueue(raw)
@@ -128,7 +127,7 @@ class PbftProducer(Producer):
             if not chain.pooled(tid):  # committed, or dropped from the mempool: nothing left to pass on
                 del self._unconfirmed[tid]
                 continue
-            entry[1], entry[2] = now + self.view_timeout / 2 * min(2 ** entry[2], 16), entry[2] + 1
+            entry[1], entry[2] = now + self.replica.view_timeout / 2 * min(2 ** entry[2], 16), entry[2] + 1
             self._unconfirmed.move_to_end(tid)
             self.node.metrics.inc("pbft_request_resent")
             self._enqueue(entry[0])
