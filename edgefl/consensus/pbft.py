@@ -573,7 +573,8 @@ class Replica:
             h, block, sigs = found[0]
             self.committed += 1
             self.committed_hash, self.committed_sigs = h, list(sigs)
-            self.stalls = 0  # progress: the view timeout is back to its base            self.slots.pop(self.committed, None)
+            self.stalls = 0  # progress: the view timeout is back to its base
+            self.slots.pop(self.committed, None)  # its block is in the store now: a replica's memory stays bounded
             self.out.append(Commit(self.committed, h, block, sigs))
             self.metrics.inc("pbft_committed")
             if self.committed % self.checkpoint_every == 0:
