@@ -40,11 +40,11 @@ from edgefl.nodes.ondevice import LocalTraining
 from edgefl.runtime import memory
 from edgefl.runtime.config import Config, ConfigError
 from edgefl.runtime.metrics import METRICS
+from edgefl.runtime.backoff import retry
 from edgefl.runtime.state import StateFile
 from edgefl.transport.session import RemoteError, RequestTimeout, Session
 
 log = logging.getLogger("edgefl.device")
-RETRY_S = (0.5, 10.0)  # backoff between attempts to deliver a batch
 # refusals that may pass, so the round is tried again with backoff while it is open: the fog has not seen the
 # task yet, failed or stopped; it does not know this device yet (its fl.devices, its certificate or key) and
 # may learn it at run time (SIGHUP), or lacks a current CRL of this device's CA
@@ -145,61 +145,70 @@ class DeviceNode:
         """Release (once) and deliver this device's batch for ``round``; returns when acknowledged or too late."""
         fx = await self.extractor(task)
         entry = self._entry(task, round)
-        delay = RETRY_S[0]
-        while not entry.get("acked") and self.view.is_open(task, round):
+
+        async def deliver() -> bool:
             try:
-                if "batch" not in entry:
-                    ids = np.arange(len(self.data))
-                    images, labels = self.attack.data(self.data.images, self.data.labels, seed=round)
-                    batch, spend = await asyncio.to_thread(fx.draw, ids, images, labels, task=task.task, round=round)
-                    # Written ahead: the release and its signed spend record are kept before either leaves, so
-                    # a restart finishes this release rather than drawing another (and spending ε twice).
-                    entry["batch"] = await asyncio.to_thread(self.blobs.put, codec.encode_message(batch))
-                    if spend is not None:
-                        entry["spend"] = self.blobs.put(record_tx(spend, self.id, self.session.signer.key,
-                                                                  device=self.id))
-                    self.state.save(self.sent)
-                else:
-                    batch = decode_batch(self.blobs.get(entry["batch"]))
-                if "spend" in entry and not entry.get("spent"):  # on the fog's chain before anything is sent
-                    await asyncio.to_thread(self._spend, fx, entry["spend"], batch.ids, self._submitter())
-                    entry["spent"] = True
-                    self.state.save(self.sent)
-                    log.info("%s: released %d items for %s round %d at ε=%g (spend recorded on %s)", self.id,
-                             len(batch.ids), task.task, round, task.epsilon, self.fog)
-                if not entry.get("collected"):  # provenance: the fog keeps only what this device attested
-                    if "attest" not in entry:  # kept first, too: resent after a restart, recorded once
-                        entry["attest"] = self.blobs.put(self._attest(entry["batch"]))
-                        self.state.save(self.sent)
-                    await asyncio.to_thread(self._submitter(), self.blobs.get(entry["attest"]))
-                    entry["collected"] = True
-                    self.state.save(self.sent)
-                ack = (await self.session.request(self.fog, batch)).message
-                if not isinstance(ack, BatchAck) or (ack.task, ack.round) != (task.task, round):
-                    raise RemoteError("unexpected", f"{type(ack).__name__} in answer to a batch")
-                entry["acked"] = True
-                self.state.save(self.sent)
-                for kept in ("spend", "attest"):  # on the fog's chain: never sent again
-                    if kept in entry:
-                        self.blobs.path(entry[kept]).unlink(missing_ok=True)
-                if task.train_at == "fog":  # the fog has it: never sent again (on-device, trained on here)
-                    self.blobs.path(entry["batch"]).unlink(missing_ok=True)
-                METRICS.inc("fl_batch_delivered")
-                break
+                return await self._deliver(task, round, fx, entry)
             except RemoteError as exc:
                 if exc.reason not in TRANSIENT:  # the batch (or the spend record) is not acceptable: give up the round
                     METRICS.inc("fl_batch_refused", reason=exc.reason)
                     log.warning("%s: round %d refused by %s: %s", self.id, round, self.fog, exc)
-                    return
+                    return False
                 METRICS.inc("fl_batch_deferred", reason=exc.reason)
+                raise
+
+        def later(exc: BaseException, delay: float) -> None:
+            if isinstance(exc, RemoteError):
                 log.info("%s: %s is not ready for round %d (%s); retrying in %.1f s", self.id, self.fog, round, exc,
                          delay)
-            except (RequestTimeout, ConnectionError, TimeoutError, LedgerError) as exc:
+            else:
                 log.info("%s: round %d: %s; retrying", self.id, round, exc)
-            await asyncio.sleep(delay)
-            delay = min(RETRY_S[1], 2 * delay)
+
+        await retry(deliver, retry_on=(RemoteError, RequestTimeout, ConnectionError, TimeoutError, LedgerError),
+                    keep_going=lambda: not entry.get("acked") and self.view.is_open(task, round), on_retry=later)
         if entry.get("acked") and task.train_at == "device":
             await self.training.take_part(task, round, entry)
+
+    async def _deliver(self, task: Task, round: int, fx: FeatureExtractor, entry: dict) -> bool:
+        """One attempt at the round's release: drawn and kept (once), its spend recorded, attested, sent, acked."""
+        if "batch" not in entry:
+            ids = np.arange(len(self.data))
+            images, labels = self.attack.data(self.data.images, self.data.labels, seed=round)
+            batch, spend = await asyncio.to_thread(fx.draw, ids, images, labels, task=task.task, round=round)
+            # Written ahead: the release and its signed spend record are kept before either leaves, so
+            # a restart finishes this release rather than drawing another (and spending ε twice).
+            entry["batch"] = await asyncio.to_thread(self.blobs.put, codec.encode_message(batch))
+            if spend is not None:
+                entry["spend"] = self.blobs.put(record_tx(spend, self.id, self.session.signer.key,
+                                                          device=self.id))
+            self.state.save(self.sent)
+        else:
+            batch = decode_batch(self.blobs.get(entry["batch"]))
+        if "spend" in entry and not entry.get("spent"):  # on the fog's chain before anything is sent
+            await asyncio.to_thread(self._spend, fx, entry["spend"], batch.ids, self._submitter())
+            entry["spent"] = True
+            self.state.save(self.sent)
+            log.info("%s: released %d items for %s round %d at ε=%g (spend recorded on %s)", self.id,
+                     len(batch.ids), task.task, round, task.epsilon, self.fog)
+        if not entry.get("collected"):  # provenance: the fog keeps only what this device attested
+            if "attest" not in entry:  # kept first, too: resent after a restart, recorded once
+                entry["attest"] = self.blobs.put(self._attest(entry["batch"]))
+                self.state.save(self.sent)
+            await asyncio.to_thread(self._submitter(), self.blobs.get(entry["attest"]))
+            entry["collected"] = True
+            self.state.save(self.sent)
+        ack = (await self.session.request(self.fog, batch)).message
+        if not isinstance(ack, BatchAck) or (ack.task, ack.round) != (task.task, round):
+            raise RemoteError("unexpected", f"{type(ack).__name__} in answer to a batch")
+        entry["acked"] = True
+        self.state.save(self.sent)
+        for kept in ("spend", "attest"):  # on the fog's chain: never sent again
+            if kept in entry:
+                self.blobs.path(entry[kept]).unlink(missing_ok=True)
+        if task.train_at == "fog":  # the fog has it: never sent again (on-device, trained on here)
+            self.blobs.path(entry["batch"]).unlink(missing_ok=True)
+        METRICS.inc("fl_batch_delivered")
+        return True
 
     def _attest(self, cid: bytes) -> bytes:
         """A ``DataCollected`` record of the batch's exact bytes, for the fog's chain."""
@@ -245,13 +254,13 @@ class DeviceNode:
         entry = task.extractor_for(kind.format)
         if entry is None:
             raise Refused("format", f"no {kind.format} model released for backend {ml.backend}")
-        while True:  # from the fog: device traffic stays there; the fetch checks the content id
-            try:
-                model = await fetch(self.session, self.fog, entry.cid, self.blobs)
-                break
-            except (RemoteError, RequestTimeout, LedgerError) as exc:
-                log.info("%s: extractor not available from %s yet: %s", self.id, self.fog, exc)
-                await asyncio.sleep(RETRY_S[0])
+        def later(exc: BaseException, delay: float) -> None:
+            log.info("%s: extractor not available from %s yet: %s", self.id, self.fog, exc)
+
+        # from the fog: device traffic stays there; the fetch checks the content id
+        model = await retry(lambda: fetch(self.session, self.fog, entry.cid, self.blobs), on_retry=later,
+                            retry_on=(RemoteError, RequestTimeout, LedgerError))
+        assert model is not None  # no deadline: fetched, or the task is cancelled
         privatiser = Privatiser(mechanism(task.noise, randbytes=ml.noise_source), epsilon=task.epsilon,
                                 batch_size=task.batch_size, unit=task.unit, accountant=self._accountant())
         try:

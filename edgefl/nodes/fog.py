@@ -66,12 +66,12 @@ from edgefl.nodes.node import node_attack
 from edgefl.nodes.ondevice import UpdateDesk
 from edgefl.runtime.config import Config, ConfigError
 from edgefl.runtime.metrics import METRICS
+from edgefl.runtime.backoff import retry
 from edgefl.runtime.state import StateFile
 from edgefl.transport.messages import Error
 from edgefl.transport.session import RemoteError, RequestTimeout, Session
 
 log = logging.getLogger("edgefl.fog")
-RETRY_S = (0.5, 10.0)
 
 
 class FogNode:
@@ -256,14 +256,13 @@ class FogNode:
             await self._fetch(e.cid)
 
     async def _fetch(self, cid: bytes) -> bytes:
-        delay = RETRY_S[0]
-        while True:
-            try:
-                return await fetch(self.session, self.cloud, cid, self.blobs)
-            except (RemoteError, RequestTimeout, LedgerError) as exc:
-                log.info("%s: blob %s… not available from %s yet: %s", self.id, cid.hex()[:16], self.cloud, exc)
-            await asyncio.sleep(delay)
-            delay = min(RETRY_S[1], 2 * delay)
+        def later(exc: BaseException, delay: float) -> None:
+            log.info("%s: blob %s… not available from %s yet: %s", self.id, cid.hex()[:16], self.cloud, exc)
+
+        blob = await retry(lambda: fetch(self.session, self.cloud, cid, self.blobs), on_retry=later,
+                           retry_on=(RemoteError, RequestTimeout, LedgerError))
+        assert blob is not None  # no deadline: it is fetched or the task is cancelled
+        return blob
 
     async def _collect(self, task: Task, round: int) -> dict[str, bytes] | None:
         """The round's batches once every expected device sent one, or at the deadline once a quorum did.
@@ -449,18 +448,19 @@ class FogNode:
 
     async def _deliver(self, task: Task, round: int, tx: bytes) -> bool:
         """Submit the update to the main chain until it is recorded (True) or the round is over (False)."""
-        delay = RETRY_S[0]
-        while self.view.is_open(task, round):
-            try:
-                receipt = (await self.session.request(self.cloud, Submit(tx))).message
-                METRICS.inc("fl_update_recorded")
-                log.info("%s: update for round %d recorded in main block %d", self.id, round, receipt.height)
-                return True
-            except RemoteError as exc:
+        async def submit() -> bool:
+            receipt = (await self.session.request(self.cloud, Submit(tx))).message
+            METRICS.inc("fl_update_recorded")
+            log.info("%s: update for round %d recorded in main block %d", self.id, round, receipt.height)
+            return True
+
+        def later(exc: BaseException, delay: float) -> None:
+            if isinstance(exc, RemoteError):
                 METRICS.inc("fl_update_refused", reason=exc.reason)
                 log.warning("%s: the main chain refused the update for round %d: %s", self.id, round, exc)
-            except (RequestTimeout, ConnectionError) as exc:
+            else:
                 log.info("%s: main chain not reachable: %s", self.id, exc)
-            await asyncio.sleep(delay)
-            delay = min(RETRY_S[1], 2 * delay)
-        return False
+
+        done = await retry(submit, retry_on=(RemoteError, RequestTimeout, ConnectionError), on_retry=later,
+                           keep_going=lambda: self.view.is_open(task, round))
+        return bool(done)

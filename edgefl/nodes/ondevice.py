@@ -38,11 +38,11 @@ from edgefl.ledger.records import TrainingStep
 from edgefl.ledger.tx import decode_tx, record_tx
 from edgefl.ml.trainer import DenseModel
 from edgefl.runtime.metrics import METRICS
+from edgefl.runtime.backoff import retry
 from edgefl.transport.messages import Error
 from edgefl.transport.session import RemoteError, RequestTimeout
 
 log = logging.getLogger("edgefl.ondevice")
-RETRY_S = (0.5, 10.0)
 TRANSIENT = ("unknown_task", "internal", "not_found")  # the fog is not ready, or has not the model yet
 
 
@@ -55,36 +55,36 @@ class LocalTraining:
     async def take_part(self, task: Task, round: int, entry: dict) -> None:
         """Train, record and offer this round's update (once); returns when acknowledged, refused or too late."""
         n = self.node
-        delay = RETRY_S[0]
-        while not entry.get("offered") and n.view.is_open(task, round):
+        async def offer() -> None:
             try:
                 if "offer" not in entry:
-                    offer = await self._train(task, round, n.view.model.model, entry)
-                    if offer is None:  # nothing released this round: nothing to train
+                    made = await self._train(task, round, n.view.model.model, entry)
+                    if made is None:  # nothing released this round: nothing to train
                         entry["offered"] = True
                         n.state.save(n.sent)
                         return
-                    entry["offer"] = offer
+                    entry["offer"] = made
                     n.state.save(n.sent)
                 ack = (await n.session.request(n.fog, UpdateOffer(entry["offer"]))).message
                 if not isinstance(ack, UpdateAck) or (ack.task, ack.round) != (task.task, round):
                     raise RemoteError("unexpected", f"{type(ack).__name__} in answer to an update")
-                entry["offered"] = True
-                n.state.save(n.sent)
                 METRICS.inc("fl_update_delivered")
-                return
             except RemoteError as exc:
-                if exc.reason not in TRANSIENT:  # not acceptable: give up the round
-                    entry["offered"] = True
-                    n.state.save(n.sent)
-                    METRICS.inc("fl_update_refused", reason=exc.reason)
-                    log.warning("%s: round %d: %s refused the update: %s", n.id, round, n.fog, exc)
-                    return
+                if exc.reason in TRANSIENT:
+                    raise
+                METRICS.inc("fl_update_refused", reason=exc.reason)  # not acceptable: give up the round
+                log.warning("%s: round %d: %s refused the update: %s", n.id, round, n.fog, exc)
+            entry["offered"] = True
+            n.state.save(n.sent)
+
+        def later(exc: BaseException, delay: float) -> None:
+            if isinstance(exc, RemoteError):
                 log.info("%s: %s is not ready for round %d's update (%s); retrying", n.id, n.fog, round, exc)
-            except (RequestTimeout, ConnectionError, TimeoutError, LedgerError) as exc:
+            else:
                 log.info("%s: round %d's update: %s; retrying", n.id, round, exc)
-            await asyncio.sleep(delay)
-            delay = min(RETRY_S[1], 2 * delay)
+
+        await retry(offer, retry_on=(RemoteError, RequestTimeout, ConnectionError, TimeoutError, LedgerError),
+                    keep_going=lambda: not entry.get("offered") and n.view.is_open(task, round), on_retry=later)
 
     async def _train(self, task: Task, round: int, model: bytes, entry: dict) -> bytes | None:
         """The offer's transaction: the round's model trained on this device's releases, every step recorded."""

@@ -18,6 +18,7 @@ from edgefl.ledger.errors import LedgerError
 from edgefl.ledger.records import SoftwareRelease
 from edgefl.runtime.config import Config
 from edgefl.runtime.metrics import METRICS
+from edgefl.runtime.backoff import Backoff, retry
 from edgefl.transport import topics
 from edgefl.transport.session import RemoteError, RequestTimeout, Session
 from edgefl.update.release import ReleaseError, ReleaseNotice, UpdateState, verify_release, version_key
@@ -47,14 +48,14 @@ def _refused(exc: ReleaseError, sender: str) -> None:
 
 
 async def _fetch(session: Session, peer: str, rel: SoftwareRelease, blobs: BlobStore) -> bytes:
-    delay = RETRY_S[0]
-    while True:
-        try:
-            return await fetch(session, peer, rel.wheel, blobs)  # the content id is the wheel's SHA-256
-        except (RemoteError, RequestTimeout, LedgerError, ConnectionError) as exc:
-            log.info("wheel of %s %s not available from %s yet: %s", rel.package, rel.version, peer, exc)
-        await asyncio.sleep(delay)
-        delay = min(RETRY_S[1], 2 * delay)
+    def later(exc: BaseException, delay: float) -> None:
+        log.info("wheel of %s %s not available from %s yet: %s", rel.package, rel.version, peer, exc)
+
+    wheel = await retry(lambda: fetch(session, peer, rel.wheel, blobs),  # the content id is the wheel's SHA-256
+                        retry_on=(RemoteError, RequestTimeout, LedgerError, ConnectionError), on_retry=later,
+                        backoff=Backoff(*RETRY_S))
+    assert wheel is not None  # no deadline: fetched, or the task is cancelled
+    return wheel
 
 
 async def _announcements(session: Session, node: str, signers: list[str]):
