@@ -13,8 +13,9 @@ next global model), per steady round (every round after round 0, averaged):
 * ``fog_peak_mb`` / ``fog_rss_mb``: the fog's peak and end-of-round RSS
   (``fog_round0_peak_mb``: its peak in round 0, with the warm start);
 * ``deliveries`` / ``broker_mb``: PUBLISH packets and bytes the broker
-  sent (its ``$SYS`` counters, every second; the bench's own ``$SYS``
-  deliveries taken off);
+  sent (its ``$SYS`` counters come every second: read at each model's
+  arrival by interpolating between the updates around it; the bench's own
+  ``$SYS`` deliveries taken off);
 * ``blob_mb_per_device_round``, ``blob_fsyncs_per_device_round``: what the
   fog's blob store grew by and the fsyncs its writes cost;
 * ``record_wait_s``: the total time device threads waited for their records
@@ -226,6 +227,9 @@ class _Watch:
         self.models: asyncio.Queue = asyncio.Queue()
         self.sys: dict[str, int] = {}
         self.sys_msgs = 0  # $SYS messages delivered to this watcher: taken off the broker's count
+        # every update of each counter as (arrival time, value); "sys" is, at each "sent" update, how many $SYS
+        # messages this watcher had before it: the ones that count includes (one connection, in order)
+        self.series: dict[str, list[tuple[float, int]]] = {"sent": [], "bytes": [], "sys": []}
         self._stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> Self:
@@ -250,9 +254,33 @@ class _Watch:
 
     async def _sys(self, client) -> None:
         async for m in client.messages:
-            self.sys_msgs += 1
             with contextlib.suppress(ValueError, KeyError):
-                self.sys[SYS_TOPICS[str(m.topic)]] = int(m.payload)
+                name, t = SYS_TOPICS[str(m.topic)], time.monotonic()
+                self.sys[name] = int(m.payload)
+                self.series[name].append((t, int(m.payload)))
+                if name == "sent":
+                    self.series["sys"].append((t, self.sys_msgs))
+            self.sys_msgs += 1
+
+    def broker_at(self, t: float) -> dict:
+        """The broker's counters at time ``t``, interpolated between the $SYS updates around it: they come
+        once a second, and a round can be shorter than that."""
+        def at(points: list[tuple[float, int]]) -> float:
+            before = [p for p in points if p[0] <= t]
+            after = [p for p in points if p[0] > t]
+            if not before or not after:
+                return float((before or after or [(t, 0)])[-1 if before else 0][1])
+            (t0, v0), (t1, v1) = before[-1], after[0]
+            return v0 + (v1 - v0) * (t - t0) / (t1 - t0)
+
+        return {"broker": {k: at(self.series[k]) for k in SYS_TOPICS.values()}, "sys_msgs": at(self.series["sys"])}
+
+    async def update_after(self, t: float, timeout: float = 5.0) -> None:
+        """Wait for a "sent" and a "bytes" update later than ``t`` (so ``broker_at(t)`` interpolates)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while not all(self.series[k] and self.series[k][-1][0] > t for k in SYS_TOPICS.values()):
+                    await asyncio.sleep(0.05)
 
     async def __aexit__(self, *exc) -> None:
         for t in self._tasks:
@@ -314,12 +342,14 @@ async def _rounds(watch: _Watch, procs: Processes, site, rounds: int, timeout_s:
         rss, hwm = _rss_mb(fog_pid)
         _reset_peak(fog_pid)
         snaps.append({"round": model.round, "t": t, "cpu": {k: _cpu_s(p) for k, p in procs.pids.items()},
-                      "fog_rss_mb": rss, "fog_peak_mb": hwm, "broker": dict(watch.sys), "sys_msgs": watch.sys_msgs,
-                      "blob_bytes": _tree_bytes(blob_dir), "metrics": procs.metrics(),
-                      "accuracy": model.accuracy})
-    await asyncio.sleep(1.5)  # one more $SYS update and metrics dump for the last round
+                      "fog_rss_mb": rss, "fog_peak_mb": hwm, "blob_bytes": _tree_bytes(blob_dir),
+                      "metrics": procs.metrics(), "accuracy": model.accuracy})
+    await asyncio.sleep(1.5)  # one more metrics dump for the last round
     if snaps:
-        snaps[-1].update(broker=dict(watch.sys), sys_msgs=watch.sys_msgs, metrics=procs.metrics())
+        snaps[-1].update(metrics=procs.metrics())
+        await watch.update_after(snaps[-1]["t"])
+    for snap in snaps:  # the broker's counters at each model's arrival
+        snap.update(watch.broker_at(snap["t"]))
     return snaps
 
 
