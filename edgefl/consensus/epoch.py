@@ -235,3 +235,153 @@ def check_penalty(penalty: ReputationPenalty, record: EpochSeed, draw: Draw) -> 
     if penalty.member not in record.withheld:
         raise EpochError("not_withheld", f"{penalty.member} revealed its share or held no seat")
 
+
+
+# --------------------------------------------------------------------------- a chain's committee, epoch by epoch
+#
+# A chain with ``ChainSpec.epochs`` keeps its spec's committee as the *pool* (every member runs a replica and may
+# endorse its anchors) and has each epoch's committee drawn from it. Epoch e is heights (e·B, (e+1)·B]; its
+# last block, height (e+1)·B, holds exactly one ``EpochChange`` and nothing else: sealed by epoch e's committee,
+# it names epoch e+1's. At the start of epoch e every pool member draws, on seed_e, whether it sits in e+1
+# (role "committee", weighted by its stake) and records its ``SortitionClaim``; every member of epoch e records
+# its ``SeedShare`` on seed_e. The epoch block gathers what was recorded and seed_{e+1} hashes the shares'
+# outputs, so a claim for e+1 is drawn on a seed fixed a whole epoch before e+1 begins and nobody chooses it.
+# Its leader may leave out a claim or a share (as any block's leader may leave out a transaction) but cannot
+# forge one; a draw too small for PBFT (fewer than four) keeps the current committee.
+
+MIN_SEATED = 4  # PBFT's smallest committee that survives one byzantine member
+
+
+@message("ledger.epochs")
+class EpochSpec(Message):
+    """How a chain's committee is re-drawn from its pool."""
+
+    blocks: Annotated[int, Range(3, 1 << 20)]  # B: the epoch length in blocks, the last one the epoch block
+    seats: Annotated[int, Range(1, MAX_COMMITTEE)]  # expected members drawn per epoch (tau), beside ``always``
+    first: Annotated[list[Id], MaxLen(MAX_COMMITTEE)]  # epoch 0's committee, sorted
+    always: Annotated[list[Id], MaxLen(MAX_COMMITTEE)] = dataclasses.field(default_factory=list)  # in every one
+    weights: dict[Id, Annotated[int, Range(1, sortition.MAX_WEIGHT)]] | None = None  # stake; None: 1 each
+
+
+@message("epoch-change", max_size=1 << 20)
+class EpochChange(Message):
+    """The epoch block's one transaction: epoch ``epoch``'s committee and the seed the next draw uses."""
+
+    epoch: Annotated[int, Range(1)]  # the epoch it opens
+    seed: Annotated[bytes, MaxLen(32)]  # the closing epoch's seed: what the claims and shares are drawn on
+    claims: Annotated[list[SortitionClaim], MaxLen(MAX_COMMITTEE)]  # drawn pool members, sorted by member
+    shares: Annotated[list[SeedShare], MaxLen(MAX_COMMITTEE)]  # the closing committee's, sorted by member
+    members: Annotated[list[Id], MaxLen(MAX_COMMITTEE)]  # the committee it opens, sorted
+    next_seed: Annotated[bytes, MaxLen(32)]
+
+
+def first_seed(spec) -> bytes:
+    return tagged_hash(SEED_TAG, b"genesis\0" + spec.chain.encode() + b"\0" + spec.ts.to_bytes(8, "big"))
+
+
+def is_epoch_block(spec, height: int) -> bool:
+    return spec.epochs is not None and height > 0 and height % spec.epochs.blocks == 0
+
+
+def epoch_of(spec, height: int) -> int:
+    """The epoch a block of ``height`` belongs to (the epoch block is its epoch's last)."""
+    return 0 if spec.epochs is None or height <= 0 else (height - 1) // spec.epochs.blocks
+
+
+def seated(spec, members: Iterable[str]):
+    """``spec`` with ``members`` (of its pool) as the committee, under a BFT quorum."""
+    from edgefl.ledger.committee import Committee
+
+    pool = spec.committee
+    return dataclasses.replace(spec, committee=Committee.bft([(m, pool.key_of(m)) for m in sorted(members)]))
+
+
+def open_chain(state) -> None:
+    """A state at genesis: epoch 0, its seed and committee (nothing for a chain without epochs)."""
+    spec = state.spec
+    if spec is not None and spec.epochs is not None:
+        state.epoch, state.seed, state.current = 0, first_seed(spec), seated(spec, spec.epochs.first)
+
+
+def draw_of(spec, epoch: int, seed: bytes) -> Draw:
+    """The public inputs of the draw for epoch ``epoch`` on ``seed`` (weights from the spec: stake)."""
+    weights = spec.epochs.weights or {}
+    pool = spec.committee
+    total = sum(weights.get(m, 1) for m in pool.ids)
+
+    def key(member: str) -> bytes:
+        k = pool.key_of(member)
+        if k is None:
+            raise KeyError(f"{member} is not in the pool")
+        return k.raw
+
+    def weight(member: str) -> int:
+        if pool.key_of(member) is None:
+            raise KeyError(f"{member} is not in the pool")
+        return weights.get(member, 1)
+
+    return Draw(epoch, seed, total, spec.epochs.seats, key, weight)
+
+
+def members_after(spec, current: Iterable[str], claims: Iterable[SortitionClaim]) -> list[str]:
+    drawn = sorted(set(spec.epochs.always) | {c.member for c in claims})
+    return drawn if len(drawn) >= MIN_SEATED else sorted(current)
+
+
+def my_records(spec, state, member: str, sk: bytes) -> list[Message]:
+    """What ``member`` records at the start of the state's epoch: its share (if it sits in it) and its claim to
+    a seat in the next one (if drawn)."""
+    out: list[Message] = []
+    if member in state.current.committee.ids:
+        out.append(seed_share(sk, state.epoch, member, state.seed))
+    sel = sortition.draw(sk, state.seed, COMMITTEE_ROLE, draw_of(spec, state.epoch + 1, state.seed).weight(member),
+                         draw_of(spec, state.epoch + 1, state.seed).total, spec.epochs.seats, member)
+    if sel.selected:
+        out.append(SortitionClaim(epoch=state.epoch + 1, member=member, role=COMMITTEE_ROLE, proof=sel.proof))
+    return out
+
+
+def build_change(spec, state, recorded: Iterable[Message]) -> EpochChange:
+    """The epoch block's change from the claims and shares recorded in the closing epoch: the first valid one
+    of each member counts, the rest are left out."""
+    e = state.epoch
+    claims_draw, share_draw = draw_of(spec, e + 1, state.seed), draw_of(spec, e, state.seed)
+    sitting = set(state.current.committee.ids)
+    claims: dict[str, SortitionClaim] = {}
+    shares: dict[str, tuple[SeedShare, bytes]] = {}
+    for msg in recorded:
+        try:
+            if isinstance(msg, SortitionClaim) and msg.member not in claims:
+                claims_draw.member(msg)
+                claims[msg.member] = msg
+            elif isinstance(msg, SeedShare) and msg.member in sitting and msg.member not in shares:
+                shares[msg.member] = (msg, share_draw.share_output(msg))
+        except (EpochError, KeyError, ValueError):
+            continue
+    chosen = [claims[m] for m in sorted(claims)]
+    return EpochChange(epoch=e + 1, seed=state.seed, claims=chosen, shares=[shares[m][0] for m in sorted(shares)],
+                       members=members_after(spec, sitting, chosen),
+                       next_seed=next_seed(state.seed, (beta for _, beta in shares.values())))
+
+
+def check_change(change: EpochChange, spec, state) -> None:
+    """Recompute an epoch block's change against the state before it; EpochError naming the first discrepancy."""
+    if change.epoch != state.epoch + 1 or change.seed != state.seed:
+        raise EpochError("wrong_epoch", f"a change to epoch {change.epoch} on another seed; this is epoch "
+                                        f"{state.epoch}")
+    claimers, sharers = [c.member for c in change.claims], [s.member for s in change.shares]
+    sitting = set(state.current.committee.ids)
+    if claimers != sorted(set(claimers)) or sharers != sorted(set(sharers)) or not set(sharers) <= sitting:
+        raise EpochError("malformed", "claims and shares sorted, one per member, shares from the closing committee")
+    claims_draw, share_draw = draw_of(spec, change.epoch, state.seed), draw_of(spec, state.epoch, state.seed)
+    for claim in change.claims:
+        claims_draw.member(claim)
+    outputs = [share_draw.share_output(s) for s in change.shares]
+    if change.members != members_after(spec, sitting, change.claims):
+        raise EpochError("wrong_members", f"members {change.members} are not the draw's")
+    if change.next_seed != next_seed(state.seed, outputs):
+        raise EpochError("wrong_seed", "next_seed is not the hash of the revealed outputs")
+
+
+def enter(change: EpochChange, spec, state) -> None:
+    state.epoch, state.seed, state.current = change.epoch, change.next_seed, seated(spec, change.members)

@@ -11,12 +11,14 @@ transactions this node has already seen, as Bitcoin Core's signature cache does.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
+from edgefl.consensus import epoch as epochs
 from edgefl.consensus.proposal import check_header
 from edgefl.crypto.envelope import KeyRegistry
 from edgefl.crypto.hashing import MerkleFrontier, merkle_path
@@ -25,7 +27,18 @@ from edgefl.ledger.errors import InvalidBlock, InvalidTx, LedgerError, ProofErro
 from edgefl.ledger.proofs import BATCH_METHODS, MAX_BATCH, BatchProof, TxProof, make_aggregate, make_proof, witness_for
 from edgefl.ledger.sealer import Sealer
 from edgefl.ledger.store import Store
-from edgefl.ledger.tx import MAX_ANCHOR_BLOCKS, MAX_TX, Anchor, ChainSpec, Record, State, TxInfo, decode_tx, genesis_tx
+from edgefl.ledger.tx import (
+    MAX_ANCHOR_BLOCKS,
+    MAX_TX,
+    Anchor,
+    ChainSpec,
+    Record,
+    State,
+    TxInfo,
+    decode_tx,
+    genesis_tx,
+    make_tx,
+)
 from edgefl.ledger.validation import (
     Verified,
     build_block,
@@ -123,6 +136,11 @@ class Chain:
         return self.state.spec
 
     @property
+    def current(self) -> ChainSpec:
+        """The spec the next block is checked against: with epochs, the genesis spec with this epoch's committee."""
+        return self.state.effective
+
+    @property
     def id(self) -> str:
         return self.state.spec.chain
 
@@ -141,6 +159,9 @@ class Chain:
             if len(raw) > min(MAX_TX, self.spec.max_block - BLOCK_OVERHEAD):
                 raise InvalidTx(f"{len(raw)} bytes does not fit in a block", field="tx", reason="too_large")
             info = decode_tx(raw)
+            if info.kind.name == "epoch":  # the epoch block's proposer makes it; queued, it would land elsewhere
+                raise InvalidTx("an epoch change is made by the epoch block's proposer, not submitted", field="tx.kind",
+                                reason="misplaced")
             if info.id in self._pool or self.store.has_tx(info.id):
                 raise InvalidTx("already submitted", field="tx", reason="duplicate")
             if self._pool_bytes + len(raw) > self.max_pool_bytes:
@@ -206,13 +227,32 @@ class Chain:
         if not self._blocks and not allow_empty:
             return None
         pending = self._blocks[0] if self._blocks else _Pending()
-        block = propose_block(self.tip, self.id, pending.txs, proposer,
+        txs, root, framed = pending.txs, pending.tree.root(), pending.framed
+        if epochs.is_epoch_block(self.spec, self.tip.height + 1):  # the epoch's last block: the committee change
+            txs, root, framed = [self._epoch_change()], None, None
+        block = propose_block(self.tip, self.id, txs, proposer,
                               time.time_ns() // 1_000_000 if ts_ms is None else ts_ms, sealer=self.spec.sealer,
-                              root=pending.tree.root(), framed=pending.framed, claim=claim)
-        check_header(self.spec, block.header, self.tip)  # never build what the chain's proposal rule refuses
+                              root=root, framed=framed, claim=claim)
+        check_header(self.current, block.header, self.tip)  # never build what the chain's proposal rule refuses
         if len(block.raw) > self.spec.max_block:  # the overhead reserve makes this unreachable; guard it anyway
             raise LedgerError(f"proposed a {len(block.raw)}-byte block over the limit", reason="too_large")
         return block
+
+    def _epoch_change(self) -> TxInfo:
+        """The closing epoch's change, from the claims and shares recorded since it began (checked as a replica
+        will check it)."""
+        start = self.state.epoch * self.spec.epochs.blocks
+        recorded = []
+        for rtype in ("sortition-claim", "seed-share"):
+            for tid, height, _ in self.store.find(rtype=rtype, limit=4 * epochs.MAX_COMMITTEE, newest=True):
+                if height <= start:
+                    break
+                with contextlib.suppress(InvalidTx, LedgerError):
+                    recorded.append(decode_tx(self.store.tx(tid)[2]).body.unwrap())
+        info = decode_tx(make_tx("epoch", epochs.build_change(self.spec, self.state, reversed(recorded))))
+        info.kind.admit(info, self.spec, self.registry)
+        info.kind.check(info, self.state.copy())
+        return info
 
     def build(self, sealer: Sealer, *, ts_ms: int | None = None, allow_empty: bool = False,
               claim=None) -> Verified | None:
@@ -260,7 +300,7 @@ class Chain:
             if len(sealed.raw) > self.spec.max_block:
                 raise InvalidBlock(f"{len(sealed.raw)} bytes sealed exceeds the block limit", field="block",
                                    reason="too_large")
-            check_seal(sealed, self.spec)
+            check_seal(sealed, self.current)
         except InvalidBlock as exc:
             self._reject("block", exc)
             raise
@@ -275,7 +315,7 @@ class Chain:
     def _drop_included(self, block: Verified) -> None:
         """Take a committed block's transactions out of the mempool (cheaply when it is the first pending block)."""
         first = self._blocks[0].txs if self._blocks else []
-        if len(first) == len(block.txs) and all(a.id == b.id for a, b in zip(first, block.txs)):
+        if self._blocks and len(first) == len(block.txs) and all(a.id == b.id for a, b in zip(first, block.txs)):
             self._blocks.popleft()
             for t in block.txs:
                 del self._pool[t.id]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 from edgefl import codec
+from edgefl.consensus import epoch as epochs
 from edgefl.crypto import accumulator
 from edgefl.ledger.block import Seal, Tip, decode_header, encode_block, frame_tx
 from edgefl.ledger.errors import StoreError
@@ -236,7 +237,13 @@ class Store:
         anchors = {c: (h, acc) for c, h, acc in self._all(
             "sib", "SELECT chain, height, acc FROM anchors a WHERE height = "
             "(SELECT MAX(height) FROM anchors b WHERE b.chain = a.chain)")}
-        return State(decode_tx(row[0]).body, anchors)
+        state = State(decode_tx(row[0]).body, anchors)
+        if state.spec.epochs is not None:  # the committee the last epoch block named (epoch 0's before one)
+            epochs.open_chain(state)
+            last = self._one("b", "SELECT data FROM txs WHERE kind = 'epoch' ORDER BY seq DESC LIMIT 1")
+            if last is not None:
+                epochs.enter(decode_tx(last[0]).body, state.spec, state)
+        return state
 
     def block_row(self, height: int) -> tuple | None:
         """(hash, header bytes, seal bytes, acc bytes, element int) of a stored block."""

@@ -35,8 +35,10 @@ from typing import Annotated, Any, ClassVar, Iterable
 
 from edgefl import codec
 from edgefl.codec import MaxLen, Message, Range, message
+from edgefl.consensus import epoch as epochs
 from edgefl.consensus import policy as policies
 from edgefl.consensus import proposal as proposals
+from edgefl.consensus.epoch import EpochChange, EpochSpec
 from edgefl.consensus.policy import PolicySpec
 from edgefl.consensus.proposal import ProposalSpec
 from edgefl.crypto import accumulator
@@ -135,6 +137,8 @@ class ChainSpec(Message):
     proposal: ProposalSpec | None = None  # who may propose a block (edgefl.consensus.proposal); None: any member
     # FFG finality (edgefl.consensus.finality): each committee member's voting weight; None: every block final
     finality: Annotated[dict[Annotated[str, MaxLen(128)], Annotated[int, Range(1, 1 << 32)]], MaxLen(64)] | None = None
+    # the committee re-drawn every ``epochs.blocks`` blocks from ``committee`` (the pool); None: fixed at genesis
+    epochs: EpochSpec | None = None
 
 
 @message("ledger.record", max_size=128 << 10)
@@ -228,9 +232,18 @@ class State:
 
     spec: ChainSpec | None = None
     anchors: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    # a chain with epochs (edgefl.consensus.epoch): the epoch, its seed, and the spec with its committee
+    epoch: int = 0
+    seed: bytes = b""
+    current: ChainSpec | None = None
+
+    @property
+    def effective(self) -> ChainSpec | None:
+        """The spec the next block is checked against: the genesis spec with this epoch's committee."""
+        return self.current or self.spec
 
     def copy(self) -> "State":
-        return State(self.spec, dict(self.anchors))
+        return State(self.spec, dict(self.anchors), self.epoch, self.seed, self.current)
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +323,8 @@ def check_spec(spec: ChainSpec, field: str = "genesis") -> None:
         if spec.finality is not None and set(spec.finality) != {m.id for m in spec.committee.members}:
             raise LedgerError("finality weights name every committee member and only them",
                               field=f"{field}.finality")
+        if spec.epochs is not None:
+            _check_epochs(spec, f"{field}.epochs")
         if spec.proposal is not None:
             rule = proposals.from_spec(spec.proposal, spec.committee, f"{field}.proposal")
             n, need = len(spec.committee.members), bft_threshold(len(spec.committee.members))
@@ -321,6 +336,20 @@ def check_spec(spec: ChainSpec, field: str = "genesis") -> None:
         raise InvalidTx(str(exc), field=f"{field}.chain", reason="schema") from None
     except LedgerError as exc:
         raise InvalidTx(exc.detail, field=exc.field, reason="schema") from None
+
+
+def _check_epochs(spec: ChainSpec, field: str) -> None:
+    e, pool = spec.epochs, set(spec.committee.ids)
+    if spec.sealer != "quorum" or spec.proposal is None or spec.proposal.name != "pbft" or spec.proposal.credit:
+        raise LedgerError("a committee re-drawn per epoch is a PBFT committee (quorum sealer, pbft proposal "
+                          "without credit)", field=field)
+    if spec.finality is not None:
+        raise LedgerError("finality weights name a fixed committee", field=field)
+    if e.first != sorted(set(e.first)) or not set(e.first) <= pool or len(e.first) < epochs.MIN_SEATED:
+        raise LedgerError(f"epoch 0's committee: at least {epochs.MIN_SEATED} pool members, sorted, no repeats",
+                          field=f"{field}.first")
+    if not set(e.always) <= set(e.first) or not set(e.weights or {}) <= pool:
+        raise LedgerError("always-seated members sit in epoch 0; weights name pool members", field=field)
 
 
 @kind
@@ -339,6 +368,30 @@ class GenesisKind(TxKind):
 
     def apply(self, tx, state):
         state.spec = tx.body
+        epochs.open_chain(state)
+
+
+@kind
+class EpochKind(TxKind):
+    """The epoch block's committee change (``edgefl.consensus.epoch``), authenticated by that block's seal."""
+
+    name = "epoch"
+    body_type = EpochChange
+
+    def admit(self, tx, spec, registry):
+        if tx.sigs:
+            raise InvalidTx("an epoch change is authenticated by its block's seal, not signed", field="tx.sigs")
+        if spec is None or spec.epochs is None:
+            raise InvalidTx("this chain's committee is fixed at genesis", field="tx.kind", reason="misplaced")
+
+    def check(self, tx, state):
+        try:
+            epochs.check_change(tx.body, state.spec, state)
+        except epochs.EpochError as exc:
+            raise InvalidTx(str(exc), field="epoch", reason="bad_epoch") from None
+
+    def apply(self, tx, state):
+        epochs.enter(tx.body, state.spec, state)
 
 
 @kind

@@ -93,7 +93,7 @@ def check_seal(block: Verified, spec) -> None:
 
 
 def _validate(raw, tip, state, registry, seen, admitted, *, sealed: bool) -> tuple[Verified, State]:
-    spec = state.spec
+    spec = state.effective  # with epochs: the genesis spec with the committee of the block's epoch
     block = decode_block(raw, spec.max_block if spec else MAX_BLOCK_LIMIT)
     header = decode_header(block.header, "block.header")
     if header.height != tip.height + 1:
@@ -132,6 +132,12 @@ def _validate(raw, tip, state, registry, seen, admitted, *, sealed: bool) -> tup
             info = _tx(raw_tx, i, new, registry, admitted, seen, ids)
             ids.add(info.id)
             infos.append(info)
+        # a chain with epochs: each epoch's last block holds exactly the committee change, and no other holds one
+        boundary = spec.epochs is not None and header.height % spec.epochs.blocks == 0
+        if boundary != (len(infos) == 1 and infos[0].kind.name == "epoch") and (
+                boundary or any(t.kind.name == "epoch" for t in infos)):
+            _fail(f"block {header.height} {'must hold exactly' if boundary else 'holds'} an epoch change",
+                  "block.txs", "bad_epoch")
     if merkle_root([t.id for t in infos]) != header.root:
         _fail("Merkle root of the transactions differs", "header.root", "bad_root")
     element = header.element()

@@ -38,9 +38,9 @@ from edgefl.ml.privacy import PrivacyAccountant, Privatiser, mechanism
 from edgefl.nodes.node import local_data, node_attack
 from edgefl.nodes.ondevice import LocalTraining
 from edgefl.runtime import memory
+from edgefl.runtime.backoff import retry
 from edgefl.runtime.config import Config, ConfigError
 from edgefl.runtime.metrics import METRICS
-from edgefl.runtime.backoff import retry
 from edgefl.runtime.state import StateFile
 from edgefl.transport.session import RemoteError, RequestTimeout, Session
 

@@ -64,9 +64,9 @@ from edgefl.ml.trainer import DenseModel, TrainState
 from edgefl.nodes.leader import Leading
 from edgefl.nodes.node import node_attack
 from edgefl.nodes.ondevice import UpdateDesk
+from edgefl.runtime.backoff import retry
 from edgefl.runtime.config import Config, ConfigError
 from edgefl.runtime.metrics import METRICS
-from edgefl.runtime.backoff import retry
 from edgefl.runtime.state import StateFile
 from edgefl.transport.messages import Error
 from edgefl.transport.session import RemoteError, RequestTimeout, Session

@@ -37,8 +37,8 @@ from edgefl.ledger.protocol import Submit
 from edgefl.ledger.records import TrainingStep
 from edgefl.ledger.tx import decode_tx, record_tx
 from edgefl.ml.trainer import DenseModel
-from edgefl.runtime.metrics import METRICS
 from edgefl.runtime.backoff import retry
+from edgefl.runtime.metrics import METRICS
 from edgefl.transport.messages import Error
 from edgefl.transport.session import RemoteError, RequestTimeout
 

@@ -16,9 +16,9 @@ from pathlib import Path
 from edgefl.ledger.blobs import BlobStore, fetch
 from edgefl.ledger.errors import LedgerError
 from edgefl.ledger.records import SoftwareRelease
+from edgefl.runtime.backoff import Backoff, retry
 from edgefl.runtime.config import Config
 from edgefl.runtime.metrics import METRICS
-from edgefl.runtime.backoff import Backoff, retry
 from edgefl.transport import topics
 from edgefl.transport.session import RemoteError, RequestTimeout, Session
 from edgefl.update.release import ReleaseError, ReleaseNotice, UpdateState, verify_release, version_key
