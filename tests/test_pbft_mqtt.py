@@ -23,7 +23,8 @@ pytestmark = pytest.mark.broker
 
 
 class Members:
-    def __init__(self, tmp_path, port, n=4, view_timeout=0.5, byzantine=None):
+    def __init__(self, tmp_path, port, n=4, view_timeout=0.5, byzantine=None, epochs=None):
+        """``epochs``: the committee is re-drawn from these ``n`` (the pool) as that ``EpochSpec`` says."""
         self.ids = ["fog-a"] + [f"dev-{i:02}" for i in range(1, n)]
         self.byzantine = byzantine or {}
         self.nodes = Nodes(port, *self.ids, "client")
@@ -32,7 +33,7 @@ class Members:
         self.spec = ChainSpec(chain="fog-a", role="sub", sealer="quorum", committee=self.committee,
                               max_block=1 << 20, ts=time.time_ns() // 1_000_000, parent="main",
                               parent_committee=Committee.of([("fog-a", keys["fog-a"].public_key)]),
-                              proposal=ProposalSpec("pbft"))
+                              proposal=ProposalSpec("pbft"), epochs=epochs)
         genesis = QuorumSealer("fog-a", [(i, keys[i]) for i in self.ids])
         self.tmp, self.view_timeout = tmp_path, view_timeout
         self.ledgers, self.tasks = {}, {}
@@ -184,3 +185,68 @@ async def test_a_request_its_peers_missed_is_passed_on_again_without_a_view_chan
         c.check_safety()
     finally:
         await c.__aexit__(None, None, None)
+
+
+async def test_the_committee_is_redrawn_each_epoch_without_stopping_the_chain(broker, tmp_path):
+    """Seven replicas, four seated at first; every fourth block an epoch block seats the members the recorded
+    VRF claims drew. A silent member (seated in epoch 0) records no claim and loses its seat; the chain goes on
+    through every change, the replicas never fork, and each block's seal is its own epoch's certificate."""
+    from edgefl.consensus.epoch import EpochSpec
+
+    first = ["dev-01", "dev-02", "dev-03", "fog-a"]
+    silent = "dev-02"
+    spec = EpochSpec(blocks=4, seats=6, first=first, always=["fog-a"])
+    async with Members(tmp_path, broker.port, n=7, view_timeout=0.5, byzantine={silent: "silent"},
+                       epochs=spec) as c:
+        honest = [i for i in c.ids if i != silent]
+        assert c.ledgers["fog-a"].producer.replica.ids == first
+        i = 0
+        async with asyncio.timeout(120):  # progress, not speed: the machine may be loaded
+            while min(c.ledgers[m].chain.state.epoch for m in honest) < 3:
+                await c.submit_all(note(i, nodes=c.nodes), among=[honest[i % len(honest)]])
+                i += 1
+        top = c.check_safety(honest)
+        assert top >= 12
+        chain = c.ledgers["fog-a"].chain
+        from edgefl.ledger.tx import decode_tx
+        changes = [decode_tx(chain.store.tx(t)[2]).body for t, _, _ in chain.store.find(kind="epoch")]
+        assert [ch.epoch for ch in changes][:3] == [1, 2, 3]
+        assert all(silent not in {cl.member for cl in ch.claims} for ch in changes)  # it never spoke
+        seated = [first] + [ch.members for ch in changes]
+        assert any(silent not in m for m in seated[1:]), seated  # so it lost its seat
+        assert all("fog-a" in m and len(m) >= 4 for m in seated)
+        for m in honest:  # every replica, seated or following, runs the committee of the epoch it is in
+            p = c.ledgers[m].producer
+            assert p.replica.ids == c.ledgers[m].chain.current.committee.ids
+            assert p.replica.member == (m in p.replica.ids)
+
+
+async def test_a_replica_restarted_epochs_later_catches_up_through_every_committee_change(broker, tmp_path):
+    """A pool member away for three epochs fetches the blocks it lacks, each checked against the certificate of
+    its own epoch's committee (they change under it), and rejoins as the replica of the current epoch."""
+    from edgefl.consensus.epoch import EpochSpec
+
+    first = ["dev-01", "dev-02", "dev-03", "fog-a"]
+    away = "dev-01"  # seated in epoch 0: it leaves with its seat
+    async with Members(tmp_path, broker.port, n=7, view_timeout=0.5,
+                       epochs=EpochSpec(blocks=4, seats=6, first=first, always=["fog-a"])) as c:
+        others = [i for i in c.ids if i != away]
+        await c.submit_all(note(0, nodes=c.nodes), among=others)
+        await c.stop(away)
+        i = 1
+        async with asyncio.timeout(120):
+            while min(c.ledgers[m].chain.state.epoch for m in others) < 3:
+                await c.submit_all(note(i, nodes=c.nodes), among=[others[i % len(others)]])
+                i += 1
+        assert c.ledgers[away].chain.state.epoch == 0
+        await c.restart(away)
+        async with asyncio.timeout(60):
+            while c.ledgers[away].chain.tip.height < c.ledgers["fog-a"].chain.tip.height:
+                await c.submit_all(note(i, nodes=c.nodes), among=others)  # traffic: it learns it is behind
+                i += 1
+                await asyncio.sleep(0.2)
+        assert c.check_safety() >= 12
+        p = c.ledgers[away].producer
+        assert p.epoch == c.ledgers[away].chain.state.epoch >= 3
+        assert c.nodes.metrics[away].get("pbft_epoch_entered") >= 3  # entered each on the way
+        assert p.replica.ids == c.ledgers["fog-a"].chain.current.committee.ids

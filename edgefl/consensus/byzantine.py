@@ -47,7 +47,7 @@ class ByzantineProducer(PbftProducer):
         if self.behaviour != "equivocate":
             return await super()._propose(block)
         r, chain = self.replica, self.node.chain
-        claim = claimer(self.spec, chain.tip, self.me, self.key, view=r.view)
+        claim = claimer(chain.current, chain.tip, self.me, self.key, view=r.view)
         other = await self.node.call(lambda: chain.propose(self.me, ts_ms=block.header.ts + 1, claim=claim))
         peers = [m for m in r.ids if m != self.me]
         for i, b in enumerate((block, other)):

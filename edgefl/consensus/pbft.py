@@ -42,7 +42,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
-from typing import Annotated, Callable
+from typing import Annotated, Callable, Iterable
 
 from edgefl import codec
 from edgefl.codec import MaxLen, Message, Range, message
@@ -255,10 +255,21 @@ class Replica:
     def __init__(self, me: str, key: SigningKey, committee: Committee, chain: str, app: App, *,
                  height: int = 0, tip_hash: bytes = bytes(32), tip_sigs: list[Sig] | None = None, votelog: VoteLog | None = None,
                  window: int = 8, checkpoint_every: int = 16, view_timeout: float = 1.0,
-                 now: float = 0.0, metrics: Metrics = METRICS, primary: Callable[[int], str] | None = None):
-        """``primary``: the leader of a view (the chain's proposal rule; default member ``view mod n``)."""
+                 now: float = 0.0, metrics: Metrics = METRICS, primary: Callable[[int], str] | None = None,
+                 limit: int | None = None, base: tuple[int, bytes] | None = None, peers: Iterable[str] = ()):
+        """``primary``: the leader of a view (the chain's proposal rule; default member ``view mod n``).
+
+        A committee of one epoch (``edgefl.consensus.epoch``) certifies heights up to ``limit`` (its epoch
+        block) and stands on ``base``, the last block of the epoch before, whose certificate is the previous
+        committee's; ``peers`` (the pool) may ask it for blocks and follow it. A replica that is not a member
+        follows: it validates and commits what the committee certifies, and never signs.
+        """
         self.me, self.key, self.committee, self.chain, self.app = me, key, committee, chain, app
         self.ids = committee.ids
+        self.member = me in self.ids
+        self.limit = limit
+        self.base = base or (0, b"")
+        self.peers = set(peers) | set(self.ids)
         self.primary = primary or (lambda view: self.ids[view % self.n])
         self.n, self.q = len(self.ids), committee.threshold
         self.f = committee.faults
@@ -313,10 +324,12 @@ class Replica:
             self.out.append(Send(to, msg))
 
     def _sign(self, st: Statement, slot: tuple | None = None, also: tuple = ()) -> Statement | None:
-        """``st`` signed, unless this replica already signed something else in its slot (then None).
+        """``st`` signed, unless this replica already signed something else in its slot, or follows (then None).
 
         ``also``: (slot, digest) pairs this replica will sign next, reserved in the same durable vote-log write.
         """
+        if not self.member:
+            return None
         digest = st.digest()
         if slot is not None and not self.votelog.guard(slot, digest, also):
             self.metrics.inc("pbft_refused_to_sign", kind=st.TYPE)
@@ -342,8 +355,10 @@ class Replica:
             return False
 
     def _in_window(self, height: int) -> bool:
-        """Between the watermarks: above the stable checkpoint, at most two checkpoint intervals beyond it."""
-        return self.stable < height <= self.stable + 2 * self.checkpoint_every
+        """Between the watermarks: above the stable checkpoint, at most two checkpoint intervals beyond it, and
+        within this committee's epoch."""
+        return (self.stable < height <= self.stable + 2 * self.checkpoint_every
+                and (self.limit is None or height <= self.limit))
 
     def _patience(self) -> float:
         """The view timeout, one more for every new view since the last commit: a committee too slow for one
@@ -419,13 +434,18 @@ class Replica:
                 self._fetch(self.ahead_peer)
                 self.deadline = now + self.view_timeout
                 return
+            if not self.member:  # a follower cannot depose a leader: it asks for what it may have missed
+                self.fetch_until = -1.0
+                self._fetch(self.ahead_peer or self.leader())
+                self.deadline = now + self._patience()
+                return
             self.metrics.inc("pbft_view_timeout")
             self.fetch_until = -1.0
             self._fetch(self.ahead_peer or self.leader())  # perhaps only we lost the last certificates
             self._start_view_change(self.view + 1)
 
     def receive(self, sender: str, msg: Message) -> None:
-        if sender not in self.ids:
+        if sender not in self.ids and not (sender in self.peers and isinstance(msg, (Fetch, Blocks))):
             return self._drop("not_member", sender)
         handler = {Propose: self._on_propose, Vote: self._on_vote, Cert: self._on_cert,
                    Checkpoint: self._on_checkpoint, ViewChange: self._on_view_change, NewView: self._on_new_view,
@@ -551,6 +571,8 @@ class Replica:
     def _on_commit_cert(self, sender: str, c: Cert) -> None:
         if c.height <= self.committed or c.hash in self.done.get(c.height, ()):
             return
+        if self.limit is not None and c.height > self.limit:
+            return self._drop("next_epoch", sender)  # the next committee's: its replica checks it
         if not self._quorum(c, c.hash):
             return self._drop("bad_quorum", sender)
         slot = self.slots.get(c.height)
@@ -583,8 +605,9 @@ class Replica:
                 self.stable, self.stable_hash, self.stable_sigs = self.committed, h, list(sigs)
                 self._truncate()
                 cp = self.my_checkpoint = self._sign(Checkpoint(self.chain, self.committed, h, self.me))
-                self.out.append(Send(None, cp))
-                self._on_checkpoint(self.me, cp)
+                if cp is not None:
+                    self.out.append(Send(None, cp))
+                    self._on_checkpoint(self.me, cp)
         if self.next_height <= self.committed:
             self.next_height, self.last_proposed = self.committed + 1, self.committed_hash
         nxt = self.slots.get(self.committed + 1)
@@ -650,7 +673,13 @@ class Replica:
         self._on_view_change(self.me, vc)
 
     def _check_vc(self, vc: ViewChange) -> bool:
-        if vc.stable > 0:  # block 0, the genesis, is fixed by the chain spec
+        base, base_hash = self.base
+        if vc.stable < base:
+            return False  # from before this committee's epoch
+        if vc.stable == base and base > 0:  # the epoch's first stable point: certified by the committee before
+            if vc.stable_hash != base_hash:
+                return False
+        elif vc.stable > 0:  # block 0, the genesis, is fixed by the chain spec
             cp = Cert("checkpoint", 0, vc.stable, vc.stable_hash, vc.stable_sigs)
             if not (self._quorum(cp, _digest("checkpoint", self.chain, vc.stable, vc.stable_hash))
                     or self._quorum(cp, vc.stable_hash)):
@@ -734,6 +763,8 @@ class Replica:
             return self._drop("malformed", sender)
         for i, (raw, sigs) in enumerate(zip(m.blocks, m.seals)):
             height = m.start + i
+            if self.limit is not None and height > self.limit:
+                break  # the next epoch's blocks: its committee's replica checks them
             if height != self.committed + 1:
                 continue
             h = self.app.block_hash(raw)
@@ -741,5 +772,5 @@ class Replica:
                 return self._drop("bad_quorum", sender)
             self.done.setdefault(height, {})[h] = (raw, sigs)
             self._deliver()
-        if m.blocks:
+        if m.blocks and (self.limit is None or self.committed < self.limit):
             self._fetch(sender)  # more may follow; an empty answer ends it

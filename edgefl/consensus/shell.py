@@ -32,6 +32,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from edgefl import codec
+from edgefl.consensus import epoch as epochs
 from edgefl.consensus.pbft import App, Blocks, Commit, Evidence, Replica, Requests, Send, Serve, Validate
 from edgefl.consensus.proposal import claimer, primary_of
 from edgefl.consensus.votelog import VoteLog
@@ -82,13 +83,11 @@ class PbftProducer(Producer):
         self.key = key
         self.spec = chain.spec
         self.kind = kind_of(self.spec)
-        seal = chain.store.block_row(chain.tip.height)[2]
-        sigs = Seal.from_wire(codec.decode(seal)).sigs if seal else []  # the tip's certificate: our stable point
-        self.replica = Replica(self.me, key, self.spec.committee, chain.id, ChainApp(self.spec.max_block),
-                               height=chain.tip.height, tip_hash=chain.tip.hash, tip_sigs=sigs,
-                               votelog=VoteLog(votelog) if votelog else None, window=1,
-                               checkpoint_every=checkpoint_every, view_timeout=view_timeout, now=time.monotonic(),
-                               metrics=node.metrics, primary=primary_of(self.spec))
+        self._settings = dict(window=1, checkpoint_every=checkpoint_every, view_timeout=view_timeout,
+                              metrics=node.metrics)
+        self.replica = self._replica(VoteLog(votelog) if votelog else VoteLog())
+        self.epoch = chain.state.epoch
+        self._background: set[asyncio.Task] = set()
         self.tick, self.idle = tick, idle
         self._checked: dict[bytes, tuple] = {}  # proposals validated here: hash -> (Verified, State)
         self._actions: asyncio.Queue = asyncio.Queue()
@@ -98,6 +97,49 @@ class PbftProducer(Producer):
         self._share_bytes = 0
         self._share_at = 0.0  # when the first of them was admitted
         self._unconfirmed: OrderedDict[bytes, list] = OrderedDict()  # admitted here: txid -> [raw, resend at, tries]
+
+    def _replica(self, votelog: VoteLog) -> Replica:
+        """The replica of the committee the next block is checked against (with epochs, this epoch's: up to its
+        epoch block, standing on the last block of the epoch before)."""
+        chain = self.node.chain
+        current = chain.current
+        seal = chain.store.block_row(chain.tip.height)[2]
+        sigs = Seal.from_wire(codec.decode(seal)).sigs if seal else []  # the tip's certificate: our stable point
+        limit = base = None
+        if self.spec.epochs is not None:
+            limit = (chain.state.epoch + 1) * self.spec.epochs.blocks
+            start = chain.state.epoch * self.spec.epochs.blocks
+            base = (start, chain.store.block_row(start)[0])
+        return Replica(self.me, self.key, current.committee, chain.id, ChainApp(self.spec.max_block),
+                       height=chain.tip.height, tip_hash=chain.tip.hash, tip_sigs=sigs, votelog=votelog,
+                       now=time.monotonic(), primary=primary_of(current), limit=limit, base=base,
+                       peers=self.spec.committee.ids, **self._settings)
+
+    async def _enter_epoch(self) -> None:
+        """A new epoch (or a start): seat the replica of its committee and record this member's draw for the
+        next one and, if it sits in this one, its seed share."""
+        chain = self.node.chain
+        old = self.replica
+        self.replica = self._replica(old.votelog)
+        self.replica.ahead_peer = old.ahead_peer
+        if old.fetch_until >= 0 or old.ahead_peer is not None:
+            self.replica._fetch(old.ahead_peer or self.replica.leader())  # catching up: on into this epoch
+        self.epoch = chain.state.epoch
+        self.node.metrics.inc("pbft_epoch_entered")
+        log.info("%s: epoch %d, committee %s%s", chain.id, self.epoch, ", ".join(self.replica.ids),
+                 "" if self.replica.member else " (following)")
+        self._record_draw()
+
+    def _record_draw(self) -> None:
+        chain = self.node.chain
+        for msg in epochs.my_records(self.spec, chain.state, self.me, self.key.secret):
+            self._spawn(self._record(record_tx(msg, self.me, self.key)))
+
+    def _spawn(self, coro) -> None:
+        """A submission that waits for its block, off the action worker (kept referenced until it is done)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def wake(self) -> None:
         self._kick.set()
@@ -143,8 +185,11 @@ class PbftProducer(Producer):
         async with contextlib.AsyncExitStack() as stack:
             # each peer's broadcasts (not our own, which the broker would echo back) and what is sent to us, from
             # any site: the main chain's members are the cloud and the fogs, each its own site
-            patterns = [topics.pattern(node=peer, kind=self.kind) for peer in self.replica.ids
+            # (with epochs, of the whole pool: whoever sits in the next epoch's committee)
+            patterns = [topics.pattern(node=peer, kind=self.kind) for peer in self.spec.committee.ids
                         if peer != self.me] + [topics.pattern(kind=self.kind, target=self.me)]
+            if self.spec.epochs is not None:  # at every start: a restarted member's record may have been lost
+                self._record_draw()
             subs = [await stack.enter_async_context(s.subscribe(p)) for p in patterns]
             async with asyncio.TaskGroup() as tg:
                 for sub in subs:
@@ -161,7 +206,7 @@ class PbftProducer(Producer):
                 continue
             self.messages_in += 1
             if isinstance(rx.message, Requests):
-                if sender in self.replica.ids:
+                if sender in self.replica.peers:
                     await self.node.call(self._admit, rx.message.txs)
                     self._kick.set()  # pending requests: the leader proposes them, the others time their leader
                 continue
@@ -202,7 +247,7 @@ class PbftProducer(Producer):
             if chain.pending:
                 r.pending(now)
                 if r.can_propose() and r.tip_for_proposal == (chain.tip.height + 1, chain.tip.hash):
-                    claim = claimer(self.spec, chain.tip, self.me, self.key, view=r.view)
+                    claim = claimer(chain.current, chain.tip, self.me, self.key, view=r.view)
                     try:
                         block = await self.node.call(lambda: chain.propose(self.me, claim=claim))
                     except LedgerError as exc:
@@ -246,7 +291,7 @@ class PbftProducer(Producer):
                     log.warning("%s: %s %s at view %d height %d", chain.id, a.record.member, a.record.kind,
                                 a.record.view, a.record.height)
                     tx = record_tx(a.record, self.me, self.key)
-                    asyncio.get_running_loop().create_task(self._record(tx))
+                    self._spawn(self._record(tx))
             except LedgerError as exc:
                 log.error("%s: %s failed: %s", chain.id, type(a).__name__, exc)
             self._flush()
@@ -276,4 +321,6 @@ class PbftProducer(Producer):
         node.committed(block)
         for t in block.txs:
             self._unconfirmed.pop(t.id, None)
+        if chain.state.epoch != self.epoch:  # an epoch block: the next committee takes over from here
+            await self._enter_epoch()
         self._kick.set()  # the leader may propose the next one
