@@ -29,6 +29,9 @@ def test_a_committee_is_the_fog_and_its_first_devices_or_the_fog_alone():
     fields = committees.spec_fields(keys)
     assert fields["sealer"] == "quorum" and fields["committee"].threshold == 4 and fields["committee"].faults == 1
     assert committees.spec_fields(keys[:1])["sealer"] == "single"
+    assert "epochs" not in fields and "epochs" not in committees.spec_fields(keys[:4], epoch_blocks=8, seats=4)
+    pooled = committees.spec_fields(keys, epoch_blocks=8, seats=4)["epochs"]  # five in the pool, four seats
+    assert (pooled.blocks, pooled.seats, pooled.first, pooled.always) == (8, 4, ["a", "b", "c", "d"], ["a"])
 
 
 def heights(site: LocalSite, chain: str, holders: list[str]) -> dict[str, list[bytes]]:
@@ -210,3 +213,42 @@ async def test_the_cloud_and_three_fogs_keep_the_main_chain_through_a_crashed_me
         await until(lambda: site.nodes[victim].main.chain.tip.height >= third.height)
         await until(lambda: cloud.finality.finalized_height >= 2)
     assert_safe(site, main, members)
+
+
+@pytest.mark.broker
+async def test_a_deployed_sub_chain_redraws_its_committee_every_epoch_and_anchors_still_verify(broker, tmp_path):
+    """``ledger.epoch_blocks``: the fog and five devices are the pool, four seated at a time; every device keeps
+    a replica, the chain changes committee at each epoch block, and Protocol 1 still checks a record of the first
+    epoch through its anchor (endorsed by a quorum of the pool, every one of which holds the blocks)."""
+    need_mosquitto()
+    devices = [f"dev-{i}" for i in range(1, 6)]
+    settings = [*SETTINGS, "ledger.committee_size=6", "ledger.epoch_blocks=4", "ledger.epoch_seats=4"]
+    site = LocalSite(tmp_path, broker.port, {"fog-a": devices, "fog-b": ["dev-b"]}, settings=settings)
+    spec = site.spec("fog-a")
+    assert spec.epochs is not None and spec.epochs.first == ["dev-1", "dev-2", "dev-3", "fog-a"]
+    assert spec.committee.ids == [*devices, "fog-a"]
+    async with site:
+        fog = site.nodes["fog-a"]
+        assert all(site.nodes[d].ledger is not None for d in devices)  # the unseated follow
+        key = site.key("fog-a")
+        first = await asyncio.wait_for(fog.ledger.submit(record_tx(Note("t", b"epoch 0"), "fog-a", key)), 30)
+        i = 0
+        async with asyncio.timeout(90):
+            while fog.ledger.chain.state.epoch < 2:
+                await fog.ledger.submit(record_tx(Note("t", b"%d" % i), "fog-a", key))
+                i += 1
+        await until(lambda: all(site.nodes[d].ledger.chain.state.epoch >= 2 for d in devices))
+        cfg = site.cfgs["fog-b"]
+        verdict = None
+        async with site.session("fog-b") as s, asyncio.timeout(60):
+            while verdict is None or not verdict.ok:
+                await asyncio.sleep(0.3)
+                with contextlib.closing(Chain.open(db_path(cfg), registry=registry_for(cfg))) as local:
+                    cc = CrossChain(s, local, main_node="cloud-1", server_of=lambda c: server_of(cfg, c),
+                                    registry=registry_for(cfg), timeout=10)
+                    verdict = await cc.verify_tx("fog-a", first.txid)
+        assert any("of 6 members of fog-a's committee" in line for line in verdict.steps), verdict.steps
+        with contextlib.closing(Chain.open(db_path(site.cfgs["fog-a"]), registry=registry_for(site.cfgs["fog-a"]))) as c:
+            changes = [decode_tx(c.store.tx(t)[2]).body for t, _, _ in c.store.find(kind="epoch")]
+        assert len(changes) >= 2 and all("fog-a" in ch.members for ch in changes)
+    assert_safe(site, "fog-a", ["fog-a", *devices])

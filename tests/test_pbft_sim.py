@@ -128,3 +128,48 @@ def test_votes_with_bad_signatures_or_from_strangers_count_for_nothing():
     sim.run(1.0)
     assert sim.check_safety() == 0  # never certified with forged votes
     assert sim.metrics.get("pbft_rejected", reason="bad_signature") > 0
+
+
+def test_a_new_epochs_committee_takes_the_epoch_block_as_its_first_stable_point():
+    """A committee seated at an epoch block has no certificate of its own for it (the one before signed it):
+    a view change standing there counts when it names that very block, and nothing below it counts at all."""
+    from edgefl.consensus.pbft import Fetch, Replica, ViewChange
+    from edgefl.crypto.keys import SigningKey
+    from edgefl.ledger.committee import Committee
+    from edgefl.runtime.metrics import Metrics
+
+    keys = {f"m{i}": SigningKey(bytes([i + 1]) * 32) for i in range(5)}
+    seated = Committee.bft([(m, keys[m].public_key) for m in ["m0", "m1", "m2", "m3"]])
+    base = (8, b"\x08" * 32)
+
+    class App:
+        def block_hash(self, raw):
+            return raw[:32]
+
+        def prev_hash(self, raw):
+            return raw[32:64]
+
+    def replica(me, base_hash=base[1], height=8):
+        return Replica(me, keys[me], seated, "c", App(), height=height, tip_hash=base_hash, limit=12,
+                       base=(8, base_hash), peers=list(keys), metrics=Metrics())
+
+    a, b, wrong = replica("m0"), replica("m1"), replica("m2", base_hash=b"\x09" * 32)
+    a._start_view_change(1)
+    vc = next(s.msg for s in a.take() if isinstance(s.msg, ViewChange))
+    assert vc.stable == 8 and vc.stable_sigs == []
+    b.receive("m0", vc)
+    assert "m0" in b.changes.get(1, {})  # its stable point is the epoch block both stand on
+    wrong.receive("m0", vc)
+    assert "m0" not in wrong.changes.get(1, {}) and wrong.metrics.get("pbft_rejected", reason="bad_view_change") == 1
+    low = replica("m3", height=8)
+    low.base = (12, b"\x0c" * 32)  # a committee of a later epoch: a view change from before it began is void
+    low.receive("m0", vc)
+    assert "m0" not in low.changes.get(1, {})
+    # the pool may ask it for blocks; only the seated may speak in the protocol
+    follower = replica("m4")
+    assert not follower.member and follower._sign(vc) is None
+    b.receive("m4", Fetch(1))
+    b.receive("m4", vc)
+    assert b.metrics.get("pbft_rejected", reason="not_member") == 1
+    # and it certifies nothing past its epoch block
+    assert not b._in_window(13) and b._in_window(12)

@@ -1,7 +1,8 @@
-"""Who keeps a sub-chain: its fog and (some of) the fog's devices, as a PBFT committee fixed at genesis.
+"""Who keeps a sub-chain: its fog and (some of) the fog's devices, as a PBFT committee.
 
 A fog's committee is the fog and the first ``size - 1`` of its devices by id
-(``ledger.committee_size``). Fewer than four members tolerate no byzantine one
+(``ledger.committee_size``), fixed at genesis, or, with ``ledger.epoch_blocks``,
+the pool its committee is re-drawn from every epoch (``edgefl.consensus.epoch``). Fewer than four members tolerate no byzantine one
 (n = 3f + 1), so a smaller site keeps today's chain sealed by its fog alone.
 Each member holds a replica of the sub-chain; its certificate (a quorum of
 ⌈(2n+1)/3⌉ signatures) is the block's ``quorum`` seal. The main chain's
@@ -14,6 +15,7 @@ from __future__ import annotations
 import shutil
 from typing import Callable, Iterable, Mapping, Sequence
 
+from edgefl.consensus.epoch import EpochSpec
 from edgefl.consensus.proposal import ProposalSpec
 from edgefl.crypto.keys import SigningKey, VerifyingKey
 from edgefl.ledger.chain import Chain
@@ -30,12 +32,18 @@ def members_of(fog: str, devices: Sequence[str], size: int) -> list[str]:
     return chosen if len(chosen) >= MIN_BFT else [fog]
 
 
-def spec_fields(keys: Iterable[tuple[str, VerifyingKey]]) -> dict:
-    """The ChainSpec fields of a chain kept by these members: PBFT with a BFT quorum, or one sealer."""
+def spec_fields(keys: Iterable[tuple[str, VerifyingKey]], *, epoch_blocks: int = 0, seats: int = MIN_BFT) -> dict:
+    """The ChainSpec fields of a chain kept by these members (the first is the one that serves it): PBFT with a
+    BFT quorum, or one sealer. With ``epoch_blocks`` and more members than ``seats``, they are the pool of a
+    committee re-drawn every ``epoch_blocks`` blocks; the first ``seats`` sit in epoch 0 and the first always."""
     keys = list(keys)
     if len(keys) == 1:
         return {"sealer": "single", "committee": Committee.of(keys)}
-    return {"sealer": "quorum", "committee": Committee.bft(keys), "proposal": ProposalSpec("pbft")}
+    fields = {"sealer": "quorum", "committee": Committee.bft(keys), "proposal": ProposalSpec("pbft")}
+    if epoch_blocks and len(keys) > seats:
+        fields["epochs"] = EpochSpec(blocks=epoch_blocks, seats=seats, first=sorted(i for i, _ in keys[:seats]),
+                                     always=[keys[0][0]])
+    return fields
 
 
 def main_fields(cloud: str, keys: Iterable[tuple[str, VerifyingKey]]) -> dict:
@@ -83,7 +91,9 @@ def site_geneses(cloud: str, fogs: Mapping[str, Sequence[str]], config: Callable
         chain=chain_id(main), role="main", **main_fields(cloud, keys([cloud, *fogs])),
         max_block=main.ledger.max_block_bytes, ts=ts, subchains={f: registered(keys(m)) for f, m in members.items()})}
     for f, m in members.items():
-        specs[f] = ChainSpec(chain=chain_id(config(f)), role="sub", **spec_fields(keys(m)),
+        led = config(f).ledger
+        specs[f] = ChainSpec(chain=chain_id(config(f)), role="sub",
+                             **spec_fields(keys(m), epoch_blocks=led.epoch_blocks, seats=led.epoch_seats),
                              max_block=config(f).ledger.max_block_bytes, ts=ts, parent=main.ledger.main,
                              parent_committee=Committee.of(keys([cloud])))
     return specs

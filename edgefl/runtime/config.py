@@ -157,6 +157,10 @@ class LedgerSection:
     # fog, at genesis: its sub-chain's PBFT committee is itself and up to this many minus one of its devices
     # (edgefl.consensus.committees; fewer than 4 members in all: the fog seals alone)
     committee_size: int = field(default=7, metadata=_range(1, 64))
+    # fog, at genesis: with a pool larger than this many seats, every ``epoch_blocks`` blocks (0: never) the
+    # committee is re-drawn from the pool by VRF sortition (edgefl.consensus.epoch); the fog keeps its seat
+    epoch_blocks: int = field(default=0, metadata=_range(0, 1 << 20))
+    epoch_seats: int = field(default=4, metadata=_range(4, 64))
     view_timeout_s: float = field(default=2.0, metadata=_range(0.05))  # a committee replica: its leader's deadline
     votelog: str = "{data_dir}/ledger/{chain}.votes"  # a committee replica: what it signed, kept before it is sent
 
