@@ -12,8 +12,7 @@ import logging
 import sys
 
 from edgefl import __version__
-from edgefl.runtime.config import ConfigError, load_config
-from edgefl.runtime.logging import setup_logging
+from edgefl.runtime import ConfigError, load_config, setup_logging
 
 COMMAND_MODULES = [
     "edgefl.crypto.cli",

@@ -34,3 +34,23 @@ def test_subpackages_still_import_beside_the_faces():
     from edgefl.crypto import accumulator
 
     assert callable(accumulator.update)
+
+
+def test_other_packages_import_a_public_name_from_its_package_not_its_module():
+    """``from edgefl.ledger import Chain``, not ``from edgefl.ledger.chain import Chain``: the faces are the API
+    between packages (imports placed inside functions, on purpose lazy, are left as they are)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(importlib.import_module("edgefl").__file__).parent
+    faces = {p: set(importlib.import_module(f"edgefl.{p}").__all__) for p in PACKAGES}
+    offences = []
+    for path in sorted(root.rglob("*.py")):
+        own = path.relative_to(root).parts[0]
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.count(".") == 2:
+                _, pkg, _ = node.module.split(".")
+                if node.module.startswith("edgefl.") and pkg != own and pkg in faces:
+                    offences += [f"{path.relative_to(root)}: {node.module}.{a.name}" for a in node.names
+                                 if a.name in faces[pkg]]
+    assert not offences, offences

@@ -201,3 +201,69 @@ def test_the_spec_refuses_an_epoch_committee_pbft_cannot_run(tmp_path):
         with pytest.raises(InvalidTx):
             new(tmp_path, spec(epochs=bad))
     assert codec.decode(codec.encode_message(spec()))  # a good one encodes
+
+
+def equivocation_by(member: str, chain: str = "fog-a"):
+    """Two conflicting pre-prepares ``member`` signed for one view and height, as a Behaviour record."""
+    from edgefl.consensus.evidence import equivocation
+    from edgefl.consensus.pbft import PrePrepare
+
+    a, b = (PrePrepare(chain, 0, 1, bytes([i]) * 32, member).signed(KEYS[member]) for i in (1, 2))
+    return equivocation(a, b, chain=chain, view=0, height=1)
+
+
+def test_a_member_proven_to_equivocate_is_banned_for_good(tmp_path):
+    chain = new(tmp_path)
+    cheat = "dev-2"
+    proof = equivocation_by(cheat)
+    step(chain, [*records(chain), record_tx(proof, "fog-a", KEYS["fog-a"], ts_ms=T0 + 1)])
+    while chain.tip.height % B != B - 1:
+        step(chain)
+    change = decode_tx(step(chain).txs[0].raw).body
+    assert [b.member for b in change.evidence] == [cheat] and change.banned == [cheat]
+    assert cheat not in change.members and cheat not in {c.member for c in change.claims}
+    committees = run_epochs(chain, 3)  # it keeps recording claims; none counts again
+    assert all(cheat not in c for c in committees) and chain.state.banned == [cheat]
+    chain.close()
+    with Chain.open(tmp_path / "fog-a.db", registry=registry()) as again:
+        assert again.state.banned == [cheat] and again.verify() == again.tip.height + 1
+
+
+@pytest.mark.parametrize("forgery", ["no_conflict", "other_signer", "unban", "banned_claim"])
+def test_a_ban_needs_a_proof_and_lasts(tmp_path, forgery):
+    chain = new(tmp_path)
+    to_boundary(chain)
+    change = chain._epoch_change().body
+    if forgery == "no_conflict":  # the same statement twice proves nothing
+        from edgefl.consensus.evidence import encode_statement
+        from edgefl.consensus.pbft import PrePrepare
+
+        st = encode_statement(PrePrepare("fog-a", 0, 1, b"\x01" * 32, "dev-2").signed(KEYS["dev-2"]))
+        fake = dataclasses.replace(equivocation_by("dev-2"), proof=[st, st])
+        bad = dataclasses.replace(change, evidence=[fake], banned=["dev-2"],
+                                  members=epochs.members_after(chain.spec, chain.current.committee.ids,
+                                                               change.claims, ["dev-2"]))
+    elif forgery == "other_signer":  # statements signed by someone else, blamed on dev-2
+        other = equivocation_by("dev-1")
+        bad = dataclasses.replace(change, evidence=[dataclasses.replace(other, member="dev-2")], banned=["dev-2"])
+    elif forgery == "unban":  # a banned member quietly dropped from the list
+        step_chain = new(tmp_path / "b")
+        step(step_chain, [*records(step_chain), record_tx(equivocation_by("dev-2"), "fog-a", KEYS["fog-a"],
+                                                          ts_ms=T0 + 1)])
+        while step_chain.tip.height % B != B - 1:
+            step(step_chain)
+        step(step_chain)
+        to_boundary(step_chain)
+        c2 = step_chain._epoch_change().body
+        assert c2.banned == ["dev-2"]
+        with pytest.raises(InvalidBlock) as exc:
+            step_chain.validate_proposal(proposal_with(step_chain, [epoch_info(step_chain,
+                                                                               dataclasses.replace(c2, banned=[]))]).raw)
+        assert exc.value.reason == "bad_epoch"
+        return
+    else:  # a claim of a member banned in this very change
+        member = change.claims[0].member
+        bad = dataclasses.replace(change, evidence=[equivocation_by(member)], banned=[member])
+    with pytest.raises(InvalidBlock) as exc:
+        chain.validate_proposal(proposal_with(chain, [epoch_info(chain, bad)]).raw)
+    assert exc.value.reason == "bad_epoch", exc.value

@@ -250,3 +250,27 @@ async def test_a_replica_restarted_epochs_later_catches_up_through_every_committ
         assert p.epoch == c.ledgers[away].chain.state.epoch >= 3
         assert c.nodes.metrics[away].get("pbft_epoch_entered") >= 3  # entered each on the way
         assert p.replica.ids == c.ledgers["fog-a"].chain.current.committee.ids
+
+
+async def test_an_equivocating_leader_is_proven_and_loses_its_seat_for_good(broker, tmp_path):
+    """The view-0 leader of epoch 0 proposes two blocks for one height: the members it showed both record the
+    proof, it is deposed, and the next epoch block bans it from every later draw (its claims count for nothing)."""
+    from edgefl.consensus.epoch import EpochSpec
+    from edgefl.ledger.tx import decode_tx
+
+    first = ["dev-01", "dev-02", "dev-03", "fog-a"]
+    cheat = "dev-01"  # the first id: it leads view 0
+    async with Members(tmp_path, broker.port, n=7, view_timeout=0.5, byzantine={cheat: "equivocate"},
+                       epochs=EpochSpec(blocks=4, seats=6, first=first, always=["fog-a"])) as c:
+        honest = [i for i in c.ids if i != cheat]
+        i = 0
+        async with asyncio.timeout(120):
+            while min(c.ledgers[m].chain.state.epoch for m in honest) < 2:
+                await c.submit_all(note(i, nodes=c.nodes), among=[honest[i % len(honest)]])
+                i += 1
+        c.check_safety(honest)
+        chain = c.ledgers["fog-a"].chain
+        changes = [decode_tx(chain.store.tx(t)[2]).body for t, _, _ in chain.store.find(kind="epoch")]
+        assert changes[0].banned == [cheat] and [b.member for b in changes[0].evidence] == [cheat]
+        assert all(cheat not in ch.members for ch in changes)
+        assert chain.state.banned == [cheat]

@@ -10,7 +10,7 @@ import re
 import sys
 from pathlib import Path
 
-from edgefl.runtime.loop import run
+from edgefl.runtime import run
 
 # name -> module with ``async def run(**options) -> Report`` and optional ``add_arguments(parser)``
 BENCHMARKS = {

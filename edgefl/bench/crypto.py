@@ -33,14 +33,10 @@ import time
 from coincurve import PrivateKey, PublicKey, PublicKeyXOnly
 
 from edgefl.bench.harness import Report, interleave, ratio_row
-from edgefl.consensus import sortition
-from edgefl.consensus.sortition import SortitionClaim
-from edgefl.crypto import vrf
-from edgefl.crypto.envelope import Signer, Verifier
-from edgefl.crypto.keys import SigningKey
-from edgefl.crypto.pki import PkiRegistry, issue
-from edgefl.runtime.metrics import Metrics
-from edgefl.transport.messages import Ping
+from edgefl.consensus import SortitionClaim, sortition
+from edgefl.crypto import PkiRegistry, Signer, SigningKey, Verifier, issue, vrf
+from edgefl.runtime import Metrics
+from edgefl.transport import Ping
 
 ANCHOR_VERIFY_TX_MS = 47.0  # published: desktop; 179 ms on a Raspberry Pi 3B+
 GOAL_VERIFY_TX = "<= 0.2 ms"

@@ -49,8 +49,7 @@ import time
 from pathlib import Path
 
 from edgefl.bench.harness import Report, Row, percentile
-from edgefl.transport import topics
-from edgefl.transport.mosquitto import LocalMosquitto
+from edgefl.transport import LocalMosquitto, topics
 
 BACKENDS = ("litert", "onnxruntime")
 RSS_GOAL_MB = {"litert": 80, "onnxruntime": 120, "tflite_runtime": 80}

@@ -38,15 +38,9 @@ import time
 from pathlib import Path
 
 from edgefl.bench.harness import Report, Row, Samples, measure, throughput_row
-from edgefl.crypto.envelope import StaticKeyRegistry
-from edgefl.crypto.keys import SigningKey
-from edgefl.ledger.chain import Chain
-from edgefl.ledger.committee import Committee
-from edgefl.ledger.records import Note
-from edgefl.ledger.sealer import SingleSealer
-from edgefl.ledger.tx import ChainSpec, decode_tx, record_tx
-from edgefl.ledger.validation import validate_block
-from edgefl.runtime.metrics import Metrics
+from edgefl.crypto import SigningKey, StaticKeyRegistry
+from edgefl.ledger import Chain, ChainSpec, Committee, Note, SingleSealer, decode_tx, record_tx, validate_block
+from edgefl.runtime import Metrics
 
 ANCHORS = {"validate_ms": 358.0, "mine_ms": 27.0,
            "tps": {"32B": 193.33, "8KiB": 173.04, "16KiB": 131.98, "32KiB": 65.69}}

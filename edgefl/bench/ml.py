@@ -45,28 +45,25 @@ from pathlib import Path
 import numpy as np
 
 from edgefl.bench.harness import Report, Row, Samples, ab, interleave, measure, ratio_row
-from edgefl.crypto.envelope import Signer
-from edgefl.crypto.keys import SigningKey
+from edgefl.crypto import Signer, SigningKey
+from edgefl.fl import SimDevice, run_rounds
 from edgefl.fl import aggregate as agg
-from edgefl.fl.simulation import SimDevice, run_rounds
-from edgefl.ml import export as E
-from edgefl.ml import trainer as T
-from edgefl.ml.backends import BackendUnavailable, open_backend
-from edgefl.ml.data import Dataset, load_mnist, synthetic_digits
-from edgefl.ml.device import FeatureBatch, FeatureExtractor
-from edgefl.ml.extractor import ExtractorWeights
-from edgefl.ml.privacy import (
-    SOURCES,
-    DiscreteLaplace,
-    NoNoise,
+from edgefl.ml import (
+    BackendUnavailable,
+    Dataset,
+    ExtractorWeights,
+    FeatureBatch,
+    FeatureExtractor,
     PrivacyAccountant,
     Privatiser,
-    bound,
-    grid_step,
+    load_mnist,
     normalise,
-    sampler_delta,
-    sampler_pmf,
+    open_backend,
+    synthetic_digits,
 )
+from edgefl.ml import export as E
+from edgefl.ml import trainer as T
+from edgefl.ml.privacy import SOURCES, DiscreteLaplace, NoNoise, bound, grid_step, sampler_delta, sampler_pmf
 
 REPO = Path(__file__).resolve().parents[2]
 # ../shared/data/mnist beside the checkout (or beside the folder of worktrees)

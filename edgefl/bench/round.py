@@ -29,17 +29,15 @@ import numpy as np
 
 from edgefl.bench.harness import Report, Row
 from edgefl.bench.ml import DEFAULT_DATA
-from edgefl.fl.simulation import SimDevice, run_rounds
+from edgefl.fl import SimDevice, run_rounds
+from edgefl.ml import ExtractorWeights, Privatiser, load_mnist, open_backend
 from edgefl.ml import trainer as T
-from edgefl.ml.backends import open_backend
-from edgefl.ml.data import load_mnist, save_npz_dataset
+from edgefl.ml.data import save_npz_dataset
 from edgefl.ml.export import export
-from edgefl.ml.extractor import ExtractorWeights
-from edgefl.ml.privacy import DiscreteLaplace, Privatiser
+from edgefl.ml.privacy import DiscreteLaplace
+from edgefl.nodes import LocalSite
 from edgefl.nodes.node import local_data
-from edgefl.nodes.site import LocalSite
-from edgefl.transport import topics
-from edgefl.transport.mosquitto import LocalMosquitto
+from edgefl.transport import LocalMosquitto, topics
 
 FOGS = {"fog-a": [f"dev-{i}" for i in range(5)], "fog-b": [f"dev-{i}" for i in range(5, 10)]}
 ROUNDS = 2

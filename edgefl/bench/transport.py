@@ -30,14 +30,10 @@ import time
 import aiomqtt
 
 from edgefl.bench.harness import Report, Row, ab, ratio_row, throughput_row
-from edgefl.crypto.envelope import Signer, StaticKeyRegistry, Verifier
-from edgefl.crypto.keys import SigningKey
-from edgefl.runtime.config import MqttSection
-from edgefl.runtime.metrics import Metrics
-from edgefl.transport import topics
-from edgefl.transport.messages import Ping
-from edgefl.transport.mosquitto import LocalMosquitto
-from edgefl.transport.session import MQTT_LOG, RequestTimeout, Session
+from edgefl.crypto import Signer, SigningKey, StaticKeyRegistry, Verifier
+from edgefl.runtime import Metrics, MqttSection
+from edgefl.transport import LocalMosquitto, Ping, RequestTimeout, Session, topics
+from edgefl.transport.session import MQTT_LOG
 
 SIZES = [("64B", 64), ("16KiB", 16 << 10), ("256KiB", 256 << 10)]
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]

@@ -8,8 +8,9 @@ from __future__ import annotations
 import functools
 import sys
 
-from edgefl.consensus.byzantine import BEHAVIOURS, ByzantineProducer
-from edgefl.ledger.service import LedgerNode
+from edgefl.consensus import ByzantineProducer
+from edgefl.consensus.byzantine import BEHAVIOURS
+from edgefl.ledger import LedgerNode
 
 
 def main(argv: list[str]) -> int:

@@ -14,12 +14,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from edgefl.fl.protocol import Aggregation, FogUpdate, run_id
+from edgefl.fl import Aggregation, FogUpdate
+from edgefl.fl.protocol import run_id
 from edgefl.fl.round import steps_per_round
-from edgefl.ledger.errors import LedgerError
-from edgefl.ledger.records import CoinUpdate, DataCollected, TrainingStep
+from edgefl.ledger import CoinUpdate, DataCollected, LedgerError, TrainingStep
 from edgefl.ml.privacy import PrivacySpend
-from edgefl.runtime.state import StateFile
+from edgefl.runtime import StateFile
 
 
 @dataclass

@@ -22,9 +22,9 @@ from edgefl.chaos import checks
 from edgefl.chaos.deploy import Deployment
 from edgefl.chaos.scenario import Scenario
 from edgefl.chaos.task import TASK, closed, opened, settle, small_task, start_all
+from edgefl.consensus import Behaviour, InvalidEvidence, check_behaviour
 from edgefl.consensus.byzantine import BEHAVIOURS
-from edgefl.consensus.evidence import Behaviour, InvalidEvidence, check_behaviour
-from edgefl.ledger.block import decode_block, decode_header
+from edgefl.ledger import decode_block, decode_header
 
 FOG = "fog-1"
 

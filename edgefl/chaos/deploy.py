@@ -23,12 +23,13 @@ from pathlib import Path
 import edgefl
 from edgefl.chaos.netns import Network
 from edgefl.errors import EdgeflError
-from edgefl.ledger.chain import Chain
+from edgefl.ledger import Chain, decode_tx
 from edgefl.ledger.service import db_path, registry_for
 from edgefl.ledger.store import Store
-from edgefl.ledger.tx import decode_tx
-from edgefl.provision.site import TLS_PORT, SiteDirectory
-from edgefl.transport.mosquitto import BrokerError, free_port, mosquitto_binary
+from edgefl.provision import SiteDirectory
+from edgefl.provision.site import TLS_PORT
+from edgefl.transport import BrokerError
+from edgefl.transport.mosquitto import free_port, mosquitto_binary
 
 # quick blocks and interlock, quick reconnects (as tests/site_helpers.py and edgefl.nodes.site)
 FAST = ["ledger.block_interval_s=0.05", "ledger.anchor_interval_s=0.3", "ledger.beacon_interval_s=0.3",

@@ -16,9 +16,10 @@ from edgefl.chaos import checks
 from edgefl.chaos.deploy import Deployment
 from edgefl.chaos.scenario import Scenario
 from edgefl.chaos.task import TASK, closed, opened, settle, small_task, start_all
-from edgefl.ledger.records import DataCollected
-from edgefl.ml.privacy import PrivacyAccountant, PrivacySpend
-from edgefl.runtime.state import StateFile
+from edgefl.ledger import DataCollected
+from edgefl.ml import PrivacyAccountant
+from edgefl.ml.privacy import PrivacySpend
+from edgefl.runtime import StateFile
 
 PHASES = ("extracting", "spend recorded", "batch attested", "batch stored")
 

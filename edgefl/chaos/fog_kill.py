@@ -20,15 +20,11 @@ import time
 from edgefl.chaos import checks
 from edgefl.chaos.deploy import Deployment
 from edgefl.chaos.scenario import Scenario
-from edgefl.ledger.block import Tip
-from edgefl.ledger.errors import LedgerError
-from edgefl.ledger.protocol import Receipt, Submit
-from edgefl.ledger.records import Note
+from edgefl.ledger import LedgerError, Note, Receipt, Submit, Tip, decode_tx, record_tx, validate_block
 from edgefl.ledger.service import registry_for
-from edgefl.ledger.tx import State, decode_tx, record_tx
-from edgefl.ledger.validation import validate_block
-from edgefl.runtime.loop import run
-from edgefl.transport.session import RemoteError, RequestTimeout, Session
+from edgefl.ledger.tx import State
+from edgefl.runtime import run
+from edgefl.transport import RemoteError, RequestTimeout, Session
 
 SUBMITTERS = 8
 

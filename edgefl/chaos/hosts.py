@@ -30,10 +30,11 @@ from edgefl.chaos.deploy import Deployment, die_with_parent
 from edgefl.chaos.netns import Network
 from edgefl.chaos.scenario import Scenario
 from edgefl.chaos.task import TASK, closed, settle, small_task, start_all
-from edgefl.fl.protocol import Aggregation, FogUpdate, run_id
-from edgefl.ledger.records import TrainingStep
+from edgefl.fl import Aggregation, FogUpdate
+from edgefl.fl.protocol import run_id
+from edgefl.ledger import TrainingStep
 from edgefl.ml.privacy import PrivacySpend
-from edgefl.runtime.state import StateFile
+from edgefl.runtime import StateFile
 from edgefl.transport import topics
 
 

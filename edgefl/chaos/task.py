@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from edgefl.fl.protocol import Aggregation, Task
+from edgefl.fl import Aggregation, Task
 from edgefl.ml.privacy import PrivacySpend
 
 TASK = "digits"  # the cloud profile's fl.task

@@ -17,11 +17,9 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from edgefl.consensus.epoch import EpochSpec
 from edgefl.consensus.proposal import ProposalSpec
-from edgefl.crypto.keys import SigningKey, VerifyingKey
-from edgefl.ledger.chain import Chain
-from edgefl.ledger.committee import Committee
-from edgefl.ledger.sealer import QuorumSealer, Sealer, SingleSealer
-from edgefl.ledger.tx import ChainSpec
+from edgefl.crypto import SigningKey, VerifyingKey
+from edgefl.ledger import Chain, ChainSpec, Committee, QuorumSealer, SingleSealer
+from edgefl.ledger.sealer import Sealer
 
 MIN_BFT = 4  # the smallest committee that survives one byzantine member
 

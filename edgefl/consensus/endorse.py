@@ -19,11 +19,9 @@ import logging
 
 from edgefl import codec
 from edgefl.codec import Message, message
-from edgefl.ledger.committee import Sig
-from edgefl.ledger.errors import LedgerError
+from edgefl.ledger import LedgerError, Sig
 from edgefl.ledger.tx import Anchor, signing_digest
-from edgefl.transport.messages import Error
-from edgefl.transport.session import RemoteError, RequestTimeout
+from edgefl.transport import Error, RemoteError, RequestTimeout
 
 log = logging.getLogger("edgefl.endorse")
 

@@ -40,13 +40,12 @@ from typing import Annotated, Callable, Iterable
 from edgefl import codec
 from edgefl.codec import MaxLen, Message, Range, message
 from edgefl.consensus import sortition
+from edgefl.consensus.evidence import Behaviour, check_behaviour
 from edgefl.consensus.sortition import SortitionClaim
-from edgefl.crypto import vrf
-from edgefl.crypto.envelope import IdentityRejected
-from edgefl.crypto.hashing import tagged_hash
+from edgefl.crypto import IdentityRejected, tagged_hash, vrf
 from edgefl.errors import EdgeflError
-from edgefl.runtime.logging import RateLimited
-from edgefl.runtime.metrics import METRICS, Metrics
+from edgefl.ledger import LedgerError
+from edgefl.runtime import METRICS, Metrics, RateLimited
 
 log = logging.getLogger("edgefl.epoch")
 
@@ -247,7 +246,9 @@ def check_penalty(penalty: ReputationPenalty, record: EpochSeed, draw: Draw) -> 
 # its ``SeedShare`` on seed_e. The epoch block gathers what was recorded and seed_{e+1} hashes the shares'
 # outputs, so a claim for e+1 is drawn on a seed fixed a whole epoch before e+1 begins and nobody chooses it.
 # Its leader may leave out a claim or a share (as any block's leader may leave out a transaction) but cannot
-# forge one; a draw too small for PBFT (fewer than four) keeps the current committee.
+# forge one; a draw too small for PBFT (fewer than four) keeps the current committee. A member proven to
+# equivocate (a ``Behaviour`` record: two conflicting statements it signed, checked against its pool key) is
+# banned for good: the epoch block carries the proof, and no claim of a banned member counts again.
 
 MIN_SEATED = 4  # PBFT's smallest committee that survives one byzantine member
 
@@ -273,6 +274,8 @@ class EpochChange(Message):
     shares: Annotated[list[SeedShare], MaxLen(MAX_COMMITTEE)]  # the closing committee's, sorted by member
     members: Annotated[list[Id], MaxLen(MAX_COMMITTEE)]  # the committee it opens, sorted
     next_seed: Annotated[bytes, MaxLen(32)]
+    evidence: Annotated[list[Behaviour], MaxLen(MAX_COMMITTEE)] = dataclasses.field(default_factory=list)
+    banned: Annotated[list[Id], MaxLen(MAX_COMMITTEE)] = dataclasses.field(default_factory=list)  # all so far
 
 
 def first_seed(spec) -> bytes:
@@ -323,9 +326,24 @@ def draw_of(spec, epoch: int, seed: bytes) -> Draw:
     return Draw(epoch, seed, total, spec.epochs.seats, key, weight)
 
 
-def members_after(spec, current: Iterable[str], claims: Iterable[SortitionClaim]) -> list[str]:
-    drawn = sorted(set(spec.epochs.always) | {c.member for c in claims})
-    return drawn if len(drawn) >= MIN_SEATED else sorted(current)
+def members_after(spec, current: Iterable[str], claims: Iterable[SortitionClaim], banned: Iterable[str]) -> list[str]:
+    out = set(banned)
+    drawn = sorted((set(spec.epochs.always) | {c.member for c in claims}) - out)
+    kept = sorted(set(current) - out)
+    return drawn if len(drawn) >= MIN_SEATED or len(kept) < MIN_SEATED else kept
+
+
+def _proven(spec, b: Behaviour) -> bool:
+    """Whether ``b`` proves that a pool member equivocated (two conflicting statements it signed)."""
+    from edgefl.consensus import pbft  # noqa: F401  (registers the statements a proof holds)
+
+    if b.kind != "equivocated" or b.chain != spec.chain:
+        return False
+    try:
+        check_behaviour(b, spec.committee)
+    except LedgerError:
+        return False
+    return True
 
 
 def my_records(spec, state, member: str, sk: bytes) -> list[Message]:
@@ -349,9 +367,16 @@ def build_change(spec, state, recorded: Iterable[Message]) -> EpochChange:
     sitting = set(state.current.committee.ids)
     claims: dict[str, SortitionClaim] = {}
     shares: dict[str, tuple[SeedShare, bytes]] = {}
+    evidence: dict[str, Behaviour] = {}
+    recorded = list(recorded)
+    for msg in recorded:  # proofs first: a banned member's claim counts for nothing
+        if (isinstance(msg, Behaviour) and msg.member not in state.banned and msg.member not in evidence
+                and _proven(spec, msg)):
+            evidence[msg.member] = msg
+    banned = set(state.banned) | set(evidence)
     for msg in recorded:
         try:
-            if isinstance(msg, SortitionClaim) and msg.member not in claims:
+            if isinstance(msg, SortitionClaim) and msg.member not in claims and msg.member not in banned:
                 claims_draw.member(msg)
                 claims[msg.member] = msg
             elif isinstance(msg, SeedShare) and msg.member in sitting and msg.member not in shares:
@@ -360,8 +385,9 @@ def build_change(spec, state, recorded: Iterable[Message]) -> EpochChange:
             continue
     chosen = [claims[m] for m in sorted(claims)]
     return EpochChange(epoch=e + 1, seed=state.seed, claims=chosen, shares=[shares[m][0] for m in sorted(shares)],
-                       members=members_after(spec, sitting, chosen),
-                       next_seed=next_seed(state.seed, (beta for _, beta in shares.values())))
+                       members=members_after(spec, sitting, chosen, banned),
+                       next_seed=next_seed(state.seed, (beta for _, beta in shares.values())),
+                       evidence=[evidence[m] for m in sorted(evidence)], banned=sorted(banned))
 
 
 def check_change(change: EpochChange, spec, state) -> None:
@@ -373,11 +399,19 @@ def check_change(change: EpochChange, spec, state) -> None:
     sitting = set(state.current.committee.ids)
     if claimers != sorted(set(claimers)) or sharers != sorted(set(sharers)) or not set(sharers) <= sitting:
         raise EpochError("malformed", "claims and shares sorted, one per member, shares from the closing committee")
+    proven = [b.member for b in change.evidence]
+    if (proven != sorted(set(proven)) or set(proven) & set(state.banned)
+            or not all(_proven(spec, b) for b in change.evidence)):
+        raise EpochError("bad_evidence", "evidence: one valid proof of equivocation per member not banned yet")
+    if change.banned != sorted(set(state.banned) | set(proven)):
+        raise EpochError("wrong_banned", "banned must be the members banned before and those proven now")
+    if set(claimers) & set(change.banned):
+        raise EpochError("banned", f"a claim of a banned member: {sorted(set(claimers) & set(change.banned))}")
     claims_draw, share_draw = draw_of(spec, change.epoch, state.seed), draw_of(spec, state.epoch, state.seed)
     for claim in change.claims:
         claims_draw.member(claim)
     outputs = [share_draw.share_output(s) for s in change.shares]
-    if change.members != members_after(spec, sitting, change.claims):
+    if change.members != members_after(spec, sitting, change.claims, change.banned):
         raise EpochError("wrong_members", f"members {change.members} are not the draw's")
     if change.next_seed != next_seed(state.seed, outputs):
         raise EpochError("wrong_seed", "next_seed is not the hash of the revealed outputs")
@@ -385,3 +419,4 @@ def check_change(change: EpochChange, spec, state) -> None:
 
 def enter(change: EpochChange, spec, state) -> None:
     state.epoch, state.seed, state.current = change.epoch, change.next_seed, seated(spec, change.members)
+    state.banned = list(change.banned)

@@ -24,10 +24,8 @@ from typing import Annotated, Any, ClassVar
 
 from edgefl import codec
 from edgefl.codec import MaxLen, Message, Range, message
-from edgefl.crypto.hashing import tagged_hash
-from edgefl.crypto.keys import SigningKey
-from edgefl.ledger.committee import Committee
-from edgefl.ledger.errors import LedgerError
+from edgefl.crypto import SigningKey, tagged_hash
+from edgefl.ledger import Committee, LedgerError
 
 KINDS = ("proposed", "voted", "equivocated", "silent")
 MAX_STATEMENT = 8 << 10

@@ -38,9 +38,8 @@ from typing import Annotated, Iterable
 
 from edgefl.codec import MaxLen, Message, Range, message
 from edgefl.consensus.evidence import Behaviour, InvalidEvidence, Statement, encode_statement, equivocation
-from edgefl.crypto.keys import SigningKey
-from edgefl.ledger.committee import Committee
-from edgefl.ledger.errors import LedgerError
+from edgefl.crypto import SigningKey
+from edgefl.ledger import Committee, LedgerError
 
 HASH = 32
 

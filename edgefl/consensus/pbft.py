@@ -48,11 +48,9 @@ from edgefl import codec
 from edgefl.codec import MaxLen, Message, Range, message
 from edgefl.consensus.evidence import Behaviour, Statement, equivocation
 from edgefl.consensus.votelog import VoteLog
-from edgefl.crypto.hashing import tagged_hash
-from edgefl.crypto.keys import SigningKey
-from edgefl.ledger.committee import Committee, Sig
-from edgefl.ledger.errors import LedgerError
-from edgefl.runtime.metrics import METRICS, Metrics
+from edgefl.crypto import SigningKey, tagged_hash
+from edgefl.ledger import Committee, LedgerError, Sig
+from edgefl.runtime import METRICS, Metrics
 
 log = logging.getLogger("edgefl.pbft")
 

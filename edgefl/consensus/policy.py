@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import Annotated, ClassVar, Iterable
 
 from edgefl.codec import MaxLen, Message, Range, message
-from edgefl.ledger.errors import LedgerError
+from edgefl.ledger import LedgerError
 
 MAX_POLICY_MEMBERS = 64
 ANY_TYPE = "*"

@@ -38,9 +38,8 @@ from typing import Annotated, Callable, ClassVar
 
 from edgefl.codec import MaxLen, Message, Range, message
 from edgefl.consensus import sortition
-from edgefl.crypto.hashing import tagged_hash
-from edgefl.ledger.block import Header, Tip
-from edgefl.ledger.errors import InvalidBlock, LedgerError
+from edgefl.crypto import tagged_hash
+from edgefl.ledger import Header, InvalidBlock, LedgerError, Tip
 
 POW_TAG = b"edgefl/ledger/pow/v1"
 PRIMARY_TAG = b"edgefl/ledger/pbft-primary/v1"

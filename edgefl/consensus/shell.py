@@ -36,11 +36,19 @@ from edgefl.consensus import epoch as epochs
 from edgefl.consensus.pbft import App, Blocks, Commit, Evidence, Replica, Requests, Send, Serve, Validate
 from edgefl.consensus.proposal import claimer, primary_of
 from edgefl.consensus.votelog import VoteLog
-from edgefl.crypto.keys import SigningKey
-from edgefl.ledger.block import Seal, block_hash, decode_block, decode_header
-from edgefl.ledger.errors import InvalidTx, LedgerError
-from edgefl.ledger.service import LedgerNode, Producer
-from edgefl.ledger.tx import record_tx, txid
+from edgefl.crypto import SigningKey
+from edgefl.ledger import (
+    InvalidTx,
+    LedgerError,
+    LedgerNode,
+    Producer,
+    Seal,
+    block_hash,
+    decode_block,
+    decode_header,
+    record_tx,
+    txid,
+)
 from edgefl.transport import topics
 
 log = logging.getLogger("edgefl.pbft")

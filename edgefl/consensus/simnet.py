@@ -42,9 +42,9 @@ from edgefl.consensus.pbft import (
     Vote,
 )
 from edgefl.consensus.votelog import VoteLog
-from edgefl.crypto.keys import SigningKey
-from edgefl.ledger.committee import Committee
-from edgefl.runtime.metrics import Metrics
+from edgefl.crypto import SigningKey
+from edgefl.ledger import Committee
+from edgefl.runtime import Metrics
 
 LIMITS = codec.Limits(max_size=64 << 20, max_depth=16, max_items=1 << 16)
 

@@ -13,24 +13,26 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from edgefl import codec
-from edgefl.runtime.files import write_atomic
+from edgefl.runtime import write_atomic
 
+Slot = tuple[Any, ...]  # (phase, chain, view, …, height): what one signature may be given for
 LIMITS = codec.Limits(max_size=4 << 20, max_depth=4, max_items=1 << 16)
 
 
 class VoteLog:
     """In memory when ``path`` is None (simulations), else durable."""
 
-    def __init__(self, path: str | os.PathLike | None = None):
+    def __init__(self, path: str | os.PathLike[str] | None = None):
         self.path = Path(path) if path is not None else None
-        self.entries: dict[tuple, bytes] = {}
+        self.entries: dict[Slot, bytes] = {}
         self.view = 0  # the highest view this replica entered (a restart does not go back)
         if self.path is not None and self.path.exists():
             self.view, self.entries = _parse(codec.decode(self.path.read_bytes(), LIMITS), self.path)
 
-    def guard(self, slot: tuple, digest: bytes, also: tuple[tuple[tuple, bytes], ...] = ()) -> bool:
+    def guard(self, slot: Slot, digest: bytes, also: tuple[tuple[Slot, bytes], ...] = ()) -> bool:
         """Whether signing ``digest`` at ``slot`` is safe; ``also``: further (slot, digest) pairs to reserve in the
         same durable write (a slot the caller will sign next, so that its signature needs no write of its own)."""
         if self.entries.get(slot, digest) != digest:
@@ -60,7 +62,7 @@ class VoteLog:
                                                   "entries": [[list(k), v] for k, v in self.entries.items()]}))
 
 
-def _parse(data, path) -> tuple[int, dict[tuple, bytes]]:
+def _parse(data: Any, path: Path) -> tuple[int, dict[Slot, bytes]]:
     """A stored log's view and entries; a file of any other shape is a ``codec.SchemaError``, not a KeyError."""
     ok = (isinstance(data, dict) and set(data) == {"view", "entries"} and type(data["view"]) is int
           and data["view"] >= 0 and isinstance(data["entries"], list)

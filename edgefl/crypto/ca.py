@@ -32,7 +32,7 @@ from edgefl.crypto import tls
 from edgefl.crypto.keys import SigningKey, VerifyingKey, write_atomic
 from edgefl.crypto.pki import Certificate, Crl, PkiError, PkiRegistry, Revocation, issue, sign_crl
 from edgefl.names import check_segment
-from edgefl.runtime.metrics import Metrics
+from edgefl.runtime import Metrics
 
 DAY = 86400
 BACKDATE = 300  # seconds of clock skew a fresh certificate tolerates

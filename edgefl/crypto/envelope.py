@@ -31,9 +31,7 @@ from edgefl import codec
 from edgefl.crypto.hashing import tagged_hash
 from edgefl.crypto.keys import SigningKey, VerifyingKey, load_public
 from edgefl.errors import EdgeflError
-from edgefl.runtime.files import write_atomic
-from edgefl.runtime.logging import RateLimited
-from edgefl.runtime.metrics import METRICS, Metrics
+from edgefl.runtime import METRICS, Metrics, RateLimited, write_atomic
 
 ENVELOPE_TAG = b"edgefl/envelope/v1"
 WIRE_VERSION = 1

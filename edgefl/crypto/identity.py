@@ -12,7 +12,7 @@ import time
 
 from edgefl.crypto.envelope import IdentityRejected
 from edgefl.crypto.keys import KeyFileError, SigningKey, load_public
-from edgefl.runtime.config import Config, ConfigError
+from edgefl.runtime import Config, ConfigError
 
 
 def check(cfg: Config, *, at: float | None = None) -> None:

@@ -21,7 +21,7 @@ from coincurve.context import GLOBAL_CONTEXT
 from coincurve.ecdsa import der_to_cdata, deserialize_compact, serialize_compact
 
 from edgefl.errors import EdgeflError
-from edgefl.runtime.files import write_atomic
+from edgefl.runtime import write_atomic
 
 
 class KeyFileError(EdgeflError, ValueError):

@@ -48,8 +48,7 @@ from edgefl.crypto.hashing import tagged_hash
 from edgefl.crypto.keys import SigningKey, VerifyingKey, write_atomic
 from edgefl.errors import EdgeflError
 from edgefl.names import InvalidName, check_segment
-from edgefl.runtime.logging import RateLimited
-from edgefl.runtime.metrics import METRICS, Metrics
+from edgefl.runtime import METRICS, Metrics, RateLimited
 
 log = logging.getLogger("edgefl.pki")
 

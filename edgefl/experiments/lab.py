@@ -35,16 +35,16 @@ from typing import Callable
 
 import numpy as np
 
+from edgefl.fl import SimDevice, run_rounds
 from edgefl.fl import aggregate as agg
 from edgefl.fl import attacks as A
 from edgefl.fl.partition import partitioner
 from edgefl.fl.reputation import INITIAL, Standing
-from edgefl.fl.simulation import RoundResult, SimDevice, run_rounds
+from edgefl.fl.simulation import RoundResult
+from edgefl.ml import Dataset, ExtractorWeights, ModelRelease, PrivacyAccountant, Privatiser
 from edgefl.ml import trainer as T
-from edgefl.ml.data import Dataset
-from edgefl.ml.export import ModelRelease, export
-from edgefl.ml.extractor import ExtractorWeights
-from edgefl.ml.privacy import DiscreteLaplace, NoNoise, PrivacyAccountant, Privatiser
+from edgefl.ml.export import export
+from edgefl.ml.privacy import DiscreteLaplace, NoNoise
 
 REPO = Path(__file__).resolve().parents[2]
 ROOT = 100  # FLTrust's root data: the server's own images (Cao et al. use 100)

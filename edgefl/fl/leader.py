@@ -29,8 +29,7 @@ from typing import Annotated, Callable, Mapping
 from edgefl.codec import MaxLen, Message, Range, SchemaError, message
 from edgefl.consensus import sortition
 from edgefl.consensus.epoch import EpochSeed
-from edgefl.crypto import vrf
-from edgefl.crypto.hashing import tagged_hash
+from edgefl.crypto import tagged_hash, vrf
 from edgefl.fl.protocol import MAX_PARTIES
 from edgefl.fl.selection import weight
 

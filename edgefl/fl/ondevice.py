@@ -42,13 +42,10 @@ from edgefl.fl.aggregate import clip_to_norm
 from edgefl.fl.attacks import Attack, rng_for
 from edgefl.fl.protocol import DeviceUpdate, ProtocolError, Task, decode_batch, run_id
 from edgefl.fl.round import release_mean, steps_per_round
-from edgefl.ledger.audit import audit_step, batch_bytes
-from edgefl.ledger.blobs import cid_of
-from edgefl.ledger.errors import LedgerError
-from edgefl.ledger.records import TrainingStep
-from edgefl.ml import blas
-from edgefl.ml.device import FeatureBatch
-from edgefl.ml.trainer import DenseModel, TrainConfig, Trainer, TrainState, batch_indices, init_state
+from edgefl.ledger import LedgerError, TrainingStep, audit_step, cid_of
+from edgefl.ledger.audit import batch_bytes
+from edgefl.ml import DenseModel, FeatureBatch, TrainConfig, TrainState, blas, init_state
+from edgefl.ml.trainer import Trainer, batch_indices
 
 PEERS = 4  # models an attacker needing honest updates trains on shards of its own data
 NORM_SLACK = 1e-6  # the clip is computed in float64 and rounded to float32

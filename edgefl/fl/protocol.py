@@ -37,11 +37,9 @@ from edgefl import codec
 from edgefl.codec import MaxLen, Message, Range, SchemaError, message
 from edgefl.errors import EdgeflError
 from edgefl.fl import aggregate as agg
-from edgefl.ml.device import FeatureBatch
-from edgefl.ml.export import ModelRelease
-from edgefl.ml.extractor import FEATURES
+from edgefl.ml import FEATURES, FeatureBatch, ModelRelease, TrainConfig
 from edgefl.ml.privacy import MAX_EPSILON, UNITS
-from edgefl.ml.trainer import TrainConfig, warm_start_fits
+from edgefl.ml.trainer import warm_start_fits
 from edgefl.transport import topics
 
 Cid = Annotated[bytes, MaxLen(32)]

@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from typing import Annotated, Iterable
 
 from edgefl.codec import MaxLen, Message, Range, message
-from edgefl.consensus.evidence import Behaviour
+from edgefl.consensus import Behaviour
 from edgefl.fl.protocol import Aggregation, FogUpdate, Task
-from edgefl.ledger.records import CoinUpdate
+from edgefl.ledger import CoinUpdate
 
 INITIAL = 0.5  # (0 + 1) / (0 + 0 + 2): an account nothing was recorded about
 OFFENCE = 2.0  # an offence weighs as much as two rejected updates

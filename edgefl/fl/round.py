@@ -30,11 +30,10 @@ import numpy as np
 from edgefl import codec
 from edgefl.fl.aggregate import AggregationError, Update
 from edgefl.fl.protocol import Aggregation, AggregatorSpec, WarmStart, decode_batch
-from edgefl.ledger.audit import Tracker, batch_bytes
-from edgefl.ledger.blobs import BlobStore, cid_of
-from edgefl.ledger.errors import LedgerError
-from edgefl.ml.device import FeatureBatch
-from edgefl.ml.trainer import DenseModel, ReleaseMean, TrainConfig, TrainState, batch_indices, init_state
+from edgefl.ledger import BlobStore, LedgerError, Tracker, cid_of
+from edgefl.ledger.audit import batch_bytes
+from edgefl.ml import DenseModel, FeatureBatch, TrainConfig, TrainState, init_state
+from edgefl.ml.trainer import ReleaseMean, batch_indices
 
 log = logging.getLogger("edgefl.fl.round")
 

@@ -18,7 +18,7 @@ import math
 from typing import Annotated, Sequence
 
 from edgefl.codec import MaxLen, Message, Range, SchemaError, message
-from edgefl.crypto.hashing import tagged_hash
+from edgefl.crypto import tagged_hash
 from edgefl.fl.protocol import MAX_PARTIES
 
 SEED_TAG = b"edgefl/selection/v1"

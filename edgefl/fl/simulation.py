@@ -29,8 +29,8 @@ import numpy as np
 
 from edgefl.fl.aggregate import Aggregator, FedAvg, Result, Update
 from edgefl.fl.attacks import Attack, NoAttack
+from edgefl.ml import Privatiser, normalise
 from edgefl.ml import trainer as T
-from edgefl.ml.privacy import Privatiser, normalise
 
 
 @dataclass

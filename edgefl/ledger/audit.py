@@ -27,8 +27,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from edgefl import codec
-from edgefl.crypto.hashing import tagged_hash
-from edgefl.crypto.keys import SigningKey
+from edgefl.crypto import SigningKey, tagged_hash
 from edgefl.ledger.blobs import BlobStore
 from edgefl.ledger.errors import AuditError, LedgerError
 from edgefl.ledger.records import TrainingStep

@@ -24,8 +24,7 @@ from typing import Annotated, Iterable, Iterator
 
 from edgefl.codec import MaxLen, Message, message
 from edgefl.ledger.errors import BlobCorrupt, BlobError, BlobNotFound, BlobTooLarge
-from edgefl.runtime.files import write_atomic
-from edgefl.runtime.metrics import METRICS
+from edgefl.runtime import METRICS, write_atomic
 
 CID_BYTES = 32
 DEFAULT_MAX_BLOB = 16 << 20

@@ -21,8 +21,7 @@ from typing import Annotated
 
 from edgefl import codec
 from edgefl.codec import MaxLen, Message, Range, message
-from edgefl.crypto import accumulator
-from edgefl.crypto.hashing import tagged_hash
+from edgefl.crypto import accumulator, tagged_hash
 from edgefl.ledger.committee import Sig
 from edgefl.ledger.errors import InvalidBlock, relabel
 

@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 
 from edgefl.consensus import epoch as epochs
 from edgefl.consensus.proposal import check_header
-from edgefl.crypto.envelope import KeyRegistry
-from edgefl.crypto.hashing import MerkleFrontier, merkle_path
+from edgefl.crypto import KeyRegistry, MerkleFrontier, merkle_path
 from edgefl.ledger.block import Seal, Tip, decode_header, frame_tx
 from edgefl.ledger.errors import InvalidBlock, InvalidTx, LedgerError, ProofError, StoreError
 from edgefl.ledger.proofs import BATCH_METHODS, MAX_BATCH, BatchProof, TxProof, make_aggregate, make_proof, witness_for
@@ -48,8 +47,7 @@ from edgefl.ledger.validation import (
     validate_block,
     validate_proposal,
 )
-from edgefl.runtime.logging import RateLimited
-from edgefl.runtime.metrics import METRICS, Metrics
+from edgefl.runtime import METRICS, Metrics, RateLimited
 
 log = logging.getLogger("edgefl.ledger")
 
@@ -243,7 +241,7 @@ class Chain:
         will check it)."""
         start = self.state.epoch * self.spec.epochs.blocks
         recorded = []
-        for rtype in ("sortition-claim", "seed-share"):
+        for rtype in ("sortition-claim", "seed-share", "consensus.behaviour"):
             for tid, height, _ in self.store.find(rtype=rtype, limit=4 * epochs.MAX_COMMITTEE, newest=True):
                 if height <= start:
                     break

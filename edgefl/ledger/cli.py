@@ -8,8 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from edgefl.runtime.files import write_atomic
-from edgefl.runtime.loop import run
+from edgefl.runtime import run, write_atomic
 
 
 def register(sub) -> None:

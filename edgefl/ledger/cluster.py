@@ -10,8 +10,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from edgefl.crypto.envelope import Signer, StaticKeyRegistry, Verifier
-from edgefl.crypto.keys import SigningKey
+from edgefl.crypto import Signer, SigningKey, StaticKeyRegistry, Verifier
 from edgefl.ledger.blobs import BlobStore
 from edgefl.ledger.chain import Chain
 from edgefl.ledger.committee import Committee
@@ -19,9 +18,8 @@ from edgefl.ledger.crosschain import CrossChain
 from edgefl.ledger.sealer import SingleSealer
 from edgefl.ledger.service import LedgerNode
 from edgefl.ledger.tx import ChainSpec
-from edgefl.runtime.config import MqttSection
-from edgefl.runtime.metrics import Metrics
-from edgefl.transport.session import Session
+from edgefl.runtime import Metrics, MqttSection
+from edgefl.transport import Session
 
 MAIN_NODE = "cloud-1"
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Annotated, Iterable
 
 from edgefl.codec import MaxLen, Message, Range, message
-from edgefl.crypto.keys import SigningKey, VerifyingKey
+from edgefl.crypto import SigningKey, VerifyingKey
 from edgefl.ledger.errors import LedgerError
 
 MAX_MEMBERS = 64
@@ -85,7 +85,8 @@ class Committee(Message):
                 return verifying_key(m.key)
         return None
 
-    def verify_quorum(self, digest: bytes, sigs: list[Sig], *, field: str, error=LedgerError) -> None:
+    def verify_quorum(self, digest: bytes, sigs: list[Sig], *, field: str,
+                      error: type[LedgerError] = LedgerError) -> None:
         """Raise ``error`` unless ``sigs`` is a canonical quorum of this committee over ``digest``."""
         signers = [s.signer for s in sigs]
         if signers != sorted(set(signers)):

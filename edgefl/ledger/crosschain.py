@@ -20,8 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from edgefl.crypto import accumulator
-from edgefl.crypto.envelope import KeyRegistry
+from edgefl.crypto import KeyRegistry, accumulator
 from edgefl.errors import EdgeflError
 from edgefl.ledger.block import decode_header
 from edgefl.ledger.chain import Chain
@@ -29,7 +28,7 @@ from edgefl.ledger.errors import InvalidTx, LedgerError, ProofError
 from edgefl.ledger.proofs import MAX_BATCH, BatchProof, TxProof, verify_batch_proof, verify_proof
 from edgefl.ledger.protocol import AnchorQuery, BatchProofQuery, ProofQuery
 from edgefl.ledger.tx import ChainSpec, TxInfo
-from edgefl.transport.session import RemoteError, RequestTimeout, Session
+from edgefl.transport import RemoteError, RequestTimeout, Session
 
 ACCEPT, REJECT, PENDING = "ACCEPT", "REJECT", "PENDING"
 

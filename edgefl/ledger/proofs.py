@@ -32,10 +32,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from edgefl.codec import MaxLen, Message, Range, message
-from edgefl.crypto import accumulator
+from edgefl.crypto import accumulator, merkle_path, merkle_verify
 from edgefl.crypto.accumulator.batch import AggregateProof, batch_verify, poe_prove, verify_aggregate
 from edgefl.crypto.accumulator.membership import product
-from edgefl.crypto.hashing import merkle_path, merkle_verify
 from edgefl.ledger.block import Header, decode_header
 from edgefl.ledger.errors import LedgerError, ProofError, relabel
 from edgefl.ledger.tx import MAX_TX, TxInfo, decode_tx, txid

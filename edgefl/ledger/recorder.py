@@ -17,10 +17,10 @@ import asyncio
 from typing import Callable
 
 from edgefl.codec import Message
-from edgefl.crypto.keys import SigningKey
+from edgefl.crypto import SigningKey
 from edgefl.ledger.protocol import Receipt, Submit
 from edgefl.ledger.tx import record_tx
-from edgefl.runtime.metrics import METRICS
+from edgefl.runtime import METRICS
 
 Submitter = Callable[[bytes], Receipt]
 

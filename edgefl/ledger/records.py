@@ -11,8 +11,7 @@ import hashlib
 from typing import Annotated
 
 from edgefl.codec import MaxLen, Message, Range, message
-from edgefl.crypto.hashing import tagged_hash
-from edgefl.crypto.keys import SigningKey, VerifyingKey
+from edgefl.crypto import SigningKey, VerifyingKey, tagged_hash
 
 Cid = Annotated[bytes, MaxLen(32)]
 Name = Annotated[str, MaxLen(128)]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Iterable
 
-from edgefl.crypto.keys import SigningKey
+from edgefl.crypto import SigningKey
 from edgefl.ledger.block import Header, Seal
 from edgefl.ledger.committee import sign_all
 from edgefl.ledger.errors import InvalidBlock

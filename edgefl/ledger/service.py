@@ -34,13 +34,10 @@ from pathlib import Path
 from typing import Callable, ClassVar
 
 from edgefl import codec
-from edgefl.consensus import committees, endorse
+from edgefl.consensus import ChainFinality, FfgCall, HonestVoter, committees, endorse
 from edgefl.consensus.finality import Caller as FfgCaller
-from edgefl.consensus.finality import ChainFinality, FfgCall, HonestVoter
 from edgefl.consensus.finality import enabled as finality_enabled
-from edgefl.crypto.envelope import DirectoryKeyRegistry, KeyRegistry, StaticKeyRegistry
-from edgefl.crypto.keys import SigningKey
-from edgefl.crypto.pki import PkiRegistry
+from edgefl.crypto import DirectoryKeyRegistry, KeyRegistry, PkiRegistry, SigningKey, StaticKeyRegistry
 from edgefl.ledger import blobs as blobstore
 from edgefl.ledger.blobs import BlobStore
 from edgefl.ledger.block import decode_header
@@ -61,12 +58,9 @@ from edgefl.ledger.protocol import (
 )
 from edgefl.ledger.sealer import Sealer, make_sealer
 from edgefl.ledger.tx import Tx, beacon_tx, decode_tx, make_tx, record_tx
-from edgefl.runtime.config import Config
-from edgefl.runtime.files import write_atomic
-from edgefl.runtime.metrics import METRICS, Metrics
-from edgefl.transport import topics
-from edgefl.transport.messages import Error
-from edgefl.transport.session import RemoteError, RequestTimeout, Session, key_registry
+from edgefl.runtime import METRICS, Config, Metrics, write_atomic
+from edgefl.transport import Error, RemoteError, RequestTimeout, Session, topics
+from edgefl.transport.session import key_registry
 
 log = logging.getLogger("edgefl.ledger")
 

@@ -35,16 +35,12 @@ from typing import Annotated, Any, ClassVar, Iterable
 
 from edgefl import codec
 from edgefl.codec import MaxLen, Message, Range, message
+from edgefl.consensus import PolicySpec, ProposalSpec
 from edgefl.consensus import epoch as epochs
 from edgefl.consensus import policy as policies
 from edgefl.consensus import proposal as proposals
 from edgefl.consensus.epoch import EpochChange, EpochSpec
-from edgefl.consensus.policy import PolicySpec
-from edgefl.consensus.proposal import ProposalSpec
-from edgefl.crypto import accumulator
-from edgefl.crypto.envelope import IdentityRejected, KeyRegistry
-from edgefl.crypto.hashing import tagged_hash
-from edgefl.crypto.keys import SigningKey
+from edgefl.crypto import IdentityRejected, KeyRegistry, SigningKey, accumulator, tagged_hash
 from edgefl.ledger.block import Header, decode_header
 from edgefl.ledger.committee import Committee, Sig, bft_threshold, sign_all
 from edgefl.ledger.errors import InvalidTx, LedgerError, relabel
@@ -236,6 +232,7 @@ class State:
     epoch: int = 0
     seed: bytes = b""
     current: ChainSpec | None = None
+    banned: list[str] = field(default_factory=list)  # members proven to equivocate: never drawn again
 
     @property
     def effective(self) -> ChainSpec | None:
@@ -243,7 +240,7 @@ class State:
         return self.current or self.spec
 
     def copy(self) -> "State":
-        return State(self.spec, dict(self.anchors), self.epoch, self.seed, self.current)
+        return State(self.spec, dict(self.anchors), self.epoch, self.seed, self.current, list(self.banned))
 
 
 @dataclass(frozen=True, slots=True)

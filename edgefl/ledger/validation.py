@@ -20,9 +20,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from edgefl.consensus.proposal import check_header
-from edgefl.crypto import accumulator
-from edgefl.crypto.envelope import KeyRegistry
-from edgefl.crypto.hashing import merkle_root
+from edgefl.crypto import KeyRegistry, accumulator, merkle_root
 from edgefl.ledger.block import (
     MAX_BLOCK_LIMIT,
     Header,

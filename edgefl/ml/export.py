@@ -26,7 +26,7 @@ import numpy as np
 
 from edgefl import __version__, codec
 from edgefl.codec import MaxLen, Message, Range, message
-from edgefl.crypto.hashing import tagged_hash
+from edgefl.crypto import tagged_hash
 from edgefl.errors import EdgeflError
 from edgefl.ml.extractor import FEATURES, IMAGE_SHAPE, ExtractorWeights
 

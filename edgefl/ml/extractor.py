@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgefl import codec
-from edgefl.crypto.hashing import tagged_hash
+from edgefl.crypto import tagged_hash
 from edgefl.errors import EdgeflError
-from edgefl.runtime.files import write_atomic
+from edgefl.runtime import write_atomic
 
 IMAGE_SHAPE = (28, 28, 1)
 FILTERS = (30, 80)

@@ -84,9 +84,9 @@ import numpy as np
 
 from edgefl import codec, native
 from edgefl.codec import MaxLen, Message, Range, message
-from edgefl.crypto.hashing import merkle_root
+from edgefl.crypto import merkle_root
 from edgefl.errors import EdgeflError
-from edgefl.runtime.files import write_atomic
+from edgefl.runtime import write_atomic
 
 log = logging.getLogger("edgefl.ml.privacy")
 _kernel = native.load("noise")

@@ -31,7 +31,7 @@ import numpy as np
 
 from edgefl import codec
 from edgefl.codec import Array, MaxLen, Message, Range, message
-from edgefl.crypto.hashing import tagged_hash
+from edgefl.crypto import tagged_hash
 from edgefl.errors import EdgeflError
 from edgefl.ml import blas
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgefl.runtime.loop import run
+from edgefl.runtime import run
 
 
 def register(sub) -> None:

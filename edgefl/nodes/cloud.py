@@ -24,26 +24,32 @@ import time
 import numpy as np
 
 from edgefl.codec import SchemaError
-from edgefl.fl.aggregate import AggregationError, parse_options
+from edgefl.fl import (
+    Aggregation,
+    AggregationError,
+    AggregatorSpec,
+    Contribution,
+    FogUpdate,
+    GlobalModel,
+    Task,
+    parse_options,
+    payout,
+    record_aggregation,
+)
 from edgefl.fl.leader import LeaderDraw, epoch_seed
-from edgefl.fl.protocol import Aggregation, AggregatorSpec, Extractor, FogUpdate, GlobalModel, Task
-from edgefl.fl.reputation import payout, payout_reason
-from edgefl.fl.round import Contribution, record_aggregation
+from edgefl.fl.protocol import Extractor
+from edgefl.fl.reputation import payout_reason
+from edgefl.ledger import CoinUpdate, LedgerError, LedgerNode, record_tx
 from edgefl.ledger.blobs import fetch
-from edgefl.ledger.errors import LedgerError
-from edgefl.ledger.records import CoinUpdate
-from edgefl.ledger.service import LedgerNode, server_of
-from edgefl.ledger.tx import record_tx
+from edgefl.ledger.service import server_of
+from edgefl.ml import FEATURES, FORMATS, ExtractorWeights, ModelRelease, Privatiser, mechanism, normalise, open_backend
 from edgefl.ml import trainer as T
-from edgefl.ml.backends import backend_class, backend_problem, open_backend
-from edgefl.ml.export import FORMATS, ModelRelease, export, export_problem
-from edgefl.ml.extractor import FEATURES, ExtractorWeights
-from edgefl.ml.privacy import Privatiser, mechanism, normalise
+from edgefl.ml.backends import backend_class, backend_problem
+from edgefl.ml.export import export, export_problem
 from edgefl.nodes.leader import Leaders
 from edgefl.nodes.node import local_data
-from edgefl.runtime.config import Config, ConfigError
-from edgefl.runtime.metrics import METRICS
-from edgefl.transport.session import RemoteError, RequestTimeout, Session
+from edgefl.runtime import METRICS, Config, ConfigError
+from edgefl.transport import RemoteError, RequestTimeout, Session
 
 log = logging.getLogger("edgefl.cloud")
 CLASSES = 10

@@ -28,23 +28,18 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from edgefl.fl import attacks
-from edgefl.fl.attacks import choose_attackers
+from edgefl.fl import Aggregation, FogUpdate, Offence, Task, attacks, check_warm_start, choose_attackers, fold
 from edgefl.fl.leader import LeaderDraw
-from edgefl.fl.protocol import Aggregation, FogUpdate, Task, WarmStart, decode_batch, run_id
-from edgefl.fl.reputation import Offence, chain_records, fold
-from edgefl.fl.round import check_warm_start
-from edgefl.ledger.audit import RemoteSource, audit_step
-from edgefl.ledger.blobs import BlobStore, fetch
-from edgefl.ledger.chain import Chain
-from edgefl.ledger.crosschain import PENDING, CrossChain
-from edgefl.ledger.records import TrainingStep
+from edgefl.fl.protocol import WarmStart, decode_batch, run_id
+from edgefl.fl.reputation import chain_records
+from edgefl.ledger import BlobStore, Chain, CrossChain, RemoteSource, TrainingStep, audit_step
+from edgefl.ledger.blobs import fetch
+from edgefl.ledger.crosschain import PENDING
 from edgefl.ledger.service import db_path, registry_for, server_of
 from edgefl.ml.privacy import PrivacySpend
 from edgefl.nodes.site import LocalSite
-from edgefl.runtime.metrics import METRICS
-from edgefl.transport import topics
-from edgefl.transport.mosquitto import LocalMosquitto
+from edgefl.runtime import METRICS
+from edgefl.transport import LocalMosquitto, topics
 
 EPSILON, BUDGET, ITEMS = 10.0, 50.0, 160
 SETTINGS = ["fl.hidden=[20]", f"fl.items={ITEMS}", "ml.batch_size=32", "ml.optimizer=adam", "ml.lr=0.01",

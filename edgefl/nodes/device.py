@@ -24,25 +24,18 @@ import numpy as np
 
 from edgefl import codec
 from edgefl.errors import EdgeflError
-from edgefl.fl.protocol import BatchAck, Task, TaskView, decode_batch
+from edgefl.fl import Task, TaskView
+from edgefl.fl.protocol import BatchAck, decode_batch
+from edgefl.ledger import BlobStore, DataCollected, LedgerError, decode_tx, record_tx
 from edgefl.ledger import blobs as blobstore
-from edgefl.ledger.blobs import BlobStore, fetch
-from edgefl.ledger.errors import LedgerError
+from edgefl.ledger.blobs import fetch
 from edgefl.ledger.recorder import via_session
-from edgefl.ledger.records import DataCollected
-from edgefl.ledger.tx import decode_tx, record_tx
-from edgefl.ml.backends import BackendUnavailable, backend_class, backend_problem
-from edgefl.ml.device import FeatureExtractor
-from edgefl.ml.export import ModelError
-from edgefl.ml.privacy import PrivacyAccountant, Privatiser, mechanism
+from edgefl.ml import BackendUnavailable, FeatureExtractor, ModelError, PrivacyAccountant, Privatiser, mechanism
+from edgefl.ml.backends import backend_class, backend_problem
 from edgefl.nodes.node import local_data, node_attack
 from edgefl.nodes.ondevice import LocalTraining
-from edgefl.runtime import memory
-from edgefl.runtime.backoff import retry
-from edgefl.runtime.config import Config, ConfigError
-from edgefl.runtime.metrics import METRICS
-from edgefl.runtime.state import StateFile
-from edgefl.transport.session import RemoteError, RequestTimeout, Session
+from edgefl.runtime import METRICS, Config, ConfigError, StateFile, memory, retry
+from edgefl.transport import RemoteError, RequestTimeout, Session
 
 log = logging.getLogger("edgefl.device")
 # refusals that may pass, so the round is tried again with backoff while it is open: the fog has not seen the

@@ -25,51 +25,47 @@ import time
 
 from edgefl import codec
 from edgefl.consensus import committees
-from edgefl.fl.aggregate import AggregationError
-from edgefl.fl.attacks import poison_aggregate
-from edgefl.fl.leader import prove
-from edgefl.fl.protocol import (
+from edgefl.fl import (
     Aggregation,
-    BatchAck,
+    AggregationError,
+    Contribution,
     FogUpdate,
+    Offence,
     ProtocolError,
+    Selection,
     Task,
     TaskView,
-    WarmStart,
-    decode_batch,
-    run_id,
-)
-from edgefl.fl.reputation import OFFENCES, Offence, chain_records, fold, shares_of
-from edgefl.fl.round import (
-    Contribution,
-    kept_releases,
-    params_of,
+    fold,
+    poison_aggregate,
     record_aggregation,
-    release_mean,
-    steps_per_round,
+    select,
     train_device,
-    warm_start,
 )
-from edgefl.fl.selection import Selection, select, selection_seed, weight
-from edgefl.ledger.audit import Tracker
-from edgefl.ledger.blobs import cid_of, fetch
-from edgefl.ledger.errors import LedgerError
-from edgefl.ledger.protocol import Submit
-from edgefl.ledger.records import DataCollected, TrainingStep
-from edgefl.ledger.service import LedgerNode, db_path
-from edgefl.ledger.tx import decode_tx, record_tx
-from edgefl.ml.device import FeatureBatch
+from edgefl.fl.leader import prove
+from edgefl.fl.protocol import BatchAck, WarmStart, decode_batch, run_id
+from edgefl.fl.reputation import OFFENCES, chain_records, shares_of
+from edgefl.fl.round import kept_releases, params_of, release_mean, steps_per_round, warm_start
+from edgefl.fl.selection import selection_seed, weight
+from edgefl.ledger import (
+    DataCollected,
+    LedgerError,
+    LedgerNode,
+    Submit,
+    Tracker,
+    TrainingStep,
+    cid_of,
+    decode_tx,
+    record_tx,
+)
+from edgefl.ledger.blobs import fetch
+from edgefl.ledger.service import db_path
+from edgefl.ml import DenseModel, FeatureBatch, TrainState
 from edgefl.ml.privacy import PrivacySpend, items_root
-from edgefl.ml.trainer import DenseModel, TrainState
 from edgefl.nodes.leader import Leading
 from edgefl.nodes.node import node_attack
 from edgefl.nodes.ondevice import UpdateDesk
-from edgefl.runtime.backoff import retry
-from edgefl.runtime.config import Config, ConfigError
-from edgefl.runtime.metrics import METRICS
-from edgefl.runtime.state import StateFile
-from edgefl.transport.messages import Error
-from edgefl.transport.session import RemoteError, RequestTimeout, Session
+from edgefl.runtime import METRICS, Config, ConfigError, StateFile, retry
+from edgefl.transport import Error, RemoteError, RequestTimeout, Session
 
 log = logging.getLogger("edgefl.fog")
 

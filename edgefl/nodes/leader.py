@@ -20,19 +20,26 @@ import time
 from typing import Annotated
 
 from edgefl.codec import MaxLen, Message, message
-from edgefl.fl.aggregate import AggregationError
-from edgefl.fl.attacks import poison_aggregate
+from edgefl.fl import (
+    Aggregation,
+    AggregationError,
+    Contribution,
+    Offence,
+    ProtocolError,
+    Task,
+    check_aggregation,
+    fold,
+    poison_aggregate,
+    record_aggregation,
+)
 from edgefl.fl.leader import LeaderDraw, check_leader, draw_leader, units
-from edgefl.fl.protocol import MAX_PARTIES, Aggregation, ProtocolError, Task
-from edgefl.fl.reputation import Offence, chain_records, fold
-from edgefl.fl.round import Contribution, check_aggregation, record_aggregation
-from edgefl.ledger.blobs import cid_of, fetch
-from edgefl.ledger.errors import LedgerError
-from edgefl.ledger.tx import decode_tx, record_tx
-from edgefl.ml.trainer import DenseModel
-from edgefl.runtime.metrics import METRICS
-from edgefl.transport.messages import Error
-from edgefl.transport.session import RemoteError, RequestTimeout
+from edgefl.fl.protocol import MAX_PARTIES
+from edgefl.fl.reputation import chain_records
+from edgefl.ledger import LedgerError, cid_of, decode_tx, record_tx
+from edgefl.ledger.blobs import fetch
+from edgefl.ml import DenseModel
+from edgefl.runtime import METRICS
+from edgefl.transport import Error, RemoteError, RequestTimeout
 
 log = logging.getLogger("edgefl.leader")
 Cid = Annotated[bytes, MaxLen(32)]

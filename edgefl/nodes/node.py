@@ -18,20 +18,13 @@ from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable, Protocol
 
 from edgefl import codec
-from edgefl.crypto import identity
-from edgefl.crypto.pki import Crl, PkiError, PkiRegistry
-from edgefl.fl import attacks
-from edgefl.fl.aggregate import AggregationError, parse_options
-from edgefl.ml import blas
-from edgefl.ml.data import Dataset, load_dataset
-from edgefl.runtime import metrics, notify
-from edgefl.runtime.config import Config, ConfigError, reload_config
-from edgefl.runtime.lock import DataDirLock
-from edgefl.runtime.loop import Supervisor
-from edgefl.runtime.metrics import METRICS
-from edgefl.transport import topics
+from edgefl.crypto import Crl, PkiError, PkiRegistry, identity
+from edgefl.fl import AggregationError, attacks, parse_options
+from edgefl.ml import Dataset, blas, load_dataset
+from edgefl.runtime import METRICS, Config, ConfigError, DataDirLock, Supervisor, metrics, notify
+from edgefl.runtime.config import reload_config
+from edgefl.transport import Session, topics
 from edgefl.transport.mqtt import LinkError
-from edgefl.transport.session import Session
 from edgefl.update import service as update
 
 log = logging.getLogger("edgefl.node")

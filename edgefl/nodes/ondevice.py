@@ -18,6 +18,7 @@ import asyncio
 import logging
 
 from edgefl import codec
+from edgefl.fl import Contribution, Offence, ProtocolError, Task, train_device
 from edgefl.fl.ondevice import (
     audit_update,
     check_update,
@@ -27,20 +28,13 @@ from edgefl.fl.ondevice import (
     platform_id,
     training_input,
 )
-from edgefl.fl.protocol import DeviceUpdate, ProtocolError, Task, UpdateAck, UpdateOffer, decode_batch, run_id
-from edgefl.fl.reputation import Offence
-from edgefl.fl.round import Contribution, steps_per_round, train_device
-from edgefl.ledger.audit import Tracker
+from edgefl.fl.protocol import DeviceUpdate, UpdateAck, UpdateOffer, decode_batch, run_id
+from edgefl.fl.round import steps_per_round
+from edgefl.ledger import LedgerError, Submit, Tracker, TrainingStep, decode_tx, record_tx
 from edgefl.ledger.blobs import fetch
-from edgefl.ledger.errors import LedgerError
-from edgefl.ledger.protocol import Submit
-from edgefl.ledger.records import TrainingStep
-from edgefl.ledger.tx import decode_tx, record_tx
-from edgefl.ml.trainer import DenseModel
-from edgefl.runtime.backoff import retry
-from edgefl.runtime.metrics import METRICS
-from edgefl.transport.messages import Error
-from edgefl.transport.session import RemoteError, RequestTimeout
+from edgefl.ml import DenseModel
+from edgefl.runtime import METRICS, retry
+from edgefl.transport import Error, RemoteError, RequestTimeout
 
 log = logging.getLogger("edgefl.ondevice")
 TRANSIENT = ("unknown_task", "internal", "not_found")  # the fog is not ready, or has not the model yet

@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 
 from edgefl.consensus import committees
-from edgefl.crypto.keys import SigningKey, save_public
-from edgefl.ledger.chain import Chain
+from edgefl.crypto import SigningKey, save_public
+from edgefl.ledger import Chain
 from edgefl.ledger.service import db_path
 from edgefl.nodes.node import running
-from edgefl.runtime.config import Config, load_config
-from edgefl.transport.session import Session
+from edgefl.runtime import Config, load_config
+from edgefl.transport import Session
 
 # quick blocks and interlock for a site on one machine
 FAST = ["ledger.block_interval_s=0.05", "ledger.anchor_interval_s=0.3", "ledger.beacon_interval_s=0.3",

@@ -12,7 +12,8 @@ import json
 import tomllib
 from typing import Any
 
-from edgefl.runtime.config import Config, load_config, profile_path
+from edgefl.runtime import Config, load_config
+from edgefl.runtime.config import profile_path
 
 Settings = dict[str, dict[str, Any]]  # section -> key -> value
 

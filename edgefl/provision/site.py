@@ -27,13 +27,14 @@ import time
 import tomllib
 from pathlib import Path
 
+from edgefl.crypto import SigningKey
 from edgefl.crypto.ca import CaDirectory
-from edgefl.crypto.keys import SigningKey
 from edgefl.errors import EdgeflError
 from edgefl.names import check_segment
 from edgefl.provision import profile
-from edgefl.runtime.files import write_atomic
-from edgefl.transport.mosquitto import BrokerSettings, render
+from edgefl.runtime import write_atomic
+from edgefl.transport import BrokerSettings
+from edgefl.transport.mosquitto import render
 
 DATA_DIR = "/var/lib/edgefl"  # a node's data directory on its host (the units' StateDirectory)
 SERVICE_USER = "edgefl"

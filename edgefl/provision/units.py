@@ -18,8 +18,7 @@ carried, once, when the network is up after the first boot.
 
 from __future__ import annotations
 
-from edgefl.runtime import memory
-from edgefl.runtime.config import Config
+from edgefl.runtime import Config, memory
 
 USER = "edgefl"
 VENV = "/opt/edgefl/venv"

@@ -21,8 +21,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from edgefl import resources
 from edgefl.errors import EdgeflError
-from edgefl.fl.aggregate import AGGREGATORS
-from edgefl.fl.attacks import ATTACKS
+from edgefl.fl import AGGREGATORS, ATTACKS
 
 _AGGREGATORS = tuple(sorted(AGGREGATORS))  # the config accepts exactly the registry's names
 _ATTACKS = tuple(sorted(ATTACKS))

@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from typing import Any, TextIO
 
 _STANDARD = set(vars(logging.makeLogRecord({})))
 
@@ -28,7 +29,7 @@ class JsonLinesFormatter(logging.Formatter):
         return json.dumps(out, separators=(",", ":"))
 
 
-def setup_logging(level: str | int = "INFO", json_lines: bool = False, stream=None) -> None:
+def setup_logging(level: str | int = "INFO", json_lines: bool = False, stream: TextIO | None = None) -> None:
     handler = logging.StreamHandler(stream or sys.stderr)
     if json_lines:
         handler.setFormatter(JsonLinesFormatter())
@@ -50,7 +51,7 @@ class RateLimited:
         self.per_second = per_second
         self._window: dict[str, tuple[float, int, int]] = {}
 
-    def warning(self, key: str, msg: str, *args, **extra) -> None:
+    def warning(self, key: str, msg: str, *args: object, **extra: Any) -> None:
         now = time.monotonic()
         start, shown, suppressed = self._window.get(key, (now, 0, 0))
         if now - start >= 1.0:

@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 
 from edgefl import codec
 from edgefl.errors import EdgeflError
-from edgefl.runtime.logging import RateLimited
-from edgefl.runtime.metrics import METRICS, Metrics
+from edgefl.runtime import METRICS, Metrics, RateLimited
 
 CHUNK_FRAME = 2
 FRAME_OVERHEAD = 128  # frame fields around the data, generously

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from edgefl.bench.harness import percentile
-from edgefl.runtime.loop import run
+from edgefl.runtime import run
 from edgefl.transport.mosquitto import BrokerSettings, render
 
 

@@ -36,9 +36,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from edgefl import codec
-from edgefl.crypto.envelope import Envelope, Rejected, Verifier
-from edgefl.runtime.logging import RateLimited
-from edgefl.runtime.metrics import METRICS, Metrics
+from edgefl.crypto import Envelope, Rejected, Verifier
+from edgefl.runtime import METRICS, Metrics, RateLimited
 from edgefl.transport import chunking, topics
 from edgefl.transport.messages import STATES, Status
 

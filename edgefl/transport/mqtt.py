@@ -17,7 +17,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edgefl.runtime.config import MqttSection
+from edgefl.runtime import MqttSection
 
 LinkError = aiomqtt.MqttError
 

@@ -39,11 +39,9 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from edgefl import codec
-from edgefl.crypto.envelope import DirectoryKeyRegistry, Envelope, KeyRegistry, SequenceCounter, Signer, Verifier
-from edgefl.crypto.keys import SigningKey
+from edgefl.crypto import DirectoryKeyRegistry, Envelope, KeyRegistry, SequenceCounter, Signer, SigningKey, Verifier
 from edgefl.errors import EdgeflError
-from edgefl.runtime.config import Config, MqttSection
-from edgefl.runtime.metrics import METRICS, Metrics
+from edgefl.runtime import METRICS, Config, Metrics, MqttSection
 from edgefl.transport import chunking, topics
 from edgefl.transport.inbound import Inbound, RateLimit, Received
 from edgefl.transport.messages import Error, Ping, Pong, Status

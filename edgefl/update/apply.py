@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from edgefl.ledger.records import SoftwareRelease
-from edgefl.runtime.config import Config
+from edgefl.runtime import Config
 from edgefl.transport.session import key_registry
 from edgefl.update.release import ROOT, ReleaseError, UpdateState, check_wheel, verify_release, version_key
 

@@ -21,13 +21,12 @@ from typing import Annotated
 
 from edgefl import __version__
 from edgefl.codec import MaxLen, Message, Range, message
-from edgefl.crypto.envelope import KeyRegistry
-from edgefl.crypto.keys import SigningKey
+from edgefl.crypto import KeyRegistry, SigningKey
 from edgefl.errors import EdgeflError
-from edgefl.ledger.errors import InvalidTx
+from edgefl.ledger import InvalidTx, decode_tx, record_tx
 from edgefl.ledger.records import SoftwareRelease
-from edgefl.ledger.tx import MAX_TX, decode_tx, record_tx
-from edgefl.runtime.files import write_atomic
+from edgefl.ledger.tx import MAX_TX
+from edgefl.runtime import write_atomic
 
 PACKAGE = "edgefl"
 ROOT = Path("/opt/edgefl")  # the venvs, the link the unit runs, root's status.json

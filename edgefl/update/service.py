@@ -13,14 +13,11 @@ import contextlib
 import logging
 from pathlib import Path
 
-from edgefl.ledger.blobs import BlobStore, fetch
-from edgefl.ledger.errors import LedgerError
+from edgefl.ledger import BlobStore, LedgerError
+from edgefl.ledger.blobs import fetch
 from edgefl.ledger.records import SoftwareRelease
-from edgefl.runtime.backoff import Backoff, retry
-from edgefl.runtime.config import Config
-from edgefl.runtime.metrics import METRICS
-from edgefl.transport import topics
-from edgefl.transport.session import RemoteError, RequestTimeout, Session
+from edgefl.runtime import METRICS, Backoff, Config, retry
+from edgefl.transport import RemoteError, RequestTimeout, Session, topics
 from edgefl.update.release import ReleaseError, ReleaseNotice, UpdateState, verify_release, version_key
 
 log = logging.getLogger("edgefl.update")

@@ -58,8 +58,7 @@ from edgefl.codec import MaxLen, Message, message
 from edgefl.crypto.accumulator.group import AccumulatorError, Group
 from edgefl.crypto.envelope import Rejected, Signer, StaticKeyRegistry, Verifier
 from edgefl.crypto.keys import SigningKey, VerifyingKey
-from edgefl.runtime.logging import RateLimited
-from edgefl.runtime.metrics import METRICS, Metrics
+from edgefl.runtime import METRICS, Metrics, RateLimited
 
 log = logging.getLogger("edgefl.accumulator.setup")
 
