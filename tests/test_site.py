@@ -190,3 +190,23 @@ def test_the_committee_size_is_the_sites_and_fixed_at_genesis(tmp_path):
         assert sub.spec.sealer == "single" and sub.spec.committee.ids == ["fog-1"]
     with pytest.raises(SiteError, match="1 to 64"):
         SiteDirectory(tmp_path / "bad").init(fogs={"fog-1": ""}, devices=[], committee=0)
+
+
+def test_site_init_can_have_committees_redrawn_every_epoch(tmp_path):
+    """`site init --committee 6 --epoch-blocks 8 --seats 4`: the fog and five devices are the pool, four seated
+    in epoch 0 (the fog among them), every pool member holds a replica; fixed once the chains exist."""
+    sd = SiteDirectory(tmp_path / "site")
+    sd.init(fogs={"fog-1": ""}, devices=["fog-1=a1,a2,a3,a4,a5"], committee=6, epoch_blocks=8, seats=4)
+    site = sd.load()
+    assert (site.epoch_blocks, site.seats) == (8, 4)
+    cfg = sd.config(site, "fog-1")
+    assert (cfg.ledger.epoch_blocks, cfg.ledger.epoch_seats) == (8, 4)
+    with Chain.open(db_path(cfg), readonly=True) as sub:
+        spec = sub.spec
+    assert spec.committee.ids == ["a1", "a2", "a3", "a4", "a5", "fog-1"]
+    assert (spec.epochs.blocks, spec.epochs.first, spec.epochs.always) == (8, ["a1", "a2", "a3", "fog-1"], ["fog-1"])
+    assert all(db_path(sd.config(site, d), "fog-1").exists() for d in ("a1", "a2", "a3", "a4", "a5"))
+    with pytest.raises(SiteError, match="fixed at genesis"):
+        sd.init(fogs={}, devices=[], epoch_blocks=16)
+    with pytest.raises(SiteError, match="out of range"):
+        SiteDirectory(tmp_path / "bad").init(fogs={"fog-1": ""}, devices=[], epoch_blocks=2)

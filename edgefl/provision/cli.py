@@ -22,6 +22,9 @@ def register(sub) -> None:
     p.add_argument("--board", help="the devices' default board profile (default pi4)")
     p.add_argument("--committee", type=int, help="members of each fog's sub-chain committee, the fog and its "
                    "first devices (default 7; under 4 the fog seals alone; fixed once the site exists)")
+    p.add_argument("--epoch-blocks", type=int, help="re-draw each such committee from its members every B blocks "
+                   "by VRF sortition, the fog always seated (default 0: never; fixed once the site exists)")
+    p.add_argument("--seats", type=int, help="the seats of a re-drawn committee (default 4)")
     p.set_defaults(func=site_init)
     site.set_defaults(func=lambda args: site.print_help() or 2)
 
@@ -57,7 +60,8 @@ def site_init(args) -> int:
     sd = SiteDirectory(args.dir)
     cloud, cloud_host = next(iter(parse_nodes(args.cloud).items())) if args.cloud else (None, None)
     done = sd.init(fogs=parse_nodes(args.fogs), devices=args.devices, cloud=cloud, cloud_host=cloud_host or None,
-                   port=args.port, days=args.days, board=args.board, committee=args.committee)
+                   port=args.port, days=args.days, board=args.board, committee=args.committee,
+                   epoch_blocks=args.epoch_blocks, seats=args.seats)
     site = sd.load()
     for node in site.nodes():
         what = "created" if node in done["created"] else "updated" if node in done["updated"] else "unchanged"

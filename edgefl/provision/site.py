@@ -63,6 +63,8 @@ class Site:
     days: int = 365
     board: str = "pi4"  # the devices' default board profile
     committee: int = 7  # members of each fog's sub-chain committee, the fog included (fixed at genesis)
+    epoch_blocks: int = 0  # re-draw each such committee from those members every this many blocks (0: never)
+    seats: int = 4  # the seats of a re-drawn committee
     fogs: dict[str, Fog] = dataclasses.field(default_factory=dict)
 
     def role(self, node: str) -> str:
@@ -86,7 +88,7 @@ class Site:
     def to_toml(self) -> str:
         lines = ["# The site: edit with `edgefl site init` (which adds fogs and devices), not by hand.",
                  "[site]"]
-        for key in ("cloud", "cloud_host", "root", "port", "days", "board", "committee"):
+        for key in ("cloud", "cloud_host", "root", "port", "days", "board", "committee", "epoch_blocks", "seats"):
             lines.append(f"{key} = {profile._value(getattr(self, key))}")
         for name, fog in self.fogs.items():
             lines += ["", f"[fogs.{profile._value(name)}]", f"host = {profile._value(fog.host)}",
@@ -186,6 +188,8 @@ class SiteDirectory:
         if role == "fog":
             s["fl"] = {"devices": list(site.fogs[node].devices)}
             s["ledger"]["committee_size"] = site.committee
+            s["ledger"]["epoch_blocks"] = site.epoch_blocks
+            s["ledger"]["epoch_seats"] = site.seats
         return s
 
     def render_profile(self, site: Site, node: str, board: str | None = None, *, data_dir: str = DATA_DIR) -> str:
@@ -227,8 +231,8 @@ class SiteDirectory:
 
     def init(self, *, fogs: dict[str, str], devices: list[str], cloud: str | None = None,
              cloud_host: str | None = None, port: int | None = None, days: int | None = None,
-             board: str | None = None, committee: int | None = None,
-             now: float | None = None) -> dict[str, list[str]]:
+             board: str | None = None, committee: int | None = None, epoch_blocks: int | None = None,
+             seats: int | None = None, now: float | None = None) -> dict[str, list[str]]:
         """Create the site, or add to it; returns {"created": nodes, "updated": nodes}."""
         site = self.load() if self.spec_path.exists() else Site()
         fresh = not self.spec_path.exists()
@@ -240,6 +244,15 @@ class SiteDirectory:
             if not 1 <= committee <= 64:
                 raise SiteError(f"a committee has 1 to 64 members, not {committee}")
             site.committee = committee
+        for name, value, low in (("epoch_blocks", epoch_blocks, 3), ("seats", seats, 4)):
+            if value is None or value == getattr(site, name):
+                continue
+            if not fresh:
+                raise SiteError(f"this site's {name} is {getattr(site, name)}, fixed at genesis")
+            if not (low <= value <= (1 << 20 if name == "epoch_blocks" else 64) or (name == "epoch_blocks"
+                                                                                    and value == 0)):
+                raise SiteError(f"{name} {value} is out of range (epoch blocks: 0 or at least 3; seats: 4 to 64)")
+            setattr(site, name, value)
         site.cloud = check_segment(cloud or site.cloud, "node id")
         site.cloud_host = cloud_host or site.cloud_host or f"{site.cloud}.local"
         site.port = port or site.port
