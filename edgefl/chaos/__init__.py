@@ -13,6 +13,7 @@ points drawn from ``--seed`` (the same seed, the same points), and then checks t
                      replays) at n = 4 and 16 during a task
     hosts            the cloud and two fogs as network namespaces over veth pairs, bridged; a fog's link cut
                      mid-round and healed
+    main-committee   the main chain kept by PBFT among the cloud and three fogs; a fog killed mid-task
 
 ``edgefl chaos NAME [--seed N] [--short]``; ``scripts/chaos`` runs them all.
 """
@@ -27,6 +28,7 @@ SCENARIOS = {  # name -> the Scenario class (edgefl.chaos.scenario) that plays i
     "device-kill": "edgefl.chaos.device_kill:DeviceKill",
     "committee": "edgefl.chaos.committee:CommitteeFaults",
     "hosts": "edgefl.chaos.hosts:Hosts",
+    "main-committee": "edgefl.chaos.main_committee:MainCommittee",
 }
 
 

@@ -147,20 +147,22 @@ def verify_all(dep, tally: Tally | None = None, nodes: Iterable[str] | None = No
 
 
 def replicas_agree(dep, fog: str, tally: Tally | None = None, honest: Callable[[str], bool] = lambda m: True) -> Tally:
-    """The safety invariant of ``fog``'s committee: no two (``honest``) members hold different blocks at one
-    height, and every such replica's chain verifies on its own (its quorum seals included)."""
+    """The safety invariant of the committee keeping ``fog``'s chain (a fog's sub-chain, or the cloud's main
+    chain): no two (``honest``) members hold different blocks at one height, and every such replica's chain
+    verifies on its own (its quorum seals included)."""
     from edgefl.ledger.chain import Chain
     from edgefl.ledger.service import db_path, registry_for
 
     tally = tally or Tally()
     with dep.open_chain(fog) as chain:
         members, own = chain.spec.committee.ids, [chain.store.block_row(h)[0] for h in range(chain.tip.height + 1)]
+        name = chain.id
     for m in members:
         if m == fog or not honest(m):
             continue
         cfg = dep.config(m)
         try:
-            with Chain.open(db_path(cfg, fog), readonly=True, registry=registry_for(cfg)) as replica:
+            with Chain.open(db_path(cfg, name), readonly=True, registry=registry_for(cfg)) as replica:
                 n = replica.verify()
                 theirs = [replica.store.block_row(h)[0] for h in range(replica.tip.height + 1)]
         except LedgerError as exc:
