@@ -173,3 +173,20 @@ def test_a_new_epochs_committee_takes_the_epoch_block_as_its_first_stable_point(
     assert b.metrics.get("pbft_rejected", reason="not_member") == 1
     # and it certifies nothing past its epoch block
     assert not b._in_window(13) and b._in_window(12)
+
+
+def test_a_replica_alone_in_a_later_view_keeps_up_with_the_committee():
+    """One replica times out alone (a loaded fog) and moves to view 1; the other three stay in view 0 and go on.
+    It cannot vote in view 0 any more, but it commits each block as soon as the commit certificate comes — from
+    the proposal it kept, or by an immediate state transfer — not one block per view timeout."""
+    sim = Sim(4, seed=11, view_timeout=0.2)
+    lone = "r03"
+    sim.call(0.05, lambda: sim.nodes[lone].replica._start_view_change(1))
+    load(sim, count=40, every=0.01, start=0.1)
+    seen = {}
+    sim.call(0.56, lambda: seen.update({i: len(n.committed) for i, n in sim.nodes.items()}))
+    sim.run(1.0)
+    sim.check_safety()
+    others = [seen[i] for i in seen if i != lone]
+    assert sim.nodes["r00"].replica.view == 0 and sim.nodes[lone].replica.view >= 1
+    assert seen[lone] == max(others) > 5, seen  # level with the committee 60 ms after the last request

@@ -285,6 +285,7 @@ class Replica:
         # top of the block committed at h-1 (one certified in an earlier view may extend a block that never was)
         self.done: dict[int, dict[bytes, tuple[bytes, list[Sig]]]] = {}
         self.early: list[tuple[str, Message]] = []  # proposals and certificates of a view not entered yet
+        self.spare: dict[bytes, bytes] = {}  # hash -> block: proposals of another view (see _keep_spare)
         self.resend_at: float | None = None
         self.prepared: dict[int, Prepared] = {}  # highest-view prepared certificate per height (for view changes)
         self.checkpoints: dict[tuple[int, bytes], dict[str, bytes]] = {}
@@ -460,9 +461,10 @@ class Replica:
         if first is not None and first.hash != pre.hash:
             return self._equivocated(first, pre)
         self.seen_pre.setdefault((pre.view, pre.height), pre)
-        if pre.view > self.view or (pre.view == self.view and self.changing):
-            return self._defer(sender, m)
-        if pre.view != self.view:
+        if pre.view != self.view or self.changing:
+            self._keep_spare(pre, m.block)  # the committee may go on in that view: its commit certificate will do
+            if pre.view > self.view or (pre.view == self.view and self.changing):
+                return self._defer(sender, m)
             return self._drop("stale_view", sender)
         if not self._in_window(pre.height) or pre.height <= self.committed:
             return self._drop("outside_window", sender)
@@ -485,6 +487,15 @@ class Replica:
         self._arm()
         if prev is not None:  # else the block below is not known yet; validated when it is
             self._ask(pre.height, slot, prev)
+
+    def _keep_spare(self, pre: PrePrepare, block: bytes) -> None:
+        """A leader's block this replica will not vote on (another view than its own): kept, a few, so that a
+        commit certificate for it commits here at once instead of after a state transfer — a replica alone in
+        a later view (it timed out, the others did not) follows the committee this way."""
+        if pre.height > self.committed and pre.hash not in self.spare and self.app.block_hash(block) == pre.hash:
+            self.spare[pre.hash] = block
+            while len(self.spare) > 2 * self.window + 4:
+                self.spare.pop(next(iter(self.spare)))
 
     def _ask(self, height: int, slot: _Slot, prev: bytes) -> None:
         if not slot.asked:
@@ -574,6 +585,9 @@ class Replica:
         if not self._quorum(c, c.hash):
             return self._drop("bad_quorum", sender)
         slot = self.slots.get(c.height)
+        spare = self.spare.pop(c.hash, None)
+        if spare is not None and (slot is None or slot.hash != c.hash or slot.block is None):
+            slot = _Slot(hash=c.hash, block=spare)
         if slot is None or slot.hash != c.hash or slot.block is None:
             self.ahead_peer = sender
             self._fetch(sender)  # certified, but we lack the block: state transfer fetches it
@@ -752,8 +766,9 @@ class Replica:
             self.out.append(Send(peer, Fetch(self.committed + 1)))
 
     def _on_fetch(self, sender: str, m: Fetch) -> None:
-        if m.height <= self.committed:
-            self.out.append(Serve(sender, m.height))
+        # answered even when there is nothing above: an empty answer ends the asker's transfer at once (else it
+        # would not ask again, for the next certified block, until its request timed out)
+        self.out.append(Serve(sender, m.height))
 
     def _on_blocks(self, sender: str, m: Blocks) -> None:
         self.fetch_until = -1.0
