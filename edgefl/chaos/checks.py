@@ -166,10 +166,10 @@ def replicas_agree(dep, fog: str, tally: Tally | None = None, honest: Callable[[
                 n = replica.verify()
                 theirs = [replica.store.block_row(h)[0] for h in range(replica.tip.height + 1)]
         except LedgerError as exc:
-            tally.check(f"{m}: its replica of {fog} verifies", False, str(exc))
+            tally.check(f"{m}: its replica of {name} verifies", False, str(exc))
             continue
         same = all(a == b for a, b in zip(own, theirs))
-        tally.check(f"{m}: its replica of {fog} verifies and agrees with {fog}'s at every height", same,
+        tally.check(f"{m}: its replica of {name} verifies and agrees with {fog}'s at every height", same,
                     f"{n} blocks, {fog} holds {len(own)}")
     return tally
 
