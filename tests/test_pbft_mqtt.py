@@ -260,7 +260,7 @@ async def test_an_equivocating_leader_is_proven_and_loses_its_seat_for_good(brok
 
     first = ["dev-01", "dev-02", "dev-03", "fog-a"]
     cheat = "dev-01"  # the first id: it leads view 0
-    async with Members(tmp_path, broker.port, n=7, view_timeout=0.5, byzantine={cheat: "equivocate"},
+    async with Members(tmp_path, broker.port, n=7, view_timeout=1.5, byzantine={cheat: "equivocate"},
                        epochs=EpochSpec(blocks=4, seats=6, first=first, always=["fog-a"])) as c:
         honest = [i for i in c.ids if i != cheat]
         i = 0
@@ -274,3 +274,6 @@ async def test_an_equivocating_leader_is_proven_and_loses_its_seat_for_good(brok
         assert changes[0].banned == [cheat] and [b.member for b in changes[0].evidence] == [cheat]
         assert all(cheat not in ch.members for ch in changes)
         assert chain.state.banned == [cheat]
+        # each new committee started in the view the old one ended in (1, after the cheat was deposed), without
+        # a view change of its own
+        assert {c.ledgers[m].producer.replica.view for m in honest} == {1}

@@ -352,8 +352,8 @@ def my_records(spec, state, member: str, sk: bytes) -> list[Message]:
     out: list[Message] = []
     if member in state.current.committee.ids:
         out.append(seed_share(sk, state.epoch, member, state.seed))
-    sel = sortition.draw(sk, state.seed, COMMITTEE_ROLE, draw_of(spec, state.epoch + 1, state.seed).weight(member),
-                         draw_of(spec, state.epoch + 1, state.seed).total, spec.epochs.seats, member)
+    draw = draw_of(spec, state.epoch + 1, state.seed)
+    sel = sortition.draw(sk, state.seed, COMMITTEE_ROLE, draw.weight(member), draw.total, spec.epochs.seats, member)
     if sel.selected:
         out.append(SortitionClaim(epoch=state.epoch + 1, member=member, role=COMMITTEE_ROLE, proof=sel.proof))
     return out

@@ -254,13 +254,16 @@ class Replica:
                  height: int = 0, tip_hash: bytes = bytes(32), tip_sigs: list[Sig] | None = None, votelog: VoteLog | None = None,
                  window: int = 8, checkpoint_every: int = 16, view_timeout: float = 1.0,
                  now: float = 0.0, metrics: Metrics = METRICS, primary: Callable[[int], str] | None = None,
-                 limit: int | None = None, base: tuple[int, bytes] | None = None, peers: Iterable[str] = ()):
+                 limit: int | None = None, base: tuple[int, bytes] | None = None, peers: Iterable[str] = (),
+                 changing: bool | None = None):
         """``primary``: the leader of a view (the chain's proposal rule; default member ``view mod n``).
 
         A committee of one epoch (``edgefl.consensus.epoch``) certifies heights up to ``limit`` (its epoch
         block) and stands on ``base``, the last block of the epoch before, whose certificate is the previous
         committee's; ``peers`` (the pool) may ask it for blocks and follow it. A replica that is not a member
-        follows: it validates and commits what the committee certifies, and never signs.
+        follows: it validates and commits what the committee certifies, and never signs. ``changing``: whether
+        it starts waiting for its view's NewView (default: when its vote log is past view 0, i.e. a restart;
+        a committee seated at an epoch block starts in the view it carries on from).
         """
         self.me, self.key, self.committee, self.chain, self.app = me, key, committee, chain, app
         self.ids = committee.ids
@@ -275,7 +278,8 @@ class Replica:
         self.window, self.checkpoint_every, self.view_timeout = window, checkpoint_every, view_timeout
         self.metrics = metrics
         self.view = self.votelog.view
-        self.changing = self.view > 0  # restarted mid-run: wait for the current view's NewView (or move on)
+        # restarted mid-run: wait for the current view's NewView (or move on)
+        self.changing = self.view > 0 if changing is None else changing
         self.committed, self.committed_hash = height, tip_hash  # the last height handed out as Commit
         self.committed_sigs = list(tip_sigs or [])  # its commit certificate
         # the stable point: a checkpoint certificate, or the tip's own commit certificate (its seal) after a restart

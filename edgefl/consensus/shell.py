@@ -93,7 +93,7 @@ class PbftProducer(Producer):
         self.kind = kind_of(self.spec)
         self._settings = dict(window=1, checkpoint_every=checkpoint_every, view_timeout=view_timeout,
                               metrics=node.metrics)
-        self.replica = self._replica(VoteLog(votelog) if votelog else VoteLog())
+        self.replica = self._replica(VoteLog(votelog) if votelog else VoteLog(), *self._stable_point())
         self.epoch = chain.state.epoch
         self._background: set[asyncio.Task] = set()
         self.tick, self.idle = tick, idle
@@ -106,29 +106,36 @@ class PbftProducer(Producer):
         self._share_at = 0.0  # when the first of them was admitted
         self._unconfirmed: OrderedDict[bytes, list] = OrderedDict()  # admitted here: txid -> [raw, resend at, tries]
 
-    def _replica(self, votelog: VoteLog) -> Replica:
+    def _stable_point(self) -> tuple[list, tuple[int, bytes] | None]:
+        """From the store (the worker thread, once running): the tip's certificate, and with epochs the last
+        block of the epoch before, which the current committee stands on."""
+        chain = self.node.chain
+        seal = chain.store.block_row(chain.tip.height)[2]
+        sigs = Seal.from_wire(codec.decode(seal)).sigs if seal else []
+        if self.spec.epochs is None:
+            return sigs, None
+        start = chain.state.epoch * self.spec.epochs.blocks
+        return sigs, (start, chain.store.block_row(start)[0])
+
+    def _replica(self, votelog: VoteLog, sigs: list, base: tuple[int, bytes] | None,
+                 changing: bool | None = None) -> Replica:
         """The replica of the committee the next block is checked against (with epochs, this epoch's: up to its
-        epoch block, standing on the last block of the epoch before)."""
+        epoch block, standing on ``base``)."""
         chain = self.node.chain
         current = chain.current
-        seal = chain.store.block_row(chain.tip.height)[2]
-        sigs = Seal.from_wire(codec.decode(seal)).sigs if seal else []  # the tip's certificate: our stable point
-        limit = base = None
-        if self.spec.epochs is not None:
-            limit = (chain.state.epoch + 1) * self.spec.epochs.blocks
-            start = chain.state.epoch * self.spec.epochs.blocks
-            base = (start, chain.store.block_row(start)[0])
+        limit = (chain.state.epoch + 1) * self.spec.epochs.blocks if self.spec.epochs is not None else None
         return Replica(self.me, self.key, current.committee, chain.id, ChainApp(self.spec.max_block),
                        height=chain.tip.height, tip_hash=chain.tip.hash, tip_sigs=sigs, votelog=votelog,
                        now=time.monotonic(), primary=primary_of(current), limit=limit, base=base,
-                       peers=self.spec.committee.ids, **self._settings)
+                       peers=self.spec.committee.ids, changing=changing, **self._settings)
 
     async def _enter_epoch(self) -> None:
-        """A new epoch (or a start): seat the replica of its committee and record this member's draw for the
-        next one and, if it sits in this one, its seed share."""
+        """A new epoch: seat the replica of its committee and record this member's draw for the next one and,
+        if it sits in this one, its seed share."""
         chain = self.node.chain
         old = self.replica
-        self.replica = self._replica(old.votelog)
+        # every member hands over at the same committed block: the new committee starts in the view it carries on
+        self.replica = self._replica(old.votelog, *await self.node.call(self._stable_point), changing=False)
         self.replica.ahead_peer = old.ahead_peer
         if old.fetch_until >= 0 or old.ahead_peer is not None:
             self.replica._fetch(old.ahead_peer or self.replica.leader())  # catching up: on into this epoch
