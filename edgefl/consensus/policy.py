@@ -87,7 +87,7 @@ def policy(cls: type[Policy]) -> type[Policy]:
 class AllOf(Policy):
     name = "and"
 
-    def satisfied(self, signers):
+    def satisfied(self, signers: frozenset[str]) -> bool:
         return signers.issuperset(self.members)
 
 
@@ -95,7 +95,7 @@ class AllOf(Policy):
 class AnyOf(Policy):
     name = "or"
 
-    def satisfied(self, signers):
+    def satisfied(self, signers: frozenset[str]) -> bool:
         return not signers.isdisjoint(self.members)
 
 
@@ -104,8 +104,8 @@ class KOf(Policy):
     name = "k-of"
     needs_k = True
 
-    def satisfied(self, signers):
-        return len(signers.intersection(self.members)) >= self.k
+    def satisfied(self, signers: frozenset[str]) -> bool:
+        return self.k is not None and len(signers.intersection(self.members)) >= self.k
 
 
 @policy
@@ -114,8 +114,8 @@ class KOfAny(Policy):
     needs_k = True
     needs_members = False
 
-    def satisfied(self, signers):
-        return len(signers) >= self.k
+    def satisfied(self, signers: frozenset[str]) -> bool:
+        return self.k is not None and len(signers) >= self.k
 
 
 def from_spec(spec: PolicySpec, field: str = "policy") -> Policy:

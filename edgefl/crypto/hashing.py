@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from typing import Iterable
 
 from edgefl import native
 
@@ -49,7 +50,7 @@ class MerkleFrontier:
 
     __slots__ = ("_peaks", "size")
 
-    def __init__(self, leaves=()):
+    def __init__(self, leaves: Iterable[bytes] = ()):
         self._peaks: list[tuple[int, bytes]] = []  # (height, subtree hash), largest subtree first
         self.size = 0
         for leaf in leaves:
@@ -65,7 +66,7 @@ class MerkleFrontier:
 
     def root(self) -> bytes:
         if not self._peaks:
-            return sha256(b"")
+            return hashlib.sha256(b"").digest()
         node = self._peaks[-1][1]
         for _, left in reversed(self._peaks[:-1]):
             node = hashlib.sha256(b"\x01" + left + node).digest()
