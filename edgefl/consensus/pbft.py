@@ -585,7 +585,10 @@ class Replica:
         if c.height <= self.committed or c.hash in self.done.get(c.height, ()):
             return
         if self.limit is not None and c.height > self.limit:
-            return self._drop("next_epoch", sender)  # the next committee's: its replica checks it
+            # the next committee's (its replica checks it): this epoch's end is certified, fetch the blocks to it
+            self.ahead_peer = sender
+            self._fetch(sender)
+            return self._drop("next_epoch", sender)
         if not self._quorum(c, c.hash):
             return self._drop("bad_quorum", sender)
         slot = self.slots.get(c.height)

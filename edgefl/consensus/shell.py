@@ -137,8 +137,8 @@ class PbftProducer(Producer):
         # every member hands over at the same committed block: the new committee starts in the view it carries on
         self.replica = self._replica(old.votelog, *await self.node.call(self._stable_point), changing=False)
         self.replica.ahead_peer = old.ahead_peer
-        if old.fetch_until >= 0 or old.ahead_peer is not None:
-            self.replica._fetch(old.ahead_peer or self.replica.leader())  # catching up: on into this epoch
+        # perhaps catching up: ask on into this epoch (an empty answer costs one message)
+        self.replica._fetch(old.ahead_peer or self.replica.leader())
         self.epoch = chain.state.epoch
         self.node.metrics.inc("pbft_epoch_entered")
         log.info("%s: epoch %d, committee %s%s", chain.id, self.epoch, ", ".join(self.replica.ids),
