@@ -190,3 +190,20 @@ def test_a_replica_alone_in_a_later_view_keeps_up_with_the_committee():
     others = [seen[i] for i in seen if i != lone]
     assert sim.nodes["r00"].replica.view == 0 and sim.nodes[lone].replica.view >= 1
     assert seen[lone] == max(others) > 5, seen  # level with the committee 60 ms after the last request
+
+
+@pytest.mark.parametrize("n", [3, 4, 7])
+def test_every_request_commits_across_a_view_change_at_any_moment(n):
+    """All members move to view 1 at a random moment, whatever each has committed: the new leader may lag
+    behind the NewView's stable point, and then re-proposes the carried blocks only once it has fetched the
+    block there (it used to propose at its own height, which every member refused: the chain stalled)."""
+    for seed in range(12):
+        rng = random.Random(seed)
+        sim = Sim(n, seed=seed, view_timeout=0.1, delay=(0.001, 0.01), drop=rng.choice([0.0, 0.02, 0.1]),
+                  duplicate=0.1, window=rng.choice([1, 2, 4, 8]), checkpoint_every=rng.choice([2, 4, 8]))
+        load(sim, count=20)
+        sim.call(rng.uniform(0.01, 0.2), lambda: [node.replica._start_view_change(1) for node in sim.nodes.values()])
+        sim.run(6.0)
+        sim.check_safety()
+        for node in sim.honest():
+            assert {q for raw in node.blocks for q in codec.decode(raw)[2]} >= {b"tx%d" % i for i in range(20)}, seed

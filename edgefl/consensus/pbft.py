@@ -302,6 +302,8 @@ class Replica:
         self.last_proposed = tip_hash
         self.fetch_until = -1.0  # a state-transfer request is outstanding until then
         self.mandated: dict[int, bytes] = {}  # what the NewView obliges the leader to re-propose, by height
+        self.redo: dict[int, tuple[bytes, bytes]] = {}  # leader: those blocks (hash, block) not proposed yet
+        self.floor = 0  # the NewView's stable point: a leader proposes only once it holds the block there
         self.attempts = 0  # view changes since the last NewView: each waits twice as long
         self.stalls = 0  # new views since the last commit
         self.my_checkpoint: Checkpoint | None = None
@@ -395,6 +397,11 @@ class Replica:
     # ------------------------------------------------------------------ leader
 
     def can_propose(self) -> bool:
+        """Leader: room for a new block. The NewView's own blocks go first, and nothing goes before the leader
+        holds the NewView's stable point (a leader that lagged would build on a block the others replaced)."""
+        return self._room() and self.committed >= self.floor and self.next_height not in self.mandated
+
+    def _room(self) -> bool:
         return (self.is_leader and self._in_window(self.next_height)
                 and self.next_height <= self.committed + self.window)  # at most ``window`` heights in flight
 
@@ -407,7 +414,9 @@ class Replica:
         """Leader: put ``raw`` (a block extending ``tip_for_proposal``) to the committee."""
         if not self.can_propose():
             return False
-        h = h or self.app.block_hash(raw)
+        return self._put(raw, h or self.app.block_hash(raw))
+
+    def _put(self, raw: bytes, h: bytes) -> bool:
         pre = self._sign(PrePrepare(self.chain, self.view, self.next_height, h, self.me),
                          ("pre-prepare", self.chain, self.view, self.next_height),
                          self._vote_slots(("prepare", "commit"), self.next_height, h))
@@ -418,6 +427,14 @@ class Replica:
         self.out.append(Send(None, Propose(pre, raw)))
         self._on_propose(self.me, Propose(pre, raw))
         return True
+
+    def _propose_redo(self) -> None:
+        """New leader: re-propose the NewView's blocks in order, once it holds the stable point below them."""
+        while (self.redo and not self.changing and self.committed >= self.floor and self._room()
+               and self.next_height in self.redo):
+            h, raw = self.redo.pop(self.next_height)
+            if not self._put(raw, h):
+                break
 
     # ------------------------------------------------------------------ inputs
 
@@ -629,6 +646,7 @@ class Replica:
                     self._on_checkpoint(self.me, cp)
         if self.next_height <= self.committed:
             self.next_height, self.last_proposed = self.committed + 1, self.committed_hash
+        self._propose_redo()
         nxt = self.slots.get(self.committed + 1)
         if nxt is not None and nxt.pre is not None and not self.changing:
             self._ask(self.committed + 1, nxt, self.committed_hash)
@@ -674,7 +692,7 @@ class Replica:
             return
         self.view, self.changing = view, True
         self.votelog.enter_view(view)
-        self.slots = {}
+        self.slots, self.redo = {}, {}
         self.deadline = None
         # the stable point: the last committed block, whose commit certificate proves it as a checkpoint
         # certificate would (so the view change carries the prepared blocks above it, not those since the checkpoint)
@@ -749,6 +767,8 @@ class Replica:
             redo.append((h, best[h].cert.hash, best[h].block))
             prev, h = best[h].cert.hash, h + 1
         self.mandated = {height: hsh for height, hsh, _ in redo}
+        self.redo = {height: (hsh, block) for height, hsh, block in redo} if self.leader() == self.me else {}
+        self.floor = top.stable
         if top.stable > self.committed:
             self._fetch(top.signer)
         self.next_height, self.last_proposed = self.committed + 1, self.committed_hash
@@ -756,10 +776,7 @@ class Replica:
         self.stalls += 1
         self.deadline = self.now + self._patience() if redo else None
         self.metrics.inc("pbft_new_view")
-        if self.leader() == self.me:
-            for height, hsh, block in redo:
-                if height == self.next_height:
-                    self.propose(block, hsh)
+        self._propose_redo()
         early, self.early = self.early, []
         for sender, m in early:
             if (m.pre.view if isinstance(m, Propose) else m.view) >= self.view:

@@ -83,6 +83,7 @@ class Node:
     blocks: list[bytes] = field(default_factory=list)
     evidence: list = field(default_factory=list)
     proposed: set = field(default_factory=set)  # requests this node has put in a block it proposed
+    proposed_in: int = 0  # ... in this view: a later view drops what did not commit, so it proposes them again
 
     @property
     def honest(self) -> bool:
@@ -178,6 +179,8 @@ class Sim:
         waiting = [q for q in self.pending if q not in done]
         if waiting:
             r.pending(self.now)
+        if r.view != node.proposed_in:
+            node.proposed, node.proposed_in = set(), r.view
         while r.can_propose():
             todo = [q for q in waiting if q not in node.proposed][:self.batch]
             if not todo:
