@@ -151,8 +151,10 @@ def test_a_final_committee_of_four_makes_the_main_chains_blocks_by_pbft():
     fields = committees.main_fields("cloud-1", keys)
     assert fields["sealer"] == "quorum" and fields["committee"].threshold == 3 and fields["proposal"].name == "pbft"
     assert fields["proposal"].credit == fields["finality"] == {i: 1 for i, _ in keys}
-    three = committees.main_fields("cloud-1", keys[:3])  # tolerates no fault: the cloud seals, all vote
-    assert three["sealer"] == "single" and "proposal" not in three and len(three["finality"]) == 3
+    three = committees.main_fields("cloud-1", keys[:3])  # tolerates no fault: every member signs every block
+    assert three["sealer"] == "quorum" and three["committee"].threshold == 3 and three["proposal"].name == "pbft"
+    alone = committees.main_fields("cloud-1", keys[:1])
+    assert alone["sealer"] == "single" and "proposal" not in alone and alone["finality"] is None
 
 
 def test_credit_weighted_leaders_lead_in_proportion_to_credit():

@@ -21,7 +21,7 @@ from edgefl.crypto import SigningKey, VerifyingKey
 from edgefl.ledger import Chain, ChainSpec, Committee, QuorumSealer, SingleSealer
 from edgefl.ledger.sealer import Sealer
 
-MIN_BFT = 4  # the smallest committee that survives one byzantine member
+MIN_BFT = 4  # the smallest committee that survives one byzantine member (a sub-chain's least)
 
 
 def members_of(fog: str, devices: Sequence[str], size: int) -> list[str]:
@@ -47,13 +47,13 @@ def spec_fields(keys: Iterable[tuple[str, VerifyingKey]], *, epoch_blocks: int =
 def main_fields(cloud: str, keys: Iterable[tuple[str, VerifyingKey]]) -> dict:
     """The main chain's final committee: the cloud and the fog aggregators, every one voting on its
     checkpoints (FFG, equal weights: a block is final once members holding two thirds of the weight justified
-    it and its child). With at least four members they also make the blocks: PBFT, each view's leader drawn
-    in proportion to its credit, every member a replica. Fewer tolerate no byzantine member, so the cloud
-    (the one that serves the chain) makes them alone."""
+    it and its child) and making its blocks: PBFT, each view's leader drawn in proportion to its credit, every
+    member a replica. Two or three members tolerate no byzantine one, so their quorum is all of them: no
+    member alone can write the main chain, but any one stopped stops it. A cloud alone seals alone."""
     keys = list(keys)
     ids = [i for i, _ in keys]
     votes = {i: 1 for i in ids} if len(ids) > 1 else None
-    if len(ids) >= MIN_BFT:
+    if len(ids) > 1:
         return {"sealer": "quorum", "committee": Committee.bft(keys), "finality": votes,
                 "proposal": ProposalSpec("pbft", credit=dict(votes))}
     return {"sealer": "single", "committee": Committee.of(keys), "finality": votes}

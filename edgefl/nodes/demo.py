@@ -2,7 +2,8 @@
 
 1. start Mosquitto on a free loopback port (or use --port);
 2. give every node its key, data directory and chain (edgefl.nodes.site) and run what `edgefl run` runs:
-   each sub-chain is kept by a PBFT committee of its fog and three devices (edgefl.consensus.committees);
+   each sub-chain is kept by a PBFT committee of its fog and three devices, the main chain by one of the
+   cloud and the fogs (edgefl.consensus.committees);
 3. per round: the devices' privacy spends, the training steps recorded, each chain's height and the
    accumulator interlock, which fog was drawn to aggregate the fogs' models (``fl.leader = "drawn"``),
    the global model's test accuracy;
@@ -125,6 +126,12 @@ class _Chains:
         return " · ".join(parts) or "not interlocked yet"
 
 
+def _committee(spec) -> str:
+    c = spec.committee
+    return (f"a PBFT committee of {', '.join(c.ids)} (quorum {c.threshold} of {len(c.ids)}, tolerates "
+            f"{c.faults} byzantine)")
+
+
 async def demo(*, port: int | None = None, out=print, fogs: int = 2, devices: int = 6, rounds: int = 2,
                epsilon: float = EPSILON, aggregator: str = "fedavg", attack: str = "none", malicious: float = 0.0,
                seed: int = 0, report: str | Path | None = None, train_at: str = "fog") -> dict:
@@ -157,11 +164,10 @@ async def demo(*, port: int | None = None, out=print, fogs: int = 2, devices: in
               "dev-a2 runs the TFLite export on LiteRT, the others ONNX Runtime")
         for f in layout:
             spec = site.spec(f)
-            out(f"    {f}'s sub-chain: " + (f"a PBFT committee of {', '.join(spec.committee.ids)} (quorum "
-                                            f"{spec.committee.threshold} of {len(spec.committee.ids)}, tolerates "
-                                            f"{spec.committee.faults} byzantine)"
-                                            if len(spec.committee.ids) > 1 else f"sealed by {f} alone (fewer than "
-                                            "3 devices: no committee can tolerate a fault)"))
+            out(f"    {f}'s sub-chain: " + (_committee(spec) if len(spec.committee.ids) > 1 else
+                                            f"sealed by {f} alone (fewer than 3 devices: no committee can "
+                                            "tolerate a fault)"))
+        out(f"    main chain: {_committee(site.spec(site.cloud))}, credit-weighted leaders, FFG finality")
         if attackers:
             out(f"    malicious ({attack}, {100 * malicious:g} % drawn with seed {seed}): {', '.join(attackers)}; "
                 f"the fogs aggregate with {aggregator}, from the global model as it is (no warm start, no FedProx)")
