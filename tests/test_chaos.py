@@ -13,11 +13,12 @@ import pytest
 
 from edgefl.chaos import SCENARIOS, netns
 from edgefl.chaos.scenario import run_scenario
+from edgefl.ledger import SubmitAll, decode_tx
 from edgefl.ledger.chain import Chain
 from edgefl.ledger.service import db_path, registry_for
 from edgefl.ml.privacy import PrivacyAccountant, PrivacySpend
-from edgefl.nodes import device as device_module
 from edgefl.nodes.site import LocalSite
+from edgefl.transport import Session
 from edgefl.transport.mosquitto import BrokerError, BrokerSettings, render
 from tests.conftest import _required, need_mosquitto
 
@@ -63,24 +64,18 @@ async def test_a_device_dying_after_its_spend_is_recorded_releases_once(broker, 
     """device-kill found it: a device killed after the fog's chain held its privacy spend, but before it
     had kept its batch, drew a new release on restart and recorded a second spend of the same round.
     Here its first submission of the spend succeeds and the device then crashes (the service restarts)."""
-    real = device_module.via_session
+    real = Session.request
     crashed = []
 
-    def via_session(*args, **kw):
-        submit = real(*args, **kw)
+    async def crash_after_the_spend(self, target, msg, **kw):
+        answer = await real(self, target, msg, **kw)
+        if isinstance(msg, SubmitAll) and self.node_id == "dev-1" and not crashed:
+            assert any(decode_tx(raw).body.type == PrivacySpend.TYPE for raw in msg.txs)
+            crashed.append(answer)
+            raise RuntimeError("killed after the spend was recorded")
+        return answer
 
-        def crash_after_the_spend(raw):
-            receipt = submit(raw)
-            from edgefl.ledger.tx import decode_tx
-
-            if decode_tx(raw).body.type == PrivacySpend.TYPE and not crashed:
-                crashed.append(receipt)
-                raise RuntimeError("killed after the spend was recorded")
-            return receipt
-
-        return crash_after_the_spend
-
-    monkeypatch.setattr(device_module, "via_session", via_session)
+    monkeypatch.setattr(Session, "request", crash_after_the_spend)
     site = LocalSite(tmp_path, broker.port, {"fog-a": ["dev-1"]}, settings=SETTINGS,
                      per_node={"cloud-1": ["fl.items=128", "fl.rounds=1"]})
     async with site:

@@ -4,11 +4,12 @@ import asyncio
 
 import pytest
 
+from edgefl.codec import CodecError
 from edgefl.ledger.audit import RemoteSource, audit
 from edgefl.ledger.blobs import BlobStore
 from edgefl.ledger.cluster import LocalCluster
 from edgefl.ledger.crosschain import ACCEPT, PENDING, REJECT, Verdict
-from edgefl.ledger.protocol import Find, HeadQuery, Receipt, Submit
+from edgefl.ledger.protocol import MAX_SUBMIT_ALL, Find, HeadQuery, Receipt, Receipts, Submit, SubmitAll
 from edgefl.ledger.records import Note
 from edgefl.ledger.tx import record_tx
 from edgefl.transport.session import RemoteError
@@ -73,6 +74,24 @@ async def test_records_anchor_beacon_and_verify_across_chains(broker, tmp_path):
         on_main = await cc.verify_tx("main", beacon_tx)
         assert on_main.ok, on_main
         cc.local.close()
+
+
+async def test_submit_all_answers_once_every_record_is_durable(broker, tmp_path):
+    async with LocalCluster(tmp_path, broker.port, keys=KEYS) as c:
+        dev = c.sessions["dev-1"]
+        raws = [record_tx(Note("reading", b"%d" % i), "dev-1", KEYS["dev-1"], device="dev-1") for i in range(3)]
+        first = (await dev.request("fog-b", Submit(raws[0]))).message
+        answer = (await dev.request("fog-b", SubmitAll(raws))).message  # one of them is already on the chain
+        assert isinstance(answer, Receipts) and [r.txid for r in answer.receipts] == [
+            (await dev.request("fog-b", Submit(raw))).message.txid for raw in raws]
+        assert answer.receipts[0] == first  # answered as the first time
+        chain = c.ledgers["fog-b"].chain
+        assert all(chain.store.tx(r.txid) is not None for r in answer.receipts)
+        with pytest.raises(RemoteError) as err:  # a bad one: an error, the good ones still recorded
+            await dev.request("fog-b", SubmitAll([raws[1], raws[2][:-1]]))
+        assert err.value.reason == "truncated"
+    with pytest.raises(CodecError):  # more than a submission may hold: refused on the wire
+        SubmitAll.from_wire({"txs": [raws[0]] * (MAX_SUBMIT_ALL + 1)})
 
 
 async def test_several_transactions_verified_across_chains_by_one_batch_proof(broker, tmp_path):

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.broker
 
 
 class Members:
-    def __init__(self, tmp_path, port, n=4, view_timeout=0.5, byzantine=None, epochs=None):
+    def __init__(self, tmp_path, port, n=4, view_timeout=0.5, byzantine=None, epochs=None, pace=0.0):
         """``epochs``: the committee is re-drawn from these ``n`` (the pool) as that ``EpochSpec`` says."""
         self.ids = ["fog-a"] + [f"dev-{i:02}" for i in range(1, n)]
         self.byzantine = byzantine or {}
@@ -35,7 +35,7 @@ class Members:
                               parent_committee=Committee.of([("fog-a", keys["fog-a"].public_key)]),
                               proposal=ProposalSpec("pbft"), epochs=epochs)
         genesis = QuorumSealer("fog-a", [(i, keys[i]) for i in self.ids])
-        self.tmp, self.view_timeout = tmp_path, view_timeout
+        self.tmp, self.view_timeout, self.pace = tmp_path, view_timeout, pace
         self.ledgers, self.tasks = {}, {}
         for i in self.ids:
             chain = Chain.create(tmp_path / f"{i}.db", self.spec, genesis, registry=self.nodes.registry,
@@ -47,7 +47,7 @@ class Members:
                 producer=lambda node, i=i: self.producer(node, i))
 
     def producer(self, node, i):
-        kw = dict(votelog=self.tmp / f"{i}.votes", view_timeout=self.view_timeout)
+        kw = dict(votelog=self.tmp / f"{i}.votes", view_timeout=self.view_timeout, pace=self.pace)
         if i in self.byzantine:
             return ByzantineProducer(node, self.nodes.keys[i], self.byzantine[i], **kw)
         return PbftProducer(node, self.nodes.keys[i], **kw)
@@ -118,6 +118,29 @@ async def test_four_replicas_commit_blocks_sealed_by_the_committee(broker, tmp_p
         from edgefl.ledger.block import decode_block
         sigs = decode_block(next(seal), 1 << 20).seal.sigs
         assert len(sigs) >= c.committee.threshold == 3
+
+
+async def test_a_paced_leader_puts_what_arrives_meanwhile_in_one_block(broker, tmp_path):
+    """Sixty records over 1.2 s: with a pace of 0.25 s the leader proposes at most once per pace, so they commit
+    in a handful of blocks, every one of them at every member; without it, in many more."""
+    blocks = {}
+    for pace in (0.25, 0.0):
+        async with Members(tmp_path / f"pace-{pace}", broker.port, view_timeout=2.0, pace=pace) as c:
+            raws = [note(i, nodes=c.nodes) for i in range(60)]
+
+            async def later(i, raw):
+                await asyncio.sleep(0.02 * i)  # one every 20 ms, as devices' records come
+                return await c.submit_all(raw)
+
+            t0 = time.monotonic()
+            async with asyncio.timeout(60):
+                receipts = await asyncio.gather(*(later(i, raw) for i, raw in enumerate(raws)))
+            elapsed = time.monotonic() - t0
+            assert all(len({(r.height, r.block) for r in rs}) == 1 for rs in receipts)
+            blocks[pace] = c.check_safety()
+            if pace:  # one block at once, then at most one per pace (the first may wait a pace for the last)
+                assert blocks[pace] <= elapsed / pace + 2, (blocks[pace], elapsed)
+    assert blocks[0.25] < blocks[0.0], blocks
 
 
 async def test_progress_after_the_leader_is_stopped_and_it_catches_up_after_restart(broker, tmp_path):

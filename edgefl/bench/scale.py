@@ -397,7 +397,20 @@ def round_figures(n: int, a: dict, b: dict) -> dict[str, float]:
         "record_wait_s": _delta(a, b, "ledger_record_wait_us", "devices") / 1e6,
         "warm_start_s": _delta(a, b, "fl_warm_start_us", "fog") / 1e6,
         "train_s": _delta(a, b, "fl_train_us", "fog") / 1e6,
+        "received_per_device": _received(a["metrics"], b["metrics"], n),
     }
+
+
+def _received(a: dict, b: dict, n: int) -> dict[str, float]:
+    """Messages received per device in the round by receiver and topic kind: ``devices <- fog/block`` is the
+    devices' sessions receiving the fog's block broadcasts (where the broker's deliveries go)."""
+    out: dict[str, float] = {}
+    for proc, snap in b.items():
+        for key, v in snap.items():
+            if key.startswith("mqtt_received{kind="):
+                name = f"{proc.split('-')[0]} <- {key[len('mqtt_received{kind='):-1]}"
+                out[name] = out.get(name, 0.0) + (v - a.get(proc, {}).get(key, 0)) / n
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def summarise(n: int, snaps: list[dict], verify: dict[str, float], rounds_asked: int) -> dict[str, Any]:

@@ -33,7 +33,7 @@ __all__, __getattr__, __dir__ = faces(__name__, {
     "proofs": ["verify_proof", "verify_batch_proof"],
     "audit": ["Tracker", "RemoteSource", "audit_step"],
     "cluster": ["LocalCluster"],
-    "protocol": ["Submit", "Receipt", "ProofQuery", "BatchProofQuery", "HeadQuery"],
+    "protocol": ["Submit", "SubmitAll", "Receipt", "Receipts", "ProofQuery", "BatchProofQuery", "HeadQuery"],
     "records": ["Note", "TrainingStep", "DataCollected", "CoinUpdate"],
     "errors": ["LedgerError", "InvalidTx", "InvalidBlock", "ProofError", "StoreError", "BlobError", "BlobNotFound",
                "BlobCorrupt", "BlobTooLarge", "AuditError"],

@@ -1,6 +1,8 @@
 """Ledger messages on the wire (MQTT request/response through ``Session``).
 
     Submit(tx)                  → Receipt(txid, height, block)   after the block is durable
+    SubmitAll(txs)              → Receipts(receipts)               several at once (a device's records of
+                                                                   one release: one exchange, not one each)
     ProofQuery(txid, at)        → TxProof                          membership against the value at ``at``
     BatchProofQuery(txids, at, method) → BatchProof                several transactions at once (Protocol 2)
     AnchorQuery(chain, at)      → AnchorProof                      main chain: last Type-II of ``chain`` up to
@@ -39,6 +41,19 @@ class Receipt(Message):
     txid: Id
     height: Annotated[int, Range(0)]
     block: Id
+
+
+MAX_SUBMIT_ALL = 8
+
+
+@message("ledger.submit-all", max_size=2 * MAX_TX + 1024)
+class SubmitAll(Message):
+    txs: Annotated[list[Annotated[bytes, MaxLen(MAX_TX)]], MaxLen(MAX_SUBMIT_ALL)]
+
+
+@message("ledger.receipts")
+class Receipts(Message):
+    receipts: Annotated[list[Receipt], MaxLen(MAX_SUBMIT_ALL)]
 
 
 @message("ledger.proof-query")

@@ -54,7 +54,9 @@ from edgefl.ledger.protocol import (
     HeadQuery,
     ProofQuery,
     Receipt,
+    Receipts,
     Submit,
+    SubmitAll,
 )
 from edgefl.ledger.sealer import Sealer, make_sealer
 from edgefl.ledger.tx import Tx, beacon_tx, decode_tx, make_tx, record_tx
@@ -209,7 +211,8 @@ class LedgerNode:
 
             make = cls.committee_producer or PbftProducer
             votes = cfg.path(cfg.ledger.votelog.replace("{chain}", name))
-            producer = lambda n: make(n, key, votelog=votes, view_timeout=cfg.ledger.view_timeout_s)  # noqa: E731
+            producer = lambda n: make(n, key, votelog=votes, view_timeout=cfg.ledger.view_timeout_s,  # noqa: E731
+                                      pace=cfg.ledger.block_interval_s)
         return cls(ledger, session, blobs, sealer, keys=keys, main_node=cfg.ledger.main_node,
                    block_interval_s=cfg.ledger.block_interval_s, interlock_interval_s=interval, metrics=metrics,
                    producer=producer, server=server_of(cfg, name) == cfg.node.id)
@@ -265,6 +268,7 @@ class LedgerNode:
     def _serve(self) -> None:
         s = self.session
         s.serve(Submit, self._on_submit)
+        s.serve(SubmitAll, self._on_submit_all)
         s.serve(ProofQuery, self._guard(lambda m: self.call(self.chain.proof, m.txid, m.at)))
         s.serve(BatchProofQuery, self._guard(lambda m: self.call(self.chain.batch_proof, m.txids, m.at, m.method)))
         s.serve(HeadQuery, self._guard(self._head))
@@ -320,6 +324,14 @@ class LedgerNode:
     async def _on_submit(self, env):
         try:
             return await self.submit(env.message.tx)
+        except LedgerError as exc:
+            return _error(exc)
+
+    async def _on_submit_all(self, env):
+        """Every one durable, or an error (those admitted before it still commit: a resubmission is
+        answered as the first time)."""
+        try:
+            return Receipts(list(await asyncio.gather(*(self.submit(tx) for tx in env.message.txs))))
         except LedgerError as exc:
             return _error(exc)
 

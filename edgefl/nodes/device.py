@@ -26,10 +26,9 @@ from edgefl import codec
 from edgefl.errors import EdgeflError
 from edgefl.fl import Task, TaskView
 from edgefl.fl.protocol import BatchAck, decode_batch
-from edgefl.ledger import BlobStore, DataCollected, LedgerError, decode_tx, record_tx
+from edgefl.ledger import BlobStore, DataCollected, LedgerError, Receipts, SubmitAll, decode_tx, record_tx
 from edgefl.ledger import blobs as blobstore
 from edgefl.ledger.blobs import fetch
-from edgefl.ledger.recorder import via_session
 from edgefl.ml import BackendUnavailable, FeatureExtractor, ModelError, PrivacyAccountant, Privatiser, mechanism
 from edgefl.ml.backends import backend_class, backend_problem
 from edgefl.nodes.node import local_data, node_attack
@@ -38,6 +37,7 @@ from edgefl.runtime import METRICS, Config, ConfigError, StateFile, memory, retr
 from edgefl.transport import RemoteError, RequestTimeout, Session
 
 log = logging.getLogger("edgefl.device")
+_RECORDED = {"spend": "spent", "attest": "collected"}  # a release's record -> its flag once on the fog's chain
 # refusals that may pass, so the round is tried again with backoff while it is open: the fog has not seen the
 # task yet, failed or stopped; it does not know this device yet (its fl.devices, its certificate or key) and
 # may learn it at run time (SIGHUP), or lacks a current CRL of this device's CA
@@ -168,27 +168,33 @@ class DeviceNode:
             ids = np.arange(len(self.data))
             images, labels = self.attack.data(self.data.images, self.data.labels, seed=round)
             batch, spend = await asyncio.to_thread(fx.draw, ids, images, labels, task=task.task, round=round)
-            # Written ahead: the release and its signed spend record are kept before either leaves, so
-            # a restart finishes this release rather than drawing another (and spending ε twice).
+            # Written ahead: the release, its signed spend record and its attestation are kept before any
+            # leaves, so a restart finishes this release rather than drawing another (and spending ε twice).
             entry["batch"] = await asyncio.to_thread(self.blobs.put, codec.encode_message(batch))
             if spend is not None:
                 entry["spend"] = self.blobs.put(record_tx(spend, self.id, self.session.signer.key,
                                                           device=self.id))
+            entry["attest"] = self.blobs.put(self._attest(entry["batch"]))
             self.state.save(self.sent)
         else:
             batch = decode_batch(self.blobs.get(entry["batch"]))
-        if "spend" in entry and not entry.get("spent"):  # on the fog's chain before anything is sent
-            await asyncio.to_thread(self._spend, fx, entry["spend"], batch.ids, self._submitter())
-            entry["spent"] = True
+        if "attest" not in entry:  # kept by a version that attested only after the spend
+            entry["attest"] = self.blobs.put(self._attest(entry["batch"]))
             self.state.save(self.sent)
-            log.info("%s: released %d items for %s round %d at ε=%g (spend recorded on %s)", self.id,
-                     len(batch.ids), task.task, round, task.epsilon, self.fog)
-        if not entry.get("collected"):  # provenance: the fog keeps only what this device attested
-            if "attest" not in entry:  # kept first, too: resent after a restart, recorded once
-                entry["attest"] = self.blobs.put(self._attest(entry["batch"]))
-                self.state.save(self.sent)
-            await asyncio.to_thread(self._submitter(), self.blobs.get(entry["attest"]))
-            entry["collected"] = True
+        todo = [k for k in ("spend", "attest") if k in entry and not entry.get(_RECORDED[k])]
+        if todo:
+            # on the fog's chain, in one exchange, before anything is sent: the spend, and the provenance
+            # (the fog keeps only what this device attested); a resubmission is answered as the first time
+            raws = [self.blobs.get(entry[k]) for k in todo]
+            answer = (await self.session.request(self.fog, SubmitAll(raws))).message
+            if not isinstance(answer, Receipts) or len(answer.receipts) != len(raws):
+                raise RemoteError("unexpected", f"{type(answer).__name__} in answer to the release's records")
+            if "spend" in todo:  # charged to this device's accountant once it is on the chain
+                spent = decode_tx(raws[0]).body.unwrap()
+                await asyncio.to_thread(fx.privatiser.accountant.settle, spent, batch.ids)
+                log.info("%s: released %d items for %s round %d at ε=%g (spend recorded on %s)", self.id,
+                         len(batch.ids), task.task, round, task.epsilon, self.fog)
+            entry.update({_RECORDED[k]: True for k in todo})
             self.state.save(self.sent)
         ack = (await self.session.request(self.fog, batch)).message
         if not isinstance(ack, BatchAck) or (ack.task, ack.round) != (task.task, round):
@@ -208,18 +214,6 @@ class DeviceNode:
         data, key = self.blobs.get(cid), self.session.signer.key
         attest = DataCollected.of(self.id, cid, len(data), len(decode_batch(data).ids), key)
         return record_tx(attest, self.id, key, refs=[cid], device=self.id, model=cid)
-
-    def _spend(self, fx: FeatureExtractor, record: bytes, ids, submit) -> None:
-        """Record the kept spend on the fog's chain (a resubmission is answered as the first time), then
-        charge it to this device's accountant, once (worker thread: both block)."""
-        raw = self.blobs.get(record)
-        submit(raw)
-        fx.privatiser.accountant.settle(decode_tx(raw).body.unwrap(), ids)
-
-    def _submitter(self):
-        """Submit to the fog's chain from a worker thread (call this on the event loop)."""
-        return via_session(self.session, self.fog, asyncio.get_running_loop(),
-                           timeout=self.cfg.mqtt.request_timeout_s)
 
     def _entry(self, task: Task, round: int) -> dict:
         if self.sent["task"] != task.task:

@@ -332,24 +332,40 @@ class FogNode:
         if round == 0 and task.warm_start:
             origin = await self._warm_start(task, round, model, batches)
         rid, contributions, steps = run_id(task.task, round), [], 0
-        for device, cid in sorted(batches.items()):
-            batch = decode_batch(self.blobs.get(cid))
-            if not len(batch.ids):
-                continue
-            x = batch.features
-            if task.average_releases and round > 0:
-                x = release_mean([*self._earlier_releases(device, round), batch])
-            tracker = Tracker(self.blobs, task=rid, device=device, trainer_name=task.trainer,
-                              config=task.config.to_bytes(), signer=self.id, key=self.session.signer.key)
-            total = steps_per_round(len(batch.ids), task.batch_size, task.epochs)
-            recorded = {i: s.model_out for i, s in (await self.ledger.call(self._recorded_steps, device, rid,
-                                                                           total)).items()}
-            state, n = await train_device(tracker, origin, x, batch.labels, task.config, task.epochs,
-                                          recorded, self.ledger.submit)
-            contributions.append(Contribution(device, cid_of(state), len(batch.ids),
-                                              TrainState.from_bytes(state).model.params))
-            steps += n
+        receipts: list[asyncio.Future] = []
+
+        async def submit(tx: bytes) -> None:  # every device's steps in flight at once: awaited all together below
+            receipts.append(asyncio.ensure_future(self.ledger.submit(tx)))
+
+        try:
+            for device, cid in sorted(batches.items()):
+                n, contribution = await self._train_device(task, rid, device, cid, round, origin, submit)
+                if contribution is not None:
+                    contributions.append(contribution)
+                    steps += n
+        except BaseException:
+            await asyncio.gather(*receipts, return_exceptions=True)
+            raise
+        await asyncio.gather(*receipts)
         return origin, contributions, steps
+
+    async def _train_device(self, task: Task, rid: str, device: str, cid: bytes, round: int, origin: bytes,
+                            submit) -> tuple[int, Contribution | None]:
+        """Train the round's model on one device's batch here, every step submitted through ``submit``."""
+        batch = decode_batch(self.blobs.get(cid))
+        if not len(batch.ids):
+            return 0, None
+        x = batch.features
+        if task.average_releases and round > 0:
+            x = release_mean([*self._earlier_releases(device, round), batch])
+        tracker = Tracker(self.blobs, task=rid, device=device, trainer_name=task.trainer,
+                          config=task.config.to_bytes(), signer=self.id, key=self.session.signer.key)
+        total = steps_per_round(len(batch.ids), task.batch_size, task.epochs)
+        recorded = {i: s.model_out for i, s in (await self.ledger.call(self._recorded_steps, device, rid,
+                                                                       total)).items()}
+        state, n = await train_device(tracker, origin, x, batch.labels, task.config, task.epochs,
+                                      recorded, submit)
+        return n, Contribution(device, cid_of(state), len(batch.ids), TrainState.from_bytes(state).model.params)
 
     async def _select(self, task: Task, round: int, model: bytes, batches: dict[str, bytes]) -> dict[str, bytes]:
         """``fl.participants`` of the devices that sent, drawn by reputation on this chain; recorded once."""

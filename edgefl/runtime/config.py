@@ -148,6 +148,8 @@ class LedgerSection:
     db: str = "{data_dir}/ledger/{chain}.db"
     blob_dir: str = "{data_dir}/blobs"
     max_block_bytes: int = field(default=1 << 20, metadata=_range(4096, 64 << 20))
+    # a block every this often (or at once when the mempool fills one); a PBFT leader proposes at most this
+    # often (at most a quarter of view_timeout_s): under load fewer, larger blocks, each costing ~5n messages
     block_interval_s: float = field(default=1.0, metadata=_range(0.01))
     anchor_interval_s: float = field(default=10.0, metadata=_range(0.01))  # fog: Type-II up to the main chain
     beacon_interval_s: float = field(default=10.0, metadata=_range(0.01))  # cloud: Type-III out to sub-chains

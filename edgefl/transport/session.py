@@ -141,6 +141,7 @@ class Session:
         self._subs: list[Subscription] = []
         self._patterns: dict[str, None] = {}  # subscribed at the broker for the session's lifetime
         self._held: deque[Frame] = deque()  # arrived before anyone here subscribed
+        self._kinds: set[str] = set()  # the role/kind labels counted in mqtt_received
         self._held_bytes = 0
         self._internal = [topics.pattern(kind="req", target=self.node_id),
                           topics.pattern(kind="resp", target=self.node_id)]
@@ -450,11 +451,23 @@ class Session:
 
     async def _read_loop(self, client: Link) -> None:
         async for frame in client.frames():
+            self.metrics.inc("mqtt_received", kind=self._kind_label(frame.topic))
             try:
                 await self._dispatch(frame)
             except Exception:  # a bug in routing or a consumer: count it, keep reading
                 self.metrics.inc("inbound_rejected", reason="internal")
                 log.exception("%s: dispatching a message on %s failed", self.node_id, frame.topic[:200])
+
+    def _kind_label(self, topic: str) -> str:
+        """``role/kind`` of a topic, for counting what a node receives; a publisher names its own kinds, so
+        past a few dozen distinct ones (or for a topic not in the scheme) it is ``other``."""
+        parts = topic.split("/", 6)  # edgefl/v1/site/role/node/kind[/target]
+        label = f"{parts[3]}/{parts[5]}" if len(parts) > 5 and parts[3] in topics.ROLES else "other"
+        if label not in self._kinds:
+            if len(self._kinds) >= 48:
+                return "other"
+            self._kinds.add(label)
+        return label
 
     async def _dispatch(self, m: Frame) -> None:
         """Route one frame: hold it if nobody here wants it yet, else verify it once and deliver it."""
@@ -527,6 +540,7 @@ class Session:
 
     async def _serve(self, rx: Received, handler: Handler | None) -> None:
         env = rx.envelope
+        self.metrics.inc("request_served", type=env.type if handler is not None else "unsupported")
         try:
             reply = Error("unsupported", f"no handler for {env.type}") if handler is None else await handler(env)
         except Exception as exc:  # the requester gets an answer; the log gets the trace
