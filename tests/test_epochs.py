@@ -8,6 +8,7 @@ import pytest
 from edgefl import codec
 from edgefl.consensus import epoch as epochs
 from edgefl.consensus.proposal import ProposalSpec, claimer
+from edgefl.fl.reputation import INITIAL, WITHHELD, chain_records, fold, fold_chain
 from edgefl.ledger.chain import Chain, verify_blocks
 from edgefl.ledger.committee import Committee
 from edgefl.ledger.errors import InvalidBlock, InvalidTx
@@ -105,6 +106,11 @@ def test_a_withheld_share_is_left_out_and_the_seed_still_moves(tmp_path):
     change = decode_tx(step(chain).txs[0].raw).body
     assert quiet not in {s.member for s in change.shares} and len(change.shares) == 3
     assert chain.state.seed == change.next_seed != seed0
+    # the incentive layer reads it off the chain: the withholder, and only it, loses reputation
+    run_epochs(chain, 2)  # every member shares from here on
+    st = fold_chain(chain)
+    assert st.bad == {quiet: WITHHELD} and st.of(quiet) < INITIAL
+    assert fold(chain_records(chain)).bad == {}  # without epoch 0's committee its change cannot be judged
 
 
 def epoch_info(chain: Chain, change):

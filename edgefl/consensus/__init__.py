@@ -11,7 +11,7 @@ __all__, __getattr__, __dir__ = faces(__name__, {
     "proposal": ["ProposalSpec"],
     "evidence": ["Behaviour", "InvalidEvidence", "check_behaviour"],
     "sortition": ["SortitionClaim", "Selection"],
-    "epoch": ["EpochError"],
+    "epoch": ["EpochError", "EpochChange"],
     "byzantine": ["ByzantineProducer"],
     "votelog": ["VoteLog"],
 })

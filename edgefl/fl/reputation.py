@@ -1,6 +1,6 @@
 """Reputation and coins, derived only from ledger records: a pure, deterministic fold anyone can recompute.
 
-    standing = fold(rec for _, rec in chain.records_in_order())      # edgefl ledger show --reputation/--balances
+    standing = fold_chain(chain)                                       # edgefl ledger show --reputation/--balances
     standing.reputation["dev-1"], standing.balances["dev-1"]
 
 **Reputation** is a beta score, (good + 1) / (good + bad + 2): every account
@@ -11,7 +11,10 @@ adds 1 to bad; one down-weighted adds the fraction it kept to good and the
 rest to bad.  An ``Offence`` (a batch that fails its provenance, a failed
 audit, a bad signature) recorded by a node other than the offender adds
 ``OFFENCE`` to bad, and so does a consensus ``Behaviour`` (equivocation and
-the like, ``edgefl.consensus.evidence``) of a committee member.  On the main chain the scores come from the cloud's
+the like, ``edgefl.consensus.evidence``) of a committee member.  On a chain whose
+committee is re-drawn every epoch (``edgefl.consensus.epoch``), a member of the
+closing committee whose seed share is missing from the epoch block's change (it
+withheld it, perhaps to bias the next draw) adds ``WITHHELD`` to bad.  On the main chain the scores come from the cloud's
 ``Aggregation`` (the fogs) and every ``FogUpdate``'s shares (its devices); on
 a fog's chain from the fog's ``Aggregation`` (its devices) — fold one chain.
 
@@ -31,12 +34,13 @@ from dataclasses import dataclass, field
 from typing import Annotated, Iterable
 
 from edgefl.codec import MaxLen, Message, Range, message
-from edgefl.consensus import Behaviour
+from edgefl.consensus import Behaviour, EpochChange
 from edgefl.fl.protocol import Aggregation, FogUpdate, Task
 from edgefl.ledger import CoinUpdate
 
 INITIAL = 0.5  # (0 + 1) / (0 + 0 + 2): an account nothing was recorded about
 OFFENCE = 2.0  # an offence weighs as much as two rejected updates
+WITHHELD = 1.0  # a withheld seed share weighs as much as one rejected update
 OFFENCES = ("bad_provenance", "bad_signature", "failed_audit", "consensus")
 
 
@@ -86,11 +90,20 @@ def shares_of(agg: Aggregation) -> list[float]:
     return [w / total for w in agg.weights]
 
 
-def fold(records: Iterable) -> Standing:
-    """Reputation and balances from one chain's Type-I records (``edgefl.ledger.tx.Record``), oldest first."""
+def fold(records: Iterable, *, first: Iterable[str] | None = None) -> Standing:
+    """Reputation and balances from one chain's Type-I records (``edgefl.ledger.tx.Record``) and epoch changes,
+    oldest first; ``first``: epoch 0's committee, of a chain re-drawn every epoch (the shares its first change
+    must hold)."""
     st = Standing()
+    seated = list(first) if first is not None else None  # the committee the next change closes
     for rec in records:
-        if rec.type == Task.TYPE:
+        if isinstance(rec, EpochChange):
+            shared = {s.member for s in rec.shares}
+            for member in seated or ():
+                if member not in shared and member not in rec.banned:  # a ban already weighs its proof
+                    st.bad[member] += WITHHELD
+            seated = list(rec.members)
+        elif rec.type == Task.TYPE:
             st.payers.add(rec.signer)
         elif rec.type == Aggregation.TYPE:
             agg = rec.unwrap()
@@ -118,11 +131,18 @@ FOLDED = (Task.TYPE, Aggregation.TYPE, FogUpdate.TYPE, Offence.TYPE, Behaviour.T
 
 
 def chain_records(chain) -> list:
-    """The records ``fold`` reads from a ``Chain``, in chain order (height, index)."""
+    """The records and epoch changes ``fold`` reads from a ``Chain``, in chain order (height, index)."""
     from edgefl.ledger.tx import decode_tx
 
-    rows = sorted((h, i, t) for rtype in FOLDED for t, h, i in chain.store.find(rtype=rtype, limit=1 << 40))
+    rows = sorted([(h, i, t) for rtype in FOLDED for t, h, i in chain.store.find(rtype=rtype, limit=1 << 40)]
+                  + [(h, i, t) for t, h, i in chain.store.find(kind="epoch", limit=1 << 40)])
     return [decode_tx(chain.store.tx(t)[2]).body for _, _, t in rows]
+
+
+def fold_chain(chain) -> Standing:
+    """``fold`` over everything a ``Chain`` holds that it reads."""
+    epochs = chain.spec.epochs
+    return fold(chain_records(chain), first=epochs.first if epochs is not None else None)
 
 
 def payout(task: Task, cloud: Aggregation, updates: dict[str, FogUpdate]) -> list[CoinUpdate]:

@@ -259,9 +259,9 @@ def show_cmd(args) -> int:
                    "proposer": h.proposer, "root": h.root.hex(), "acc": h.acc[:16].hex() + "…", "txs": txs},
                   args.json)
         elif args.reputation or args.balances:
-            from edgefl.fl.reputation import chain_records, fold
+            from edgefl.fl.reputation import fold_chain
 
-            st = fold(chain_records(c))
+            st = fold_chain(c)
             out = {"chain": c.id, "height": c.tip.height}
             if args.reputation:
                 out["reputation"] = {a: round(r, 4) for a, r in st.reputation.items()}

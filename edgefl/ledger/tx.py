@@ -35,11 +35,11 @@ from typing import Annotated, Any, ClassVar, Iterable
 
 from edgefl import codec
 from edgefl.codec import MaxLen, Message, Range, message
-from edgefl.consensus import PolicySpec, ProposalSpec
+from edgefl.consensus import EpochChange, PolicySpec, ProposalSpec
 from edgefl.consensus import epoch as epochs
 from edgefl.consensus import policy as policies
 from edgefl.consensus import proposal as proposals
-from edgefl.consensus.epoch import EpochChange, EpochSpec
+from edgefl.consensus.epoch import EpochSpec
 from edgefl.crypto import IdentityRejected, KeyRegistry, SigningKey, accumulator, tagged_hash
 from edgefl.ledger.block import Header, decode_header
 from edgefl.ledger.committee import Committee, Sig, bft_threshold, sign_all

@@ -29,10 +29,9 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from edgefl.fl import Aggregation, FogUpdate, Offence, Task, attacks, check_warm_start, choose_attackers, fold
+from edgefl.fl import Aggregation, FogUpdate, Offence, Task, attacks, check_warm_start, choose_attackers, fold_chain
 from edgefl.fl.leader import LeaderDraw
 from edgefl.fl.protocol import WarmStart, decode_batch, run_id
-from edgefl.fl.reputation import chain_records
 from edgefl.ledger import BlobStore, Chain, CrossChain, RemoteSource, TrainingStep, audit_step
 from edgefl.ledger.blobs import fetch
 from edgefl.ledger.crosschain import PENDING
@@ -237,7 +236,7 @@ async def _progress(out, t0: float, devices: int, fogs: int, train_at: str = "fo
 def _standing(chains: _Chains, devices: list[str], attackers: list[str], out, n: int) -> dict:
     """Every device's reputation and coins, folded from the main chain alone; every chain's height."""
     with chains.open(chains.site.cloud) as main:
-        st = fold(chain_records(main))
+        st = fold_chain(main)
         heights = {"main": main.tip.height}
     for fog in chains.fogs:
         with chains.open(fog) as sub:

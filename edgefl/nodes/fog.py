@@ -35,7 +35,7 @@ from edgefl.fl import (
     Selection,
     Task,
     TaskView,
-    fold,
+    fold_chain,
     poison_aggregate,
     record_aggregation,
     select,
@@ -43,7 +43,7 @@ from edgefl.fl import (
 )
 from edgefl.fl.leader import prove
 from edgefl.fl.protocol import BatchAck, WarmStart, decode_batch, run_id
-from edgefl.fl.reputation import OFFENCES, chain_records, shares_of
+from edgefl.fl.reputation import OFFENCES, shares_of
 from edgefl.fl.round import kept_releases, params_of, release_mean, steps_per_round, warm_start
 from edgefl.fl.selection import selection_seed, weight
 from edgefl.ledger import (
@@ -374,7 +374,7 @@ class FogNode:
                 sel = rec.unwrap()
                 if (sel.task, sel.round) == (task.task, round) and rec.signer == self.id:
                     return sel, False  # drawn before a restart: the same participants
-            standing = fold(chain_records(self.ledger.chain))
+            standing = fold_chain(self.ledger.chain)
             names = sorted(batches)
             weights = [weight(standing.of(d)) for d in names]
             seed = selection_seed(task.task, round, self.id, model)

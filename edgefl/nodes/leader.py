@@ -28,13 +28,12 @@ from edgefl.fl import (
     ProtocolError,
     Task,
     check_aggregation,
-    fold,
+    fold_chain,
     poison_aggregate,
     record_aggregation,
 )
 from edgefl.fl.leader import LeaderDraw, check_leader, draw_leader, units
 from edgefl.fl.protocol import MAX_PARTIES
-from edgefl.fl.reputation import chain_records
 from edgefl.ledger import LedgerError, cid_of, decode_tx, record_tx
 from edgefl.ledger.blobs import fetch
 from edgefl.ml import DenseModel
@@ -143,7 +142,7 @@ class Leaders:
                 d = rec.unwrap()
                 if (d.task, d.round) == (task.task, round) and rec.signer == c.id:
                     return d, {}
-            standing = fold(chain_records(c.ledger.chain))
+            standing = fold_chain(c.ledger.chain)
             return None, {f: (u.draw, units(standing.of(f))) for f, u in c._updates(task, round).items()
                           if u.draw is not None and f in {x.sender for x in contributions}}
 
