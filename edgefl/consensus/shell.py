@@ -250,7 +250,9 @@ class PbftProducer(Producer):
         idle member does not wake a hundred times a second; a kick (a request, a commit) wakes it at once."""
         r, now = self.replica, time.monotonic()
         again = next(iter(self._unconfirmed.values()))[1] if self._unconfirmed else None
+        # the pace's end, while it is ahead (once it has passed, a commit or a request kicks the leader)
         due = self._proposed_at + self.pace if r.is_leader and self.node.chain.pending else None
+        due = due if due is not None and due > now else None
         timers = [t for t in (r.deadline, r.resend_at, r.fetch_until if r.fetch_until >= 0 else None, again, due)
                   if t is not None]
         if self._share:
