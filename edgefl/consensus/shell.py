@@ -197,7 +197,7 @@ class PbftProducer(Producer):
             self._enqueue(entry[0])
 
     def _send_requests(self, now: float | None = None) -> None:
-        """Pass on what was admitted here, at most one tick after the first of it: one message per batch."""
+        """Pass on what was admitted here, at most ``_share_every`` after the first of it: one message per batch."""
         if self._share and (now is None or now >= self._share_at + self._share_every):
             self._actions.put_nowait(Send(None, Requests(self._share)))
             self._share, self._share_bytes = [], 0
