@@ -110,6 +110,8 @@ async def run(*, quick: bool = False, devices: list[int] | None = None, rounds: 
         with _workdir(keep, n) as work:
             point = await measure(n, work, rounds=rounds, hidden=widths, items=items, per_process=per_process,
                                   fast=fast, timeout_s=point_timeout)
+            # each round's figures, what every receiver got by topic kind among them (kept with --keep)
+            (work / "figures.json").write_text(json.dumps(point, indent=1, default=float))
         points.append(point)
         print(f"scale: {n} devices: " + ", ".join(f"{k} {v:.4g}" for k, v in point["figures"].items()
                                                   if v is not None), file=sys.stderr, flush=True)

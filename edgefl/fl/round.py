@@ -21,9 +21,10 @@ or for the cloud), in a fixed order, and describes the result as an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Mapping, Sequence
+from typing import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -67,19 +68,26 @@ async def train_device(tracker: Tracker, origin: bytes, x: np.ndarray, y: np.nda
         state = tracker.blobs.get(recorded[done])
     else:
         state = init_state(DenseModel.from_bytes(origin), config).to_bytes()
-    receipts = []
-    try:
+    async with in_flight() as receipts:
         for i in range(done, total):
             rows = batch_indices(len(y), config.batch_size, config.seed, i)
             # T runs in a worker thread (numpy releases the GIL): the node keeps serving meanwhile
             state, tx = await asyncio.to_thread(tracker.step, i + 1, state, origin, batch_bytes(x[rows], y[rows]))
             receipts.append(asyncio.ensure_future(submit(tx)))
+    return state, total
+
+
+@contextlib.asynccontextmanager
+async def in_flight() -> AsyncIterator[list[asyncio.Future]]:
+    """Submissions kept in flight together, every one awaited on the way out; on an error they are settled,
+    but a stopping ledger's refusals must not mask why the work stopped."""
+    receipts: list[asyncio.Future] = []
+    try:
+        yield receipts
     except BaseException:
-        # settle what was submitted, but a stopping ledger's refusals must not mask why training stopped
         await asyncio.gather(*receipts, return_exceptions=True)
         raise
     await asyncio.gather(*receipts)
-    return state, total
 
 
 def warm_start(origin: bytes, batches: Sequence[FeatureBatch]) -> bytes:

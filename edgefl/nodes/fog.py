@@ -44,7 +44,7 @@ from edgefl.fl import (
 from edgefl.fl.leader import prove
 from edgefl.fl.protocol import BatchAck, WarmStart, decode_batch, run_id
 from edgefl.fl.reputation import OFFENCES, shares_of
-from edgefl.fl.round import kept_releases, params_of, release_mean, steps_per_round, warm_start
+from edgefl.fl.round import in_flight, kept_releases, params_of, release_mean, steps_per_round, warm_start
 from edgefl.fl.selection import selection_seed, weight
 from edgefl.ledger import (
     DataCollected,
@@ -332,21 +332,16 @@ class FogNode:
         if round == 0 and task.warm_start:
             origin = await self._warm_start(task, round, model, batches)
         rid, contributions, steps = run_id(task.task, round), [], 0
-        receipts: list[asyncio.Future] = []
+        async with in_flight() as receipts:  # every device's steps in flight at once, awaited all together
 
-        async def submit(tx: bytes) -> None:  # every device's steps in flight at once: awaited all together below
-            receipts.append(asyncio.ensure_future(self.ledger.submit(tx)))
+            async def submit(tx: bytes) -> None:
+                receipts.append(asyncio.ensure_future(self.ledger.submit(tx)))
 
-        try:
             for device, cid in sorted(batches.items()):
                 n, contribution = await self._train_device(task, rid, device, cid, round, origin, submit)
                 if contribution is not None:
                     contributions.append(contribution)
                     steps += n
-        except BaseException:
-            await asyncio.gather(*receipts, return_exceptions=True)
-            raise
-        await asyncio.gather(*receipts)
         return origin, contributions, steps
 
     async def _train_device(self, task: Task, rid: str, device: str, cid: bytes, round: int, origin: bytes,
